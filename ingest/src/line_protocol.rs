@@ -1,0 +1,200 @@
+use std::borrow::Cow;
+use std::str::FromStr;
+
+use influxdb_line_protocol::{EscapedStr, FieldValue as LpValue};
+use vigil_storage::{FieldValue, LineError, Point};
+
+/// Unit of the timestamps in a write request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Nanosecond,
+    Microsecond,
+    Millisecond,
+    Second,
+    Minute,
+    Hour,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown precision '{0}': use ns, us, ms or s")]
+pub struct PrecisionError(pub String);
+
+impl FromStr for Precision {
+    type Err = PrecisionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "ns" | "n" | "nanosecond" | "" => Precision::Nanosecond,
+            "us" | "u" | "µs" | "microsecond" => Precision::Microsecond,
+            "ms" | "millisecond" => Precision::Millisecond,
+            "s" | "second" => Precision::Second,
+            "m" | "minute" => Precision::Minute,
+            "h" | "hour" => Precision::Hour,
+            _ => return Err(PrecisionError(s.to_string())),
+        })
+    }
+}
+
+impl Precision {
+    fn nanos(self) -> i64 {
+        match self {
+            Precision::Nanosecond => 1,
+            Precision::Microsecond => 1_000,
+            Precision::Millisecond => 1_000_000,
+            Precision::Second => 1_000_000_000,
+            Precision::Minute => 60_000_000_000,
+            Precision::Hour => 3_600_000_000_000,
+        }
+    }
+}
+
+/// The points of a body (with their line numbers) and the lines that did not parse.
+#[derive(Debug, Default)]
+pub struct ParsedBody<'a> {
+    pub points: Vec<(usize, Point<'a>)>,
+    pub errors: Vec<LineError>,
+}
+
+fn cow(s: EscapedStr<'_>) -> Cow<'_, str> {
+    match s {
+        EscapedStr::SingleSlice(s) => Cow::Borrowed(s),
+        EscapedStr::CopiedValue(s) => Cow::Owned(s),
+    }
+}
+
+/// Trailing blanks (and the `\r` of CRLF bodies) are not part of a line, unless the
+/// first of them is escaped.
+fn trim_end(line: &str) -> &str {
+    let t = line.trim_end_matches([' ', '\t', '\r']);
+    if t.ends_with('\\') && t.len() < line.len() {
+        &line[..t.len() + 1]
+    } else {
+        t
+    }
+}
+
+/// Parses an InfluxDB line protocol body. Lines without a timestamp get
+/// `default_time` (ns). Each bad line is reported with its 1-based line number and
+/// does not affect the others.
+pub fn parse_line_protocol(body: &str, precision: Precision, default_time: i64) -> ParsedBody<'_> {
+    let mut out = ParsedBody::default();
+    let base = body.as_ptr() as usize;
+    let mut line_no = 1usize;
+    let mut counted_to = 0usize;
+    for raw in influxdb_line_protocol::split_lines(body) {
+        let start = raw.as_ptr() as usize - base;
+        line_no += body.as_bytes()[counted_to..start]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        counted_to = start;
+        let trimmed = raw.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let parsed = match influxdb_line_protocol::parse_lines(trim_end(raw)).next() {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                out.errors.push(LineError {
+                    line: line_no,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+            None => continue,
+        };
+        let time = match parsed.timestamp {
+            None => default_time,
+            Some(t) => match t.checked_mul(precision.nanos()) {
+                Some(t) => t,
+                None => {
+                    out.errors.push(LineError {
+                        line: line_no,
+                        reason: format!("timestamp {t} is out of range for precision {precision:?}"),
+                    });
+                    continue;
+                }
+            },
+        };
+        let tags = parsed
+            .series
+            .tag_set
+            .map(|ts| ts.into_iter().map(|(k, v)| (cow(k), cow(v))).collect())
+            .unwrap_or_default();
+        let mut fields: Vec<(Cow<'_, str>, FieldValue<'_>)> = Vec::with_capacity(parsed.field_set.len());
+        for (k, v) in parsed.field_set {
+            let v = match v {
+                LpValue::F64(x) => FieldValue::F64(x),
+                LpValue::I64(x) => FieldValue::I64(x),
+                LpValue::U64(x) => FieldValue::U64(x),
+                LpValue::Boolean(x) => FieldValue::Bool(x),
+                LpValue::String(s) => FieldValue::Str(cow(s)),
+            };
+            let k = cow(k);
+            // As in InfluxDB, the last value of a repeated field key wins.
+            match fields.iter_mut().find(|(f, _)| *f == k) {
+                Some(slot) => slot.1 = v,
+                None => fields.push((k, v)),
+            }
+        }
+        out.points.push((
+            line_no,
+            Point {
+                table: cow(parsed.series.measurement),
+                tags,
+                fields,
+                time,
+            },
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_syntax() {
+        let body = "cpu,host=a\\ b,region=us\\,west usage=1.5,count=3i,big=18446744073709551615u,ok=true,msg=\"hi \\\"there\\\"\" 1700000000\n\
+                    \n# a comment\n\
+                    my\\ measure,t=x f=1 \n\
+                    bad line here\n\
+                    mem free=2i 5";
+        let p = parse_line_protocol(body, Precision::Second, 99);
+        assert_eq!(p.points.len(), 3, "{:?}", p.errors);
+        let (line, cpu) = &p.points[0];
+        assert_eq!(*line, 1);
+        assert_eq!(cpu.table, "cpu");
+        assert_eq!(cpu.tags[0], ("host".into(), "a b".into()));
+        assert_eq!(cpu.tags[1], ("region".into(), "us,west".into()));
+        assert_eq!(cpu.time, 1_700_000_000_000_000_000);
+        assert_eq!(cpu.fields[0], ("usage".into(), FieldValue::F64(1.5)));
+        assert_eq!(cpu.fields[1], ("count".into(), FieldValue::I64(3)));
+        assert_eq!(cpu.fields[2], ("big".into(), FieldValue::U64(u64::MAX)));
+        assert_eq!(cpu.fields[3], ("ok".into(), FieldValue::Bool(true)));
+        assert_eq!(cpu.fields[4], ("msg".into(), FieldValue::Str("hi \"there\"".into())));
+        assert_eq!(p.points[1].0, 4);
+        assert_eq!(p.points[1].1.table, "my measure");
+        assert_eq!(p.points[1].1.time, 99, "no timestamp: default time");
+        assert_eq!(p.points[2].0, 6);
+        assert_eq!(p.points[2].1.time, 5_000_000_000);
+        assert_eq!(p.errors.len(), 1);
+        assert_eq!(p.errors[0].line, 5);
+    }
+
+    #[test]
+    fn duplicate_field_last_wins_and_overflow() {
+        let p = parse_line_protocol("m f=1,f=2 1\nm f=1 9223372036854775807", Precision::Millisecond, 0);
+        assert_eq!(p.points[0].1.fields, vec![("f".into(), FieldValue::F64(2.0))]);
+        assert_eq!(p.errors[0].line, 2);
+        assert!(p.errors[0].reason.contains("out of range"));
+    }
+
+    #[test]
+    fn precision_names() {
+        assert_eq!("ms".parse::<Precision>().unwrap(), Precision::Millisecond);
+        assert_eq!("u".parse::<Precision>().unwrap(), Precision::Microsecond);
+        assert!("weeks".parse::<Precision>().is_err());
+    }
+}

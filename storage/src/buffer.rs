@@ -1,0 +1,294 @@
+//! The in-memory write buffer: Arrow batches per table, in WAL order, queryable at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    new_null_array, ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder,
+    StringBuilder, StringDictionaryBuilder, TimestampNanosecondBuilder, UInt64Array,
+    UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+
+use crate::point::{FieldValue, Point};
+use crate::schema::{ColumnKind, FieldType, SEQ_COLUMN, TIME_COLUMN};
+
+/// A batch in the buffer, with the WAL sequence number of the write it came from.
+#[derive(Debug, Clone)]
+pub struct BufferedBatch {
+    pub seq: u64,
+    pub batch: RecordBatch,
+}
+
+/// Everything buffered for one table since its last flush.
+#[derive(Debug, Default, Clone)]
+pub struct TableBuffer {
+    pub batches: Vec<BufferedBatch>,
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+impl TableBuffer {
+    pub fn push(&mut self, seq: u64, batch: RecordBatch) {
+        self.rows += batch.num_rows();
+        self.bytes += batch.get_array_memory_size();
+        self.batches.push(BufferedBatch { seq, batch });
+    }
+}
+
+/// All tables' buffers. `flushing` holds what a running flush is writing, still visible
+/// to queries until the flushed files are in the catalog.
+#[derive(Debug, Default)]
+pub struct WriteBuffer {
+    pub active: HashMap<String, TableBuffer>,
+    pub flushing: HashMap<String, TableBuffer>,
+    pub active_rows: usize,
+    pub active_bytes: usize,
+}
+
+impl WriteBuffer {
+    pub fn apply(&mut self, seq: u64, tables: &[(String, RecordBatch)]) {
+        for (table, batch) in tables {
+            self.active_rows += batch.num_rows();
+            self.active_bytes += batch.get_array_memory_size();
+            self.active
+                .entry(table.clone())
+                .or_default()
+                .push(seq, batch.clone());
+        }
+    }
+
+    /// Moves the active buffer to `flushing` and returns a copy of it to persist.
+    pub fn start_flush(&mut self) -> HashMap<String, TableBuffer> {
+        let taken = std::mem::take(&mut self.active);
+        self.active_rows = 0;
+        self.active_bytes = 0;
+        for (t, b) in &taken {
+            let e = self.flushing.entry(t.clone()).or_default();
+            for bb in &b.batches {
+                e.push(bb.seq, bb.batch.clone());
+            }
+        }
+        taken
+    }
+
+    pub fn finish_flush(&mut self) {
+        self.flushing.clear();
+    }
+
+    /// Batches of one table, flushing ones first (they are older).
+    pub fn table_batches(&self, table: &str) -> Vec<BufferedBatch> {
+        let mut out = Vec::new();
+        for m in [&self.flushing, &self.active] {
+            if let Some(b) = m.get(table) {
+                out.extend(b.batches.iter().cloned());
+            }
+        }
+        out
+    }
+}
+
+/// Widens `batch` to `schema` (missing columns become NULL) and optionally appends the
+/// hidden sequence column.
+pub fn normalize(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    seq: Option<u64>,
+) -> arrow::error::Result<RecordBatch> {
+    let n = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => Arc::clone(c),
+            None => new_null_array(f.data_type(), n),
+        })
+        .collect();
+    let out_schema = match seq {
+        Some(seq) => {
+            columns.push(Arc::new(UInt64Array::from_value(seq, n)));
+            with_seq_column(schema)
+        }
+        None => Arc::clone(schema),
+    };
+    RecordBatch::try_new(out_schema, columns)
+}
+
+pub fn with_seq_column(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
+    Arc::new(Schema::new(fields))
+}
+
+enum ColumnBuilder {
+    Tag(StringDictionaryBuilder<Int32Type>),
+    F64(Float64Builder),
+    I64(Int64Builder),
+    U64(UInt64Builder),
+    Bool(BooleanBuilder),
+    Str(StringBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(kind: ColumnKind) -> Self {
+        match kind {
+            ColumnKind::Tag => ColumnBuilder::Tag(StringDictionaryBuilder::new()),
+            ColumnKind::Field(FieldType::Float) => ColumnBuilder::F64(Float64Builder::new()),
+            ColumnKind::Field(FieldType::Integer) => ColumnBuilder::I64(Int64Builder::new()),
+            ColumnKind::Field(FieldType::UInteger) => ColumnBuilder::U64(UInt64Builder::new()),
+            ColumnKind::Field(FieldType::Boolean) => ColumnBuilder::Bool(BooleanBuilder::new()),
+            ColumnKind::Field(FieldType::String) => ColumnBuilder::Str(StringBuilder::new()),
+            ColumnKind::Time => unreachable!("time has its own builder"),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            ColumnBuilder::Tag(b) => b.len(),
+            ColumnBuilder::F64(b) => b.len(),
+            ColumnBuilder::I64(b) => b.len(),
+            ColumnBuilder::U64(b) => b.len(),
+            ColumnBuilder::Bool(b) => b.len(),
+            ColumnBuilder::Str(b) => b.len(),
+        }
+    }
+
+    fn pad_nulls(&mut self, to: usize) {
+        let missing = to.saturating_sub(self.len());
+        if missing == 0 {
+            return;
+        }
+        match self {
+            ColumnBuilder::Tag(b) => {
+                for _ in 0..missing {
+                    b.append_null()
+                }
+            }
+            ColumnBuilder::F64(b) => b.append_nulls(missing),
+            ColumnBuilder::I64(b) => b.append_nulls(missing),
+            ColumnBuilder::U64(b) => b.append_nulls(missing),
+            ColumnBuilder::Bool(b) => b.append_nulls(missing),
+            ColumnBuilder::Str(b) => {
+                for _ in 0..missing {
+                    b.append_null()
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Tag(b) => Arc::new(b.finish()),
+            ColumnBuilder::F64(b) => Arc::new(b.finish()),
+            ColumnBuilder::I64(b) => Arc::new(b.finish()),
+            ColumnBuilder::U64(b) => Arc::new(b.finish()),
+            ColumnBuilder::Bool(b) => Arc::new(b.finish()),
+            ColumnBuilder::Str(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Builds one Arrow batch for one table from already validated points. Only the
+/// columns that occur in these points are present; missing values are NULL.
+pub struct BatchBuilder {
+    columns: Vec<(String, ColumnKind, ColumnBuilder)>,
+    index: HashMap<String, usize>,
+    time: TimestampNanosecondBuilder,
+    rows: usize,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self {
+            columns: Vec::new(),
+            index: HashMap::new(),
+            time: TimestampNanosecondBuilder::new().with_timezone("UTC"),
+            rows: 0,
+        }
+    }
+}
+
+impl BatchBuilder {
+    fn column(&mut self, name: &str, kind: ColumnKind) -> &mut ColumnBuilder {
+        let i = match self.index.get(name) {
+            Some(i) => *i,
+            None => {
+                let mut b = ColumnBuilder::new(kind);
+                b.pad_nulls(self.rows);
+                self.columns.push((name.to_string(), kind, b));
+                self.index.insert(name.to_string(), self.columns.len() - 1);
+                self.columns.len() - 1
+            }
+        };
+        let b = &mut self.columns[i].2;
+        b.pad_nulls(self.rows);
+        b
+    }
+
+    /// Appends a point whose fields have been checked against `kind_of`.
+    pub fn append(&mut self, point: &Point<'_>, field_kinds: &[ColumnKind]) {
+        for (k, v) in &point.tags {
+            if let ColumnBuilder::Tag(b) = self.column(k, ColumnKind::Tag) {
+                b.append_value(v.as_ref());
+            }
+        }
+        for ((k, v), kind) in point.fields.iter().zip(field_kinds) {
+            let rows = self.rows;
+            let b = self.column(k, *kind);
+            // Front ends drop duplicate field keys of a line; should one slip through,
+            // the first value is kept rather than shifting the column.
+            if b.len() > rows {
+                continue;
+            }
+            match (b, v) {
+                (ColumnBuilder::F64(b), FieldValue::F64(x)) => b.append_value(*x),
+                (ColumnBuilder::I64(b), FieldValue::I64(x)) => b.append_value(*x),
+                (ColumnBuilder::U64(b), FieldValue::U64(x)) => b.append_value(*x),
+                (ColumnBuilder::Bool(b), FieldValue::Bool(x)) => b.append_value(*x),
+                (ColumnBuilder::Str(b), FieldValue::Str(x)) => b.append_value(x.as_ref()),
+                (b, _) => b.pad_nulls(rows + 1),
+            }
+        }
+        self.time.append_value(point.time);
+        self.rows += 1;
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Finishes the batch with columns in table order (tags, fields, time).
+    pub fn finish(mut self) -> arrow::error::Result<RecordBatch> {
+        let rows = self.rows;
+        let mut cols: Vec<(String, ColumnKind, ArrayRef)> = self
+            .columns
+            .iter_mut()
+            .map(|(n, k, b)| {
+                b.pad_nulls(rows);
+                (n.clone(), *k, b.finish())
+            })
+            .collect();
+        cols.sort_by(|a, b| {
+            let rank = |k: &ColumnKind| match k {
+                ColumnKind::Tag => 0,
+                ColumnKind::Field(_) => 1,
+                ColumnKind::Time => 2,
+            };
+            (rank(&a.1), &a.0).cmp(&(rank(&b.1), &b.0))
+        });
+        let mut fields = Vec::with_capacity(cols.len() + 1);
+        let mut arrays = Vec::with_capacity(cols.len() + 1);
+        for (n, _, a) in cols {
+            fields.push(Field::new(n, a.data_type().clone(), true));
+            arrays.push(a);
+        }
+        fields.push(Field::new(
+            TIME_COLUMN,
+            crate::schema::time_data_type(),
+            false,
+        ));
+        arrays.push(Arc::new(self.time.finish()));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+    }
+}

@@ -1,0 +1,108 @@
+//! The catalog: which Parquet files hold which table and time range, up to which WAL
+//! sequence number the buffer has been persisted, and the table schemas.
+//!
+//! Saved as JSON by write-to-temp, fsync, rename, fsync-directory, so a crash leaves
+//! either the old or the new catalog, never a mix.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::schema::TableSchema;
+use crate::wal::sync_dir;
+
+/// One persisted Parquet file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParquetFileMeta {
+    pub id: u64,
+    pub table: String,
+    /// Path relative to the data directory.
+    pub path: String,
+    pub min_time: i64,
+    pub max_time: i64,
+    pub rows: u64,
+    pub size_bytes: u64,
+    /// Highest WAL sequence number whose data is in this file. Among files that overlap,
+    /// the higher sequence wins on duplicate (series, time).
+    pub seq: u64,
+    /// UTC day (days since the epoch) all rows of the file fall in.
+    pub day: i64,
+}
+
+impl ParquetFileMeta {
+    pub fn overlaps(&self, min: i64, max: i64) -> bool {
+        self.min_time <= max && self.max_time >= min
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CatalogState {
+    pub version: u32,
+    pub flushed_seq: u64,
+    pub next_file_id: u64,
+    pub tables: BTreeMap<String, TableSchema>,
+    pub files: Vec<ParquetFileMeta>,
+}
+
+pub const CATALOG_FILE: &str = "catalog.json";
+
+pub fn catalog_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(CATALOG_FILE)
+}
+
+impl CatalogState {
+    pub fn load(data_dir: &Path) -> Result<Self> {
+        let path = catalog_path(data_dir);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::CorruptCatalog {
+                path: path.clone(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
+                version: 1,
+                next_file_id: 1,
+                ..Default::default()
+            }),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    pub fn save(&self, data_dir: &Path) -> Result<()> {
+        let path = catalog_path(data_dir);
+        let tmp = data_dir.join(format!("{CATALOG_FILE}.tmp"));
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::CorruptCatalog {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        sync_dir(data_dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = CatalogState::load(dir.path()).unwrap();
+        assert_eq!(c.next_file_id, 1);
+        c.flushed_seq = 42;
+        c.tables.insert("cpu".into(), TableSchema::default());
+        c.save(dir.path()).unwrap();
+        let c2 = CatalogState::load(dir.path()).unwrap();
+        assert_eq!(c2.flushed_seq, 42);
+        assert!(c2.tables.contains_key("cpu"));
+        fs::write(catalog_path(dir.path()), b"{not json").unwrap();
+        let err = CatalogState::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("catalog.json"), "{err}");
+    }
+}

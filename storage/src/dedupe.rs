@@ -1,0 +1,113 @@
+//! Sort by (tags, time) and keep the last write of each (series, time).
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, UInt32Array};
+use arrow::compute::{concat_batches, lexsort_to_indices, take, take_record_batch, SortColumn};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow::compute::kernels::partition::partition;
+
+use crate::schema::{SEQ_COLUMN, TIME_COLUMN};
+
+/// Sorts `batches` (all of `schema`, which ends with the `__seq` column) by tags then
+/// time then sequence, and keeps the row with the highest sequence of each
+/// (tags, time). Returns the batch without the sequence column.
+pub fn sort_dedupe(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    tags: &[String],
+) -> arrow::error::Result<RecordBatch> {
+    let all = concat_batches(schema, batches)?;
+    let seq_idx = schema.index_of(SEQ_COLUMN)?;
+    if all.num_rows() == 0 {
+        let mut b = all;
+        b.remove_column(seq_idx);
+        return Ok(b);
+    }
+    let mut key_names: Vec<&str> = tags.iter().map(String::as_str).collect();
+    key_names.push(TIME_COLUMN);
+    let key_cols: Vec<ArrayRef> = key_names
+        .iter()
+        .map(|n| all.column_by_name(n).cloned())
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| arrow::error::ArrowError::SchemaError("missing key column".into()))?;
+    let mut sort_cols: Vec<SortColumn> = key_cols
+        .iter()
+        .map(|c| SortColumn {
+            values: Arc::clone(c),
+            options: None,
+        })
+        .collect();
+    sort_cols.push(SortColumn {
+        values: Arc::clone(all.column(seq_idx)),
+        options: None,
+    });
+    let order = lexsort_to_indices(&sort_cols, None)?;
+    let sorted_keys: Vec<ArrayRef> = key_cols
+        .iter()
+        .map(|c| take(c.as_ref(), &order, None))
+        .collect::<Result<_, _>>()?;
+    let ranges = partition(&sorted_keys)?.ranges();
+    let keep: UInt32Array = ranges
+        .iter()
+        .map(|r| order.value(r.end - 1))
+        .collect::<Vec<u32>>()
+        .into();
+    let mut out = take_record_batch(&all, &keep)?;
+    out.remove_column(seq_idx);
+    Ok(out)
+}
+
+/// Tag column names of an Arrow schema produced by [`crate::TableSchema`].
+pub fn tag_columns(schema: &crate::TableSchema) -> Vec<String> {
+    schema.tags().map(str::to_string).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{
+        Float64Array, StringDictionaryBuilder, TimestampNanosecondArray, UInt64Array,
+    };
+    use arrow::datatypes::{DataType, Field, Int32Type, Schema};
+
+    fn batch(hosts: &[&str], times: &[i64], vals: &[f64], seq: u64) -> RecordBatch {
+        let mut h = StringDictionaryBuilder::<Int32Type>::new();
+        for x in hosts {
+            h.append_value(x);
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("host", crate::schema::tag_data_type(), true),
+            Field::new("v", DataType::Float64, true),
+            Field::new("time", crate::schema::time_data_type(), false),
+            Field::new(SEQ_COLUMN, DataType::UInt64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(h.finish()),
+                Arc::new(Float64Array::from(vals.to_vec())),
+                Arc::new(TimestampNanosecondArray::from(times.to_vec()).with_timezone("UTC")),
+                Arc::new(UInt64Array::from_value(seq, hosts.len())),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn keeps_last_write_per_series_and_time() {
+        let a = batch(&["b", "a", "a"], &[1, 2, 1], &[1.0, 2.0, 3.0], 1);
+        let b = batch(&["a", "b"], &[1, 5], &[30.0, 50.0], 2);
+        let out = sort_dedupe(&a.schema(), &[a.clone(), b], &["host".to_string()]).unwrap();
+        let v = out
+            .column_by_name("v")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        // a@1 -> 30 (seq 2 wins), a@2 -> 2, b@1 -> 1, b@5 -> 50
+        assert_eq!(v.values().to_vec(), vec![30.0, 2.0, 1.0, 50.0]);
+        assert_eq!(out.num_columns(), 3);
+    }
+}

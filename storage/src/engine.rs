@@ -1,0 +1,831 @@
+//! The storage engine: validation, the WAL sequencer thread, flush, compaction, replay.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::buffer::{normalize, with_seq_column, BatchBuilder, BufferedBatch, TableBuffer, WriteBuffer};
+use crate::catalog::{CatalogState, ParquetFileMeta};
+use crate::compact::plan_compactions;
+use crate::dedupe::sort_dedupe;
+use crate::error::{Error, LineError, Result};
+use crate::flush::{read_parquet, split_by_day, time_range, write_parquet};
+use crate::metrics::StorageMetrics;
+use crate::point::Point;
+use crate::schema::{ColumnKind, FieldType, TableSchema, SEQ_COLUMN, TIME_COLUMN};
+use crate::wal::{self, WalSegment};
+
+/// Settings of the storage engine (the server fills them from its config).
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    /// Flush when the buffer holds this many rows...
+    pub flush_max_rows: usize,
+    /// ...or this many bytes...
+    pub flush_max_bytes: usize,
+    /// ...or its oldest data is this old.
+    pub flush_interval: Duration,
+    /// Merge a run of at least this many small files of one table and day.
+    pub compaction_min_files: usize,
+    /// Files at least this big are left alone by compaction.
+    pub compaction_small_bytes: u64,
+    /// Files removed by compaction are deleted after this grace time, so running
+    /// queries can finish reading them.
+    pub deletion_grace: Duration,
+}
+
+impl StorageConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            flush_max_rows: 4_000_000,
+            flush_max_bytes: 512 << 20,
+            flush_interval: Duration::from_secs(300),
+            compaction_min_files: 4,
+            compaction_small_bytes: 64 << 20,
+            deletion_grace: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Points checked against the schemas and turned into Arrow batches, ready to commit.
+#[derive(Debug, Default)]
+pub struct ValidatedWrite {
+    pub tables: Vec<(String, RecordBatch)>,
+    pub accepted: usize,
+    pub rejected: Vec<LineError>,
+}
+
+/// What a query sees of one table: buffered batches and Parquet files, consistent with
+/// each other (a row may be in both; the sequence numbers tell which one wins).
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    pub schema: SchemaRef,
+    pub tags: Vec<String>,
+    pub buffer: Vec<BufferedBatch>,
+    pub files: Vec<(ParquetFileMeta, PathBuf)>,
+}
+
+enum WalCommand {
+    Write {
+        payload: Vec<u8>,
+        tables: Vec<(String, RecordBatch)>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    /// Start a new segment and hand the buffer over for flushing.
+    Rotate {
+        reply: oneshot::Sender<Result<RotateResult>>,
+    },
+}
+
+struct RotateResult {
+    last_seq: u64,
+    new_segment_first_seq: u64,
+    snapshot: HashMap<String, TableBuffer>,
+}
+
+/// The storage engine. Cheap to share behind an `Arc`.
+pub struct Storage {
+    config: StorageConfig,
+    schemas: RwLock<HashMap<String, TableSchema>>,
+    catalog: Mutex<CatalogState>,
+    buffer: Arc<Mutex<WriteBuffer>>,
+    wal_tx: Mutex<Option<mpsc::Sender<WalCommand>>>,
+    wal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    flush_lock: tokio::sync::Mutex<()>,
+    last_flush: Mutex<Instant>,
+    pending_deletes: Mutex<Vec<(Instant, PathBuf)>>,
+    metrics: StorageMetrics,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("data_dir", &self.config.data_dir).finish()
+    }
+}
+
+/// Infers a column kind from an Arrow type written by [`BatchBuilder`].
+fn kind_of(name: &str, dt: &DataType) -> Option<ColumnKind> {
+    Some(match dt {
+        _ if name == TIME_COLUMN => ColumnKind::Time,
+        DataType::Dictionary(..) => ColumnKind::Tag,
+        DataType::Float64 => ColumnKind::Field(FieldType::Float),
+        DataType::Int64 => ColumnKind::Field(FieldType::Integer),
+        DataType::UInt64 => ColumnKind::Field(FieldType::UInteger),
+        DataType::Boolean => ColumnKind::Field(FieldType::Boolean),
+        DataType::Utf8 => ColumnKind::Field(FieldType::String),
+        _ => return None,
+    })
+}
+
+enum Check {
+    Ok(Vec<ColumnKind>),
+    NeedsNewColumns,
+    Rejected(String),
+}
+
+/// Checks one point against a table schema. With `schema` = None the table is new.
+fn check_point(schema: Option<&TableSchema>, p: &Point<'_>) -> Check {
+    let mut new_cols = false;
+    for (k, _) in &p.tags {
+        if k == TIME_COLUMN || k == SEQ_COLUMN {
+            return Check::Rejected(format!("tag key '{k}' is reserved"));
+        }
+        if p.fields.iter().any(|(f, _)| f == k) {
+            return Check::Rejected(format!("'{k}' is used as both a tag and a field"));
+        }
+        match schema.and_then(|s| s.column(k)) {
+            Some(ColumnKind::Tag) => {}
+            Some(ColumnKind::Field(t)) => {
+                return Check::Rejected(format!(
+                    "tag '{k}' conflicts with existing {} field '{k}' in table '{}'",
+                    t.name(),
+                    p.table
+                ))
+            }
+            Some(ColumnKind::Time) => unreachable!(),
+            None => new_cols = true,
+        }
+    }
+    let mut kinds = Vec::with_capacity(p.fields.len());
+    for (k, v) in &p.fields {
+        if k == TIME_COLUMN || k == SEQ_COLUMN {
+            return Check::Rejected(format!("field key '{k}' is reserved"));
+        }
+        let t = FieldType::of(v);
+        match schema.and_then(|s| s.column(k)) {
+            Some(ColumnKind::Field(existing)) if existing == t => {}
+            Some(ColumnKind::Field(existing)) => {
+                return Check::Rejected(format!(
+                    "field '{k}' of table '{}' is {}, got {}",
+                    p.table,
+                    existing.name(),
+                    t.name()
+                ))
+            }
+            Some(ColumnKind::Tag) => {
+                return Check::Rejected(format!(
+                    "field '{k}' conflicts with existing tag '{k}' in table '{}'",
+                    p.table
+                ))
+            }
+            Some(ColumnKind::Time) => unreachable!(),
+            None => new_cols = true,
+        }
+        kinds.push(ColumnKind::Field(t));
+    }
+    if new_cols {
+        Check::NeedsNewColumns
+    } else {
+        Check::Ok(kinds)
+    }
+}
+
+impl Storage {
+    /// Opens (or creates) the data directory, loads the catalog, replays the WAL and
+    /// starts the WAL thread.
+    pub fn open(config: StorageConfig) -> Result<Arc<Self>> {
+        let dir = &config.data_dir;
+        for sub in ["", "wal", "parquet"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        let catalog = CatalogState::load(dir)?;
+        remove_orphans(dir, &catalog)?;
+        let mut schemas: HashMap<String, TableSchema> =
+            catalog.tables.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut buffer = WriteBuffer::default();
+
+        // Replay what was acknowledged but not yet flushed.
+        let wal_dir = dir.join("wal");
+        let mut next_seq = catalog.flushed_seq + 1;
+        let mut replayed = 0usize;
+        for (_, path) in wal::list_segments(&wal_dir)? {
+            let (records, warning) = wal::read_segment(&path)?;
+            if let Some(w) = warning {
+                warn!(segment = %path.display(), "WAL tail cut off: {w}");
+            }
+            for r in records {
+                next_seq = next_seq.max(r.seq + 1);
+                if r.seq <= catalog.flushed_seq {
+                    continue;
+                }
+                let tables = wal::decode_payload(&r.payload).map_err(|message| Error::CorruptWal {
+                    path: path.clone(),
+                    offset: 0,
+                    message: format!("record {}: {message}", r.seq),
+                })?;
+                for (t, b) in &tables {
+                    let s = schemas.entry(t.clone()).or_default();
+                    for f in b.schema().fields() {
+                        if s.column(f.name()).is_none() {
+                            if let Some(k) = kind_of(f.name(), f.data_type()) {
+                                s.add_column(f.name(), k);
+                            }
+                        }
+                    }
+                }
+                replayed += tables.iter().map(|(_, b)| b.num_rows()).sum::<usize>();
+                buffer.apply(r.seq, &tables);
+            }
+        }
+        if replayed > 0 {
+            info!(rows = replayed, "replayed WAL");
+        }
+        let metrics = StorageMetrics::default();
+        metrics.buffer_rows.set(buffer.active_rows as i64);
+        let storage = Arc::new(Self {
+            config: config.clone(),
+            schemas: RwLock::new(schemas),
+            catalog: Mutex::new(catalog),
+            buffer: Arc::new(Mutex::new(buffer)),
+            wal_tx: Mutex::new(None),
+            wal_thread: Mutex::new(None),
+            flush_lock: tokio::sync::Mutex::new(()),
+            last_flush: Mutex::new(Instant::now()),
+            pending_deletes: Mutex::new(Vec::new()),
+            metrics,
+        });
+        storage.update_file_gauges();
+        let segment = WalSegment::create(&wal_dir, next_seq)?;
+        let (tx, rx) = mpsc::channel();
+        let buf = Arc::clone(&storage.buffer);
+        let m = storage.metrics.clone();
+        let handle = std::thread::Builder::new()
+            .name("vigil-wal".into())
+            .spawn(move || wal_loop(rx, segment, next_seq, wal_dir, buf, m))
+            .map_err(|e| Error::io("wal thread", e))?;
+        *storage.wal_tx.lock() = Some(tx);
+        *storage.wal_thread.lock() = Some(handle);
+        Ok(storage)
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &StorageMetrics {
+        &self.metrics
+    }
+
+    /// Checks points against the table schemas, adds new tables and columns, and
+    /// builds one Arrow batch per table. Lines that conflict are rejected one by one.
+    pub fn validate<'a>(&self, points: Vec<(usize, Point<'a>)>) -> ValidatedWrite {
+        let mut out = ValidatedWrite::default();
+        let mut checked: Vec<Option<Vec<ColumnKind>>> = Vec::with_capacity(points.len());
+        let mut needs_write = false;
+        {
+            let schemas = self.schemas.read();
+            for (line, p) in &points {
+                match check_point(schemas.get(p.table.as_ref()), p) {
+                    Check::Ok(k) => checked.push(Some(k)),
+                    Check::NeedsNewColumns => {
+                        needs_write = true;
+                        break;
+                    }
+                    Check::Rejected(reason) => {
+                        out.rejected.push(LineError { line: *line, reason });
+                        checked.push(None);
+                    }
+                }
+            }
+        }
+        if needs_write {
+            checked.clear();
+            out.rejected.clear();
+            let mut schemas = self.schemas.write();
+            for (line, p) in &points {
+                if p.table.is_empty() {
+                    out.rejected.push(LineError {
+                        line: *line,
+                        reason: "measurement name is empty".into(),
+                    });
+                    checked.push(None);
+                    continue;
+                }
+                let existing = schemas.get(p.table.as_ref());
+                match check_point(existing, p) {
+                    Check::Ok(k) => checked.push(Some(k)),
+                    Check::Rejected(reason) => {
+                        out.rejected.push(LineError { line: *line, reason });
+                        checked.push(None);
+                    }
+                    Check::NeedsNewColumns => {
+                        let s = schemas.entry(p.table.to_string()).or_default();
+                        let mut kinds = Vec::with_capacity(p.fields.len());
+                        for (k, _) in &p.tags {
+                            if s.column(k).is_none() {
+                                s.add_column(k, ColumnKind::Tag);
+                            }
+                        }
+                        for (k, v) in &p.fields {
+                            let kind = ColumnKind::Field(FieldType::of(v));
+                            if s.column(k).is_none() {
+                                s.add_column(k, kind);
+                            }
+                            kinds.push(kind);
+                        }
+                        checked.push(Some(kinds));
+                    }
+                }
+            }
+        }
+        let mut builders: Vec<(String, BatchBuilder)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for ((_, p), kinds) in points.iter().zip(&checked) {
+            let Some(kinds) = kinds else { continue };
+            let i = match index.get(p.table.as_ref()) {
+                Some(i) => *i,
+                None => {
+                    builders.push((p.table.to_string(), BatchBuilder::default()));
+                    index.insert(p.table.as_ref(), builders.len() - 1);
+                    builders.len() - 1
+                }
+            };
+            builders[i].1.append(p, kinds);
+            out.accepted += 1;
+        }
+        for (t, b) in builders {
+            match b.finish() {
+                Ok(batch) => out.tables.push((t, batch)),
+                Err(e) => out.rejected.push(LineError {
+                    line: 0,
+                    reason: format!("could not build batch for table '{t}': {e}"),
+                }),
+            }
+        }
+        out
+    }
+
+    /// Makes a validated write durable (WAL, fsynced) and visible (buffer). Returns
+    /// the WAL sequence number once the write may be acknowledged.
+    pub async fn commit(&self, tables: Vec<(String, RecordBatch)>) -> Result<u64> {
+        if tables.is_empty() {
+            return Ok(0);
+        }
+        let payload = wal::encode_payload(&tables)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(WalCommand::Write { payload, tables, reply })?;
+        let seq = rx.await.map_err(|_| Error::WalClosed)??;
+        let b = self.buffer.lock();
+        self.metrics.buffer_rows.set(b.active_rows as i64);
+        self.metrics.buffer_bytes.set(b.active_bytes as i64);
+        Ok(seq)
+    }
+
+    fn send(&self, cmd: WalCommand) -> Result<()> {
+        self.wal_tx
+            .lock()
+            .as_ref()
+            .ok_or(Error::WalClosed)?
+            .send(cmd)
+            .map_err(|_| Error::WalClosed)
+    }
+
+    pub fn table_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.schemas.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn table_schema(&self, table: &str) -> Option<SchemaRef> {
+        self.schemas.write().get_mut(table).map(|s| s.arrow_schema())
+    }
+
+    /// A consistent view of one table for a query. The buffer is read before the
+    /// catalog: data only moves from buffer to files, so nothing can be missed.
+    pub fn snapshot(&self, table: &str) -> Option<TableSnapshot> {
+        let (schema, tags) = {
+            let mut s = self.schemas.write();
+            let ts = s.get_mut(table)?;
+            (ts.arrow_schema(), ts.tags().map(str::to_string).collect())
+        };
+        let buffer = self.buffer.lock().table_batches(table);
+        let files = self
+            .catalog
+            .lock()
+            .files
+            .iter()
+            .filter(|f| f.table == table)
+            .map(|f| (f.clone(), self.config.data_dir.join(&f.path)))
+            .collect();
+        Some(TableSnapshot { schema, tags, buffer, files })
+    }
+
+    /// True when the buffer is over its size limits or old enough to flush.
+    pub fn should_flush(&self) -> bool {
+        let b = self.buffer.lock();
+        if b.active_rows == 0 {
+            return false;
+        }
+        b.active_rows >= self.config.flush_max_rows
+            || b.active_bytes >= self.config.flush_max_bytes
+            || self.last_flush.lock().elapsed() >= self.config.flush_interval
+    }
+
+    /// Persists the buffer to Parquet, records the files in the catalog, then drops
+    /// the WAL segments they cover. Returns the number of rows written.
+    pub async fn flush(self: &Arc<Self>) -> Result<usize> {
+        let _guard = self.flush_lock.lock().await;
+        let (reply, rx) = oneshot::channel();
+        self.send(WalCommand::Rotate { reply })?;
+        let rot = rx.await.map_err(|_| Error::WalClosed)??;
+        *self.last_flush.lock() = Instant::now();
+        let this = Arc::clone(self);
+        let result = tokio::task::spawn_blocking(move || this.persist(rot))
+            .await
+            .map_err(|e| Error::io("flush task", std::io::Error::other(e.to_string())))?;
+        if let Err(e) = &result {
+            // The data stays in the buffer's flushing set and in the WAL; the next
+            // flush will try again.
+            warn!(error = %e, "flush failed");
+        }
+        result
+    }
+
+    fn persist(&self, rot: RotateResult) -> Result<usize> {
+        let started = Instant::now();
+        let mut new_files = Vec::new();
+        let mut rows = 0usize;
+        let mut tables: Vec<_> = rot.snapshot.into_iter().collect();
+        tables.sort_by(|a, b| a.0.cmp(&b.0));
+        for (table, tb) in &tables {
+            let (schema, tags) = {
+                let mut s = self.schemas.write();
+                let ts = s.get_mut(table).expect("buffered table has a schema");
+                (ts.arrow_schema(), ts.tags().map(str::to_string).collect::<Vec<_>>())
+            };
+            let seq_schema = with_seq_column(&schema);
+            let batches = tb
+                .batches
+                .iter()
+                .map(|b| normalize(&b.batch, &schema, Some(b.seq)))
+                .collect::<arrow::error::Result<Vec<_>>>()
+                .map_err(|e| Error::arrow(format!("normalizing buffer of table {table}"), e))?;
+            let merged = sort_dedupe(&seq_schema, &batches, &tags)
+                .map_err(|e| Error::arrow(format!("sorting buffer of table {table}"), e))?;
+            for (day, part) in split_by_day(&merged)? {
+                let meta = self.write_file(table, day, &part, &tags, rot.last_seq)?;
+                rows += part.num_rows();
+                new_files.push(meta);
+            }
+        }
+        {
+            let mut c = self.catalog.lock();
+            let mut next = c.clone();
+            next.files.extend(new_files.iter().cloned());
+            next.flushed_seq = next.flushed_seq.max(rot.last_seq);
+            next.tables = self.schemas.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            next.save(&self.config.data_dir)?;
+            *c = next;
+        }
+        self.buffer.lock().finish_flush();
+        self.update_file_gauges();
+        let wal_dir = self.config.data_dir.join("wal");
+        for (first, path) in wal::list_segments(&wal_dir)? {
+            if first < rot.new_segment_first_seq {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    warn!(segment = %path.display(), error = %e, "could not remove flushed WAL segment");
+                }
+            }
+        }
+        self.metrics.flushes.inc();
+        self.metrics.flushed_rows.inc_by(rows as u64);
+        info!(rows, files = new_files.len(), elapsed_ms = started.elapsed().as_millis() as u64, "flushed buffer to Parquet");
+        Ok(rows)
+    }
+
+    fn write_file(
+        &self,
+        table: &str,
+        day: i64,
+        batch: &RecordBatch,
+        tags: &[String],
+        seq: u64,
+    ) -> Result<ParquetFileMeta> {
+        let id = {
+            let mut c = self.catalog.lock();
+            let id = c.next_file_id;
+            c.next_file_id += 1;
+            id
+        };
+        let rel = format!("parquet/{id:020}.parquet");
+        let path = self.config.data_dir.join(&rel);
+        let size = write_parquet(&path, batch, tags)?;
+        let (min_time, max_time) = time_range(batch)?;
+        self.metrics.parquet_files_written.inc();
+        self.metrics.parquet_bytes_written.inc_by(size);
+        Ok(ParquetFileMeta {
+            id,
+            table: table.to_string(),
+            path: rel,
+            min_time,
+            max_time,
+            rows: batch.num_rows() as u64,
+            size_bytes: size,
+            seq,
+            day,
+        })
+    }
+
+    fn update_file_gauges(&self) {
+        let c = self.catalog.lock();
+        self.metrics.parquet_files.set(c.files.len() as i64);
+        self.metrics
+            .parquet_bytes
+            .set(c.files.iter().map(|f| f.size_bytes as i64).sum());
+    }
+
+    /// Merges runs of small files; returns how many runs were merged.
+    pub async fn compact(self: &Arc<Self>) -> Result<usize> {
+        let _guard = self.flush_lock.lock().await;
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.compact_blocking())
+            .await
+            .map_err(|e| Error::io("compaction task", std::io::Error::other(e.to_string())))?
+    }
+
+    fn compact_blocking(&self) -> Result<usize> {
+        let files = self.catalog.lock().files.clone();
+        let plans = plan_compactions(
+            &files,
+            self.config.compaction_min_files,
+            self.config.compaction_small_bytes,
+            self.config.compaction_small_bytes * 8,
+        );
+        let mut merged = 0;
+        for run in plans {
+            let table = run[0].table.clone();
+            let (schema, tags) = {
+                let mut s = self.schemas.write();
+                let ts = s.get_mut(&table).expect("file's table has a schema");
+                (ts.arrow_schema(), ts.tags().map(str::to_string).collect::<Vec<_>>())
+            };
+            let mut batches = Vec::new();
+            for f in &run {
+                for b in read_parquet(&self.config.data_dir.join(&f.path))? {
+                    batches.push(
+                        normalize(&b, &schema, Some(f.seq))
+                            .map_err(|e| Error::arrow(format!("normalizing {}", f.path), e))?,
+                    );
+                }
+            }
+            let out = sort_dedupe(&with_seq_column(&schema), &batches, &tags)
+                .map_err(|e| Error::arrow(format!("merging files of table {table}"), e))?;
+            let seq = run.iter().map(|f| f.seq).max().unwrap_or(0);
+            let meta = self.write_file(&table, run[0].day, &out, &tags, seq)?;
+            {
+                let mut c = self.catalog.lock();
+                let mut next = c.clone();
+                let ids: Vec<u64> = run.iter().map(|f| f.id).collect();
+                next.files.retain(|f| !ids.contains(&f.id));
+                next.files.push(meta);
+                next.save(&self.config.data_dir)?;
+                *c = next;
+            }
+            let when = Instant::now() + self.config.deletion_grace;
+            self.pending_deletes
+                .lock()
+                .extend(run.iter().map(|f| (when, self.config.data_dir.join(&f.path))));
+            self.metrics.compactions.inc();
+            merged += 1;
+            info!(table, files = run.len(), rows = out.num_rows(), "compacted files");
+        }
+        self.update_file_gauges();
+        self.delete_expired_files(false);
+        Ok(merged)
+    }
+
+    /// Deletes files that compaction replaced, once their grace time is over (or all
+    /// of them, at shutdown).
+    pub fn delete_expired_files(&self, all: bool) {
+        let now = Instant::now();
+        let mut pending = self.pending_deletes.lock();
+        pending.retain(|(when, path)| {
+            if all || *when <= now {
+                if let Err(e) = std::fs::remove_file(path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        warn!(file = %path.display(), error = %e, "could not delete compacted file");
+                    }
+                }
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Flushes the buffer and stops the WAL thread.
+    pub async fn shutdown(self: &Arc<Self>) -> Result<()> {
+        let r = self.flush().await;
+        self.delete_expired_files(true);
+        self.wal_tx.lock().take();
+        if let Some(h) = self.wal_thread.lock().take() {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        r.map(|_| ())
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+}
+
+/// Removes Parquet files the catalog does not know (left by a crash mid-flush).
+fn remove_orphans(dir: &Path, catalog: &CatalogState) -> Result<()> {
+    let known: std::collections::HashSet<PathBuf> =
+        catalog.files.iter().map(|f| dir.join(&f.path)).collect();
+    let pdir = dir.join("parquet");
+    for e in std::fs::read_dir(&pdir).map_err(|e| Error::io(&pdir, e))? {
+        let p = e.map_err(|e| Error::io(&pdir, e))?.path();
+        if !known.contains(&p) {
+            warn!(file = %p.display(), "removing file not in the catalog");
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    Ok(())
+}
+
+/// The WAL sequencer: appends records in arrival order, fsyncs once per group, then
+/// applies the group to the buffer in sequence order and acknowledges it.
+fn wal_loop(
+    rx: mpsc::Receiver<WalCommand>,
+    mut segment: WalSegment,
+    mut next_seq: u64,
+    dir: PathBuf,
+    buffer: Arc<Mutex<WriteBuffer>>,
+    metrics: StorageMetrics,
+) {
+    type Pending = Vec<(u64, Vec<(String, RecordBatch)>, oneshot::Sender<Result<u64>>)>;
+    let commit = |segment: &mut WalSegment, pending: &mut Pending, failed: &mut Option<String>| {
+        if pending.is_empty() {
+            return;
+        }
+        let synced = match failed.take() {
+            Some(e) => Err(e),
+            None => segment.sync().map_err(|e| e.to_string()),
+        };
+        metrics.wal_fsyncs.inc();
+        match synced {
+            Ok(()) => {
+                let mut b = buffer.lock();
+                for (seq, tables, _) in pending.iter() {
+                    b.apply(*seq, tables);
+                }
+                drop(b);
+                for (seq, _, reply) in pending.drain(..) {
+                    let _ = reply.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                for (_, _, reply) in pending.drain(..) {
+                    let _ = reply.send(Err(Error::io(
+                        segment.path(),
+                        std::io::Error::other(e.clone()),
+                    )));
+                }
+            }
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        let mut cmds = vec![first];
+        while cmds.len() < 10_000 {
+            match rx.try_recv() {
+                Ok(c) => cmds.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut pending: Pending = Vec::new();
+        let mut failed: Option<String> = None;
+        for cmd in cmds {
+            match cmd {
+                WalCommand::Write { payload, tables, reply } => {
+                    if failed.is_some() {
+                        let _ = reply.send(Err(Error::WalClosed));
+                        continue;
+                    }
+                    let seq = next_seq;
+                    next_seq += 1;
+                    match segment.append(seq, &payload) {
+                        Ok(()) => {
+                            metrics.wal_records.inc();
+                            metrics.wal_bytes.inc_by(payload.len() as u64 + 16);
+                            pending.push((seq, tables, reply));
+                        }
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                WalCommand::Rotate { reply } => {
+                    commit(&mut segment, &mut pending, &mut failed);
+                    let r = WalSegment::create(&dir, next_seq).map(|s| {
+                        let _ = segment.sync();
+                        segment = s;
+                        RotateResult {
+                            last_seq: next_seq - 1,
+                            new_segment_first_seq: next_seq,
+                            snapshot: buffer.lock().start_flush(),
+                        }
+                    });
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        let had_failure = failed.is_some();
+        commit(&mut segment, &mut pending, &mut failed);
+        if had_failure {
+            // Start a fresh segment so a torn record cannot hide later good ones.
+            match WalSegment::create(&dir, next_seq) {
+                Ok(s) => segment = s,
+                Err(e) => warn!(error = %e, "could not open a new WAL segment"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::point::FieldValue;
+    use std::borrow::Cow;
+
+    fn p(table: &'static str, host: &'static str, field: &'static str, v: FieldValue<'static>, t: i64) -> Point<'static> {
+        Point {
+            table: Cow::Borrowed(table),
+            tags: vec![(Cow::Borrowed("host"), Cow::Borrowed(host))],
+            fields: vec![(Cow::Borrowed(field), v)],
+            time: t,
+        }
+    }
+
+    fn rows(s: &Storage, table: &str) -> usize {
+        let snap = s.snapshot(table).unwrap();
+        snap.buffer.iter().map(|b| b.batch.num_rows()).sum::<usize>()
+            + snap.files.iter().map(|f| f.0.rows as usize).sum::<usize>()
+    }
+
+    #[tokio::test]
+    async fn type_conflicts_rejected_per_line_and_replay_restores() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let w = s.validate(vec![
+            (1, p("cpu", "a", "v", FieldValue::F64(1.0), 10)),
+            (2, p("cpu", "a", "v", FieldValue::I64(1), 20)),
+            (3, p("cpu", "b", "v", FieldValue::F64(2.0), 10)),
+            (4, p("cpu", "b", "host", FieldValue::F64(2.0), 10)),
+        ]);
+        assert_eq!(w.accepted, 2);
+        assert_eq!(w.rejected.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2, 4]);
+        assert!(w.rejected[0].reason.contains("is float, got integer"), "{:?}", w.rejected);
+        s.commit(w.tables).await.unwrap();
+        assert_eq!(rows(&s, "cpu"), 2);
+        // Simulate a crash: drop without flushing, reopen, replay.
+        s.wal_tx.lock().take();
+        drop(s);
+        let s = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        assert_eq!(rows(&s, "cpu"), 2);
+        let n = s.flush().await.unwrap();
+        assert_eq!(n, 2);
+        let snap = s.snapshot("cpu").unwrap();
+        assert!(snap.buffer.is_empty());
+        assert_eq!(snap.files.len(), 1);
+        // After flush the WAL is truncated; reopening sees only the file.
+        s.wal_tx.lock().take();
+        drop(s);
+        let s = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        assert_eq!(rows(&s, "cpu"), 2);
+    }
+
+    #[tokio::test]
+    async fn compaction_merges_and_dedupes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StorageConfig::new(dir.path());
+        cfg.compaction_min_files = 2;
+        cfg.deletion_grace = Duration::ZERO;
+        let s = Storage::open(cfg).unwrap();
+        for v in [1.0, 2.0, 3.0] {
+            let w = s.validate(vec![(1, p("cpu", "a", "v", FieldValue::F64(v), 10))]);
+            s.commit(w.tables).await.unwrap();
+            s.flush().await.unwrap();
+        }
+        assert_eq!(s.snapshot("cpu").unwrap().files.len(), 3);
+        assert_eq!(s.compact().await.unwrap(), 1);
+        let snap = s.snapshot("cpu").unwrap();
+        assert_eq!(snap.files.len(), 1);
+        let batches = read_parquet(&snap.files[0].1).unwrap();
+        let v = batches[0].column_by_name("v").unwrap();
+        let v = v.as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+        assert_eq!(v.values().to_vec(), vec![3.0]);
+        assert_eq!(std::fs::read_dir(dir.path().join("parquet")).unwrap().count(), 1);
+    }
+}

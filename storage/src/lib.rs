@@ -1,0 +1,26 @@
+//! vigil's storage engine: where validated writes go and where queries read from.
+//!
+//! Data comes in from the ingest front ends as [`Point`]s. [`Storage::validate`] checks
+//! them against the table schemas (rejecting type conflicts per line) and builds Arrow
+//! batches; [`Storage::commit`] appends them to the write-ahead log (group commit, one
+//! fsync for many requests) and then to the in-memory buffer, where they are queryable
+//! at once. The [`flush`] machinery turns the buffer into sorted, deduplicated Parquet
+//! files recorded in the [`catalog`]; the [`compact`] step merges small files.
+//! The SQL layer reads a consistent [`TableSnapshot`] (buffer + files) per query.
+
+pub mod buffer;
+pub mod catalog;
+pub mod compact;
+pub mod dedupe;
+mod engine;
+mod error;
+pub mod flush;
+pub mod metrics;
+pub mod point;
+pub mod schema;
+pub mod wal;
+
+pub use engine::{Storage, StorageConfig, TableSnapshot, ValidatedWrite};
+pub use error::{Error, LineError, Result};
+pub use point::{FieldValue, Point};
+pub use schema::{ColumnKind, FieldType, TableSchema, SEQ_COLUMN, TIME_COLUMN};

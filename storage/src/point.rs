@@ -1,0 +1,23 @@
+//! The unit of ingest: one row of one table, as parsed by a front end.
+
+use std::borrow::Cow;
+
+/// A field value as it arrived, before it is checked against the table schema.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue<'a> {
+    F64(f64),
+    I64(i64),
+    U64(u64),
+    Bool(bool),
+    Str(Cow<'a, str>),
+}
+
+/// One point: measurement (table), tag set, field set and a nanosecond UTC timestamp.
+/// Borrowed from the request body where possible so parsing does not copy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point<'a> {
+    pub table: Cow<'a, str>,
+    pub tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+    pub time: i64,
+}
