@@ -2,7 +2,7 @@ use std::borrow::Cow;
 use std::str::FromStr;
 
 use influxdb_line_protocol::{EscapedStr, FieldValue as LpValue};
-use vigil_storage::{FieldValue, LineError, Point};
+use vigil_model::{FieldValue, LineError, Point};
 
 /// Unit of the timestamps in a write request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,7 +110,9 @@ pub fn parse_line_protocol(body: &str, precision: Precision, default_time: i64) 
                 None => {
                     out.errors.push(LineError {
                         line: line_no,
-                        reason: format!("timestamp {t} is out of range for precision {precision:?}"),
+                        reason: format!(
+                            "timestamp {t} is out of range for precision {precision:?}"
+                        ),
                     });
                     continue;
                 }
@@ -121,7 +123,8 @@ pub fn parse_line_protocol(body: &str, precision: Precision, default_time: i64) 
             .tag_set
             .map(|ts| ts.into_iter().map(|(k, v)| (cow(k), cow(v))).collect())
             .unwrap_or_default();
-        let mut fields: Vec<(Cow<'_, str>, FieldValue<'_>)> = Vec::with_capacity(parsed.field_set.len());
+        let mut fields: Vec<(Cow<'_, str>, FieldValue<'_>)> =
+            Vec::with_capacity(parsed.field_set.len());
         for (k, v) in parsed.field_set {
             let v = match v {
                 LpValue::F64(x) => FieldValue::F64(x),
@@ -173,7 +176,10 @@ mod tests {
         assert_eq!(cpu.fields[1], ("count".into(), FieldValue::I64(3)));
         assert_eq!(cpu.fields[2], ("big".into(), FieldValue::U64(u64::MAX)));
         assert_eq!(cpu.fields[3], ("ok".into(), FieldValue::Bool(true)));
-        assert_eq!(cpu.fields[4], ("msg".into(), FieldValue::Str("hi \"there\"".into())));
+        assert_eq!(
+            cpu.fields[4],
+            ("msg".into(), FieldValue::Str("hi \"there\"".into()))
+        );
         assert_eq!(p.points[1].0, 4);
         assert_eq!(p.points[1].1.table, "my measure");
         assert_eq!(p.points[1].1.time, 99, "no timestamp: default time");
@@ -185,8 +191,15 @@ mod tests {
 
     #[test]
     fn duplicate_field_last_wins_and_overflow() {
-        let p = parse_line_protocol("m f=1,f=2 1\nm f=1 9223372036854775807", Precision::Millisecond, 0);
-        assert_eq!(p.points[0].1.fields, vec![("f".into(), FieldValue::F64(2.0))]);
+        let p = parse_line_protocol(
+            "m f=1,f=2 1\nm f=1 9223372036854775807",
+            Precision::Millisecond,
+            0,
+        );
+        assert_eq!(
+            p.points[0].1.fields,
+            vec![("f".into(), FieldValue::F64(2.0))]
+        );
         assert_eq!(p.errors[0].line, 2);
         assert!(p.errors[0].reason.contains("out of range"));
     }

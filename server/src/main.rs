@@ -1,1 +1,141 @@
-fn main() {}
+//! The `vigil` binary: `serve` runs everything in one process; `query` and `write`
+//! talk to a running server over HTTP.
+
+mod cli;
+mod config;
+mod http;
+mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, ServeArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Metrics monitoring and alerting: ingest, store, query in SQL"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (ingest, storage and SQL in one process).
+    Serve(ServeArgs),
+    /// Run a SQL query against a running server.
+    Query(cli::QueryArgs),
+    /// Send line protocol from a file (or `-` for stdin) to a running server.
+    Write(cli::WriteArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.load()?;
+            init_logging(&config);
+            rt.block_on(serve(config))
+        }
+        Command::Query(args) => rt.block_on(cli::query(args)),
+        Command::Write(args) => rt.block_on(cli::write(args)),
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let storage = vigil_storage::Storage::open(config.storage_config())
+        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    let engine = Arc::new(vigil_sql::QueryEngine::new(
+        Arc::clone(&storage),
+        config.query_config(),
+    )?);
+    let metrics = Arc::new(metrics::ServerMetrics::new(storage.metrics()));
+    let state = Arc::new(http::AppState {
+        storage: Arc::clone(&storage),
+        engine,
+        metrics,
+        max_body_bytes: config.http.max_body_bytes,
+    });
+    let listener = tokio::net::TcpListener::bind(config.http.addr)
+        .await
+        .with_context(|| format!("binding HTTP address {}", config.http.addr))?;
+    info!(http = %listener.local_addr()?, data_dir = %config.data_dir.display(), "vigil is serving");
+
+    let background = tokio::spawn(background_tasks(
+        Arc::clone(&storage),
+        config.storage.compaction_interval,
+    ));
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    background.abort();
+    info!("shutting down: flushing the buffer");
+    storage.shutdown().await.context("flushing at shutdown")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Flushes when the buffer is full or old, compacts on an interval.
+async fn background_tasks(storage: Arc<vigil_storage::Storage>, compaction_interval: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_compaction = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        if storage.should_flush() {
+            if let Err(e) = storage.flush().await {
+                error!(error = %e, "flush failed");
+            }
+        }
+        if last_compaction.elapsed() >= compaction_interval {
+            last_compaction = tokio::time::Instant::now();
+            if let Err(e) = storage.compact().await {
+                error!(error = %e, "compaction failed");
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    info!("shutdown signal received");
+}

@@ -1,1 +1,16 @@
+//! vigil's SQL layer: one DataFusion session over the storage engine.
+//!
+//! Each measurement is a [`VigilTable`], a `TableProvider` that plans a scan over the
+//! table's buffered batches and Parquet files, pruned by the time range of the query,
+//! with last-write-wins deduplication only where chunks overlap in time.
+//! [`QueryEngine`] owns the session configuration (memory limit, timeout) that every
+//! front end (HTTP, CLI, later Flight SQL and pgwire) shares.
 
+mod engine;
+mod error;
+mod table;
+mod time_range;
+
+pub use engine::{QueryConfig, QueryEngine};
+pub use error::{Error, Result};
+pub use table::{VigilSchema, VigilTable};

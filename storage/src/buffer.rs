@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use arrow::array::{
     new_null_array, ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder,
-    StringBuilder, StringDictionaryBuilder, TimestampNanosecondBuilder, UInt64Array,
-    UInt64Builder,
+    StringBuilder, StringDictionaryBuilder, TimestampNanosecondBuilder, UInt64Array, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
-use crate::point::{FieldValue, Point};
 use crate::schema::{ColumnKind, FieldType, SEQ_COLUMN, TIME_COLUMN};
+use vigil_model::{FieldValue, Point};
 
 /// A batch in the buffer, with the WAL sequence number of the write it came from.
 #[derive(Debug, Clone)]

@@ -69,9 +69,19 @@ mod tests {
 
     #[test]
     fn runs_are_contiguous_and_per_day() {
-        let files = vec![f(1, 0, 10), f(2, 0, 10), f(3, 0, 1000), f(4, 0, 10), f(5, 0, 10), f(6, 1, 10)];
+        let files = vec![
+            f(1, 0, 10),
+            f(2, 0, 10),
+            f(3, 0, 1000),
+            f(4, 0, 10),
+            f(5, 0, 10),
+            f(6, 1, 10),
+        ];
         let plans = plan_compactions(&files, 2, 100, 10_000);
-        let ids: Vec<Vec<u64>> = plans.iter().map(|p| p.iter().map(|f| f.id).collect()).collect();
+        let ids: Vec<Vec<u64>> = plans
+            .iter()
+            .map(|p| p.iter().map(|f| f.id).collect())
+            .collect();
         // The big file 3 splits the run; day 1 has a single file.
         assert_eq!(ids, vec![vec![1, 2], vec![4, 5]]);
     }

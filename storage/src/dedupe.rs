@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, UInt32Array};
+use arrow::compute::kernels::partition::partition;
 use arrow::compute::{concat_batches, lexsort_to_indices, take, take_record_batch, SortColumn};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use arrow::compute::kernels::partition::partition;
 
 use crate::schema::{SEQ_COLUMN, TIME_COLUMN};
 

@@ -12,16 +12,19 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::buffer::{normalize, with_seq_column, BatchBuilder, BufferedBatch, TableBuffer, WriteBuffer};
+use crate::buffer::{
+    normalize, with_seq_column, BatchBuilder, BufferedBatch, TableBuffer, WriteBuffer,
+};
 use crate::catalog::{CatalogState, ParquetFileMeta};
 use crate::compact::plan_compactions;
 use crate::dedupe::sort_dedupe;
-use crate::error::{Error, LineError, Result};
+use crate::error::{Error, Result};
 use crate::flush::{read_parquet, split_by_day, time_range, write_parquet};
 use crate::metrics::StorageMetrics;
-use crate::point::Point;
 use crate::schema::{ColumnKind, FieldType, TableSchema, SEQ_COLUMN, TIME_COLUMN};
 use crate::wal::{self, WalSegment};
+use vigil_model::LineError;
+use vigil_model::Point;
 
 /// Settings of the storage engine (the server fills them from its config).
 #[derive(Debug, Clone)]
@@ -108,7 +111,9 @@ pub struct Storage {
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage").field("data_dir", &self.config.data_dir).finish()
+        f.debug_struct("Storage")
+            .field("data_dir", &self.config.data_dir)
+            .finish()
     }
 }
 
@@ -200,8 +205,11 @@ impl Storage {
         }
         let catalog = CatalogState::load(dir)?;
         remove_orphans(dir, &catalog)?;
-        let mut schemas: HashMap<String, TableSchema> =
-            catalog.tables.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut schemas: HashMap<String, TableSchema> = catalog
+            .tables
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut buffer = WriteBuffer::default();
 
         // Replay what was acknowledged but not yet flushed.
@@ -218,11 +226,12 @@ impl Storage {
                 if r.seq <= catalog.flushed_seq {
                     continue;
                 }
-                let tables = wal::decode_payload(&r.payload).map_err(|message| Error::CorruptWal {
-                    path: path.clone(),
-                    offset: 0,
-                    message: format!("record {}: {message}", r.seq),
-                })?;
+                let tables =
+                    wal::decode_payload(&r.payload).map_err(|message| Error::CorruptWal {
+                        path: path.clone(),
+                        offset: 0,
+                        message: format!("record {}: {message}", r.seq),
+                    })?;
                 for (t, b) in &tables {
                     let s = schemas.entry(t.clone()).or_default();
                     for f in b.schema().fields() {
@@ -292,7 +301,10 @@ impl Storage {
                         break;
                     }
                     Check::Rejected(reason) => {
-                        out.rejected.push(LineError { line: *line, reason });
+                        out.rejected.push(LineError {
+                            line: *line,
+                            reason,
+                        });
                         checked.push(None);
                     }
                 }
@@ -315,7 +327,10 @@ impl Storage {
                 match check_point(existing, p) {
                     Check::Ok(k) => checked.push(Some(k)),
                     Check::Rejected(reason) => {
-                        out.rejected.push(LineError { line: *line, reason });
+                        out.rejected.push(LineError {
+                            line: *line,
+                            reason,
+                        });
                         checked.push(None);
                     }
                     Check::NeedsNewColumns => {
@@ -373,7 +388,11 @@ impl Storage {
         }
         let payload = wal::encode_payload(&tables)?;
         let (reply, rx) = oneshot::channel();
-        self.send(WalCommand::Write { payload, tables, reply })?;
+        self.send(WalCommand::Write {
+            payload,
+            tables,
+            reply,
+        })?;
         let seq = rx.await.map_err(|_| Error::WalClosed)??;
         let b = self.buffer.lock();
         self.metrics.buffer_rows.set(b.active_rows as i64);
@@ -397,7 +416,10 @@ impl Storage {
     }
 
     pub fn table_schema(&self, table: &str) -> Option<SchemaRef> {
-        self.schemas.write().get_mut(table).map(|s| s.arrow_schema())
+        self.schemas
+            .write()
+            .get_mut(table)
+            .map(|s| s.arrow_schema())
     }
 
     /// A consistent view of one table for a query. The buffer is read before the
@@ -417,7 +439,12 @@ impl Storage {
             .filter(|f| f.table == table)
             .map(|f| (f.clone(), self.config.data_dir.join(&f.path)))
             .collect();
-        Some(TableSnapshot { schema, tags, buffer, files })
+        Some(TableSnapshot {
+            schema,
+            tags,
+            buffer,
+            files,
+        })
     }
 
     /// True when the buffer is over its size limits or old enough to flush.
@@ -461,7 +488,10 @@ impl Storage {
             let (schema, tags) = {
                 let mut s = self.schemas.write();
                 let ts = s.get_mut(table).expect("buffered table has a schema");
-                (ts.arrow_schema(), ts.tags().map(str::to_string).collect::<Vec<_>>())
+                (
+                    ts.arrow_schema(),
+                    ts.tags().map(str::to_string).collect::<Vec<_>>(),
+                )
             };
             let seq_schema = with_seq_column(&schema);
             let batches = tb
@@ -483,7 +513,12 @@ impl Storage {
             let mut next = c.clone();
             next.files.extend(new_files.iter().cloned());
             next.flushed_seq = next.flushed_seq.max(rot.last_seq);
-            next.tables = self.schemas.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            next.tables = self
+                .schemas
+                .read()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             next.save(&self.config.data_dir)?;
             *c = next;
         }
@@ -499,7 +534,12 @@ impl Storage {
         }
         self.metrics.flushes.inc();
         self.metrics.flushed_rows.inc_by(rows as u64);
-        info!(rows, files = new_files.len(), elapsed_ms = started.elapsed().as_millis() as u64, "flushed buffer to Parquet");
+        info!(
+            rows,
+            files = new_files.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "flushed buffer to Parquet"
+        );
         Ok(rows)
     }
 
@@ -567,7 +607,10 @@ impl Storage {
             let (schema, tags) = {
                 let mut s = self.schemas.write();
                 let ts = s.get_mut(&table).expect("file's table has a schema");
-                (ts.arrow_schema(), ts.tags().map(str::to_string).collect::<Vec<_>>())
+                (
+                    ts.arrow_schema(),
+                    ts.tags().map(str::to_string).collect::<Vec<_>>(),
+                )
             };
             let mut batches = Vec::new();
             for f in &run {
@@ -592,12 +635,18 @@ impl Storage {
                 *c = next;
             }
             let when = Instant::now() + self.config.deletion_grace;
-            self.pending_deletes
-                .lock()
-                .extend(run.iter().map(|f| (when, self.config.data_dir.join(&f.path))));
+            self.pending_deletes.lock().extend(
+                run.iter()
+                    .map(|f| (when, self.config.data_dir.join(&f.path))),
+            );
             self.metrics.compactions.inc();
             merged += 1;
-            info!(table, files = run.len(), rows = out.num_rows(), "compacted files");
+            info!(
+                table,
+                files = run.len(),
+                rows = out.num_rows(),
+                "compacted files"
+            );
         }
         self.update_file_gauges();
         self.delete_expired_files(false);
@@ -664,7 +713,11 @@ fn wal_loop(
     buffer: Arc<Mutex<WriteBuffer>>,
     metrics: StorageMetrics,
 ) {
-    type Pending = Vec<(u64, Vec<(String, RecordBatch)>, oneshot::Sender<Result<u64>>)>;
+    type Pending = Vec<(
+        u64,
+        Vec<(String, RecordBatch)>,
+        oneshot::Sender<Result<u64>>,
+    )>;
     let commit = |segment: &mut WalSegment, pending: &mut Pending, failed: &mut Option<String>| {
         if pending.is_empty() {
             return;
@@ -707,7 +760,11 @@ fn wal_loop(
         let mut failed: Option<String> = None;
         for cmd in cmds {
             match cmd {
-                WalCommand::Write { payload, tables, reply } => {
+                WalCommand::Write {
+                    payload,
+                    tables,
+                    reply,
+                } => {
                     if failed.is_some() {
                         let _ = reply.send(Err(Error::WalClosed));
                         continue;
@@ -756,10 +813,16 @@ fn wal_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::point::FieldValue;
     use std::borrow::Cow;
+    use vigil_model::FieldValue;
 
-    fn p(table: &'static str, host: &'static str, field: &'static str, v: FieldValue<'static>, t: i64) -> Point<'static> {
+    fn p(
+        table: &'static str,
+        host: &'static str,
+        field: &'static str,
+        v: FieldValue<'static>,
+        t: i64,
+    ) -> Point<'static> {
         Point {
             table: Cow::Borrowed(table),
             tags: vec![(Cow::Borrowed("host"), Cow::Borrowed(host))],
@@ -770,7 +833,10 @@ mod tests {
 
     fn rows(s: &Storage, table: &str) -> usize {
         let snap = s.snapshot(table).unwrap();
-        snap.buffer.iter().map(|b| b.batch.num_rows()).sum::<usize>()
+        snap.buffer
+            .iter()
+            .map(|b| b.batch.num_rows())
+            .sum::<usize>()
             + snap.files.iter().map(|f| f.0.rows as usize).sum::<usize>()
     }
 
@@ -785,8 +851,15 @@ mod tests {
             (4, p("cpu", "b", "host", FieldValue::F64(2.0), 10)),
         ]);
         assert_eq!(w.accepted, 2);
-        assert_eq!(w.rejected.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2, 4]);
-        assert!(w.rejected[0].reason.contains("is float, got integer"), "{:?}", w.rejected);
+        assert_eq!(
+            w.rejected.iter().map(|e| e.line).collect::<Vec<_>>(),
+            vec![2, 4]
+        );
+        assert!(
+            w.rejected[0].reason.contains("is float, got integer"),
+            "{:?}",
+            w.rejected
+        );
         s.commit(w.tables).await.unwrap();
         assert_eq!(rows(&s, "cpu"), 2);
         // Simulate a crash: drop without flushing, reopen, replay.
@@ -824,8 +897,16 @@ mod tests {
         assert_eq!(snap.files.len(), 1);
         let batches = read_parquet(&snap.files[0].1).unwrap();
         let v = batches[0].column_by_name("v").unwrap();
-        let v = v.as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+        let v = v
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .unwrap();
         assert_eq!(v.values().to_vec(), vec![3.0]);
-        assert_eq!(std::fs::read_dir(dir.path().join("parquet")).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("parquet"))
+                .unwrap()
+                .count(),
+            1
+        );
     }
 }

@@ -49,10 +49,3 @@ impl Error {
         }
     }
 }
-
-/// A line that was rejected, by its 1-based line number in the request body.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LineError {
-    pub line: usize,
-    pub reason: String,
-}

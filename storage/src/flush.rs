@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::Path;
 
-
 use arrow::array::{Array, BooleanArray, TimestampNanosecondArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::DataType;
@@ -12,8 +11,8 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
@@ -44,7 +43,11 @@ pub fn time_range(batch: &RecordBatch) -> Result<(i64, i64)> {
 /// Splits a batch by UTC day of `time`, keeping row order within each part.
 pub fn split_by_day(batch: &RecordBatch) -> Result<Vec<(i64, RecordBatch)>> {
     let t = time_column(batch)?;
-    let days: BTreeSet<i64> = t.values().iter().map(|v| v.div_euclid(NANOS_PER_DAY)).collect();
+    let days: BTreeSet<i64> = t
+        .values()
+        .iter()
+        .map(|v| v.div_euclid(NANOS_PER_DAY))
+        .collect();
     if days.len() <= 1 {
         return Ok(days.into_iter().map(|d| (d, batch.clone())).collect());
     }
@@ -143,4 +146,3 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
         .map(|b| b.map_err(|e| Error::arrow(format!("reading {}", path.display()), e)))
         .collect()
 }
-

@@ -16,11 +16,10 @@ mod engine;
 mod error;
 pub mod flush;
 pub mod metrics;
-pub mod point;
 pub mod schema;
 pub mod wal;
 
 pub use engine::{Storage, StorageConfig, TableSnapshot, ValidatedWrite};
-pub use error::{Error, LineError, Result};
-pub use point::{FieldValue, Point};
+pub use error::{Error, Result};
 pub use schema::{ColumnKind, FieldType, TableSchema, SEQ_COLUMN, TIME_COLUMN};
+pub use vigil_model::{FieldValue, LineError, Point};

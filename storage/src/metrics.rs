@@ -22,17 +22,65 @@ pub struct StorageMetrics {
 
 impl StorageMetrics {
     pub fn register(&self, r: &mut Registry) {
-        r.register("vigil_wal_fsyncs", "WAL fsync calls (one per group commit)", self.wal_fsyncs.clone());
-        r.register("vigil_wal_records", "WAL records appended", self.wal_records.clone());
-        r.register("vigil_wal_bytes", "WAL bytes appended", self.wal_bytes.clone());
-        r.register("vigil_flushes", "Buffer flushes to Parquet", self.flushes.clone());
-        r.register("vigil_flushed_rows", "Rows written to Parquet by flushes", self.flushed_rows.clone());
-        r.register("vigil_parquet_files_written", "Parquet files written (flush and compaction)", self.parquet_files_written.clone());
-        r.register("vigil_parquet_bytes_written", "Parquet bytes written (flush and compaction)", self.parquet_bytes_written.clone());
-        r.register("vigil_compactions", "Compactions run", self.compactions.clone());
-        r.register("vigil_buffer_rows", "Rows in the in-memory buffer", self.buffer_rows.clone());
-        r.register("vigil_buffer_bytes", "Bytes in the in-memory buffer", self.buffer_bytes.clone());
-        r.register("vigil_parquet_files", "Parquet files in the catalog", self.parquet_files.clone());
-        r.register("vigil_parquet_bytes", "Bytes of Parquet files in the catalog", self.parquet_bytes.clone());
+        r.register(
+            "vigil_wal_fsyncs",
+            "WAL fsync calls (one per group commit)",
+            self.wal_fsyncs.clone(),
+        );
+        r.register(
+            "vigil_wal_records",
+            "WAL records appended",
+            self.wal_records.clone(),
+        );
+        r.register(
+            "vigil_wal_bytes",
+            "WAL bytes appended",
+            self.wal_bytes.clone(),
+        );
+        r.register(
+            "vigil_flushes",
+            "Buffer flushes to Parquet",
+            self.flushes.clone(),
+        );
+        r.register(
+            "vigil_flushed_rows",
+            "Rows written to Parquet by flushes",
+            self.flushed_rows.clone(),
+        );
+        r.register(
+            "vigil_parquet_files_written",
+            "Parquet files written (flush and compaction)",
+            self.parquet_files_written.clone(),
+        );
+        r.register(
+            "vigil_parquet_bytes_written",
+            "Parquet bytes written (flush and compaction)",
+            self.parquet_bytes_written.clone(),
+        );
+        r.register(
+            "vigil_compactions",
+            "Compactions run",
+            self.compactions.clone(),
+        );
+        r.register(
+            "vigil_buffer_rows",
+            "Rows in the in-memory buffer",
+            self.buffer_rows.clone(),
+        );
+        r.register(
+            "vigil_buffer_bytes",
+            "Bytes in the in-memory buffer",
+            self.buffer_bytes.clone(),
+        );
+        r.register(
+            "vigil_parquet_files",
+            "Parquet files in the catalog",
+            self.parquet_files.clone(),
+        );
+        r.register(
+            "vigil_parquet_bytes",
+            "Bytes of Parquet files in the catalog",
+            self.parquet_bytes.clone(),
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
-use crate::point::FieldValue;
+use vigil_model::FieldValue;
 
 pub const TIME_COLUMN: &str = "time";
 /// Hidden column carrying the WAL sequence number, used to pick the last write of a

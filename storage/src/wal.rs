@@ -33,7 +33,8 @@ pub fn encode_payload(tables: &[(String, RecordBatch)]) -> Result<Vec<u8>> {
                 .map_err(|e| Error::arrow("encoding WAL record", e))?;
             w.write(batch)
                 .map_err(|e| Error::arrow("encoding WAL record", e))?;
-            w.finish().map_err(|e| Error::arrow("encoding WAL record", e))?;
+            w.finish()
+                .map_err(|e| Error::arrow("encoding WAL record", e))?;
         }
         out.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
         out.extend_from_slice(&ipc);
@@ -45,7 +46,10 @@ pub fn encode_payload(tables: &[(String, RecordBatch)]) -> Result<Vec<u8>> {
 pub fn decode_payload(mut p: &[u8]) -> std::result::Result<Vec<(String, RecordBatch)>, String> {
     fn take<'a>(p: &mut &'a [u8], n: usize) -> std::result::Result<&'a [u8], String> {
         if p.len() < n {
-            return Err(format!("payload truncated: need {n} bytes, have {}", p.len()));
+            return Err(format!(
+                "payload truncated: need {n} bytes, have {}",
+                p.len()
+            ));
         }
         let (a, b) = p.split_at(n);
         *p = b;
@@ -63,7 +67,10 @@ pub fn decode_payload(mut p: &[u8]) -> std::result::Result<Vec<(String, RecordBa
         let reader = StreamReader::try_new(Cursor::new(ipc), None)
             .map_err(|e| format!("bad Arrow IPC for table {name}: {e}"))?;
         for b in reader {
-            out.push((name.clone(), b.map_err(|e| format!("bad Arrow IPC for table {name}: {e}"))?));
+            out.push((
+                name.clone(),
+                b.map_err(|e| format!("bad Arrow IPC for table {name}: {e}"))?,
+            ));
         }
     }
     Ok(out)
@@ -215,11 +222,9 @@ mod tests {
     #[test]
     fn roundtrip_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let b = RecordBatch::try_from_iter(vec![(
-            "x",
-            Arc::new(Int64Array::from(vec![1, 2, 3])) as _,
-        )])
-        .unwrap();
+        let b =
+            RecordBatch::try_from_iter(vec![("x", Arc::new(Int64Array::from(vec![1, 2, 3])) as _)])
+                .unwrap();
         let payload = encode_payload(&[("t".into(), b.clone())]).unwrap();
         let mut seg = WalSegment::create(dir.path(), 1).unwrap();
         seg.append(1, &payload).unwrap();

@@ -1,4 +1,6 @@
-//! The unit of ingest: one row of one table, as parsed by a front end.
+//! vigil's data model shared by the ingest front ends and the storage engine: the
+//! point a parser produces and the per-line error it reports. Kept tiny so parsers
+//! (and their fuzz targets) build without Arrow.
 
 use std::borrow::Cow;
 
@@ -20,4 +22,11 @@ pub struct Point<'a> {
     pub tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     pub fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
     pub time: i64,
+}
+
+/// A line that was rejected, by its 1-based line number in the request body.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LineError {
+    pub line: usize,
+    pub reason: String,
 }

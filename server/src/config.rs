@@ -1,0 +1,289 @@
+//! vigil's configuration: one typed struct, layered defaults < TOML file < `VIGIL_*`
+//! environment variables < command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the WAL, Parquet files and catalog live.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub storage: StorageSection,
+    pub query: QuerySection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    /// Request bodies above this size (after gzip decompression) get 413.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSection {
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    pub flush_max_rows: usize,
+    pub flush_max_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub compaction_interval: Duration,
+    pub compaction_min_files: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySection {
+    pub memory_limit_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` or `json`.
+    pub format: String,
+    /// A `tracing` filter such as `info` or `vigil=debug`.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./vigil-data"),
+            http: HttpConfig::default(),
+            storage: StorageSection::default(),
+            query: QuerySection::default(),
+            log: LogSection::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8181".parse().unwrap(),
+            max_body_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        let s = vigil_storage::StorageConfig::new(".");
+        Self {
+            flush_interval: s.flush_interval,
+            flush_max_rows: s.flush_max_rows,
+            flush_max_bytes: s.flush_max_bytes,
+            compaction_interval: Duration::from_secs(60),
+            compaction_min_files: s.compaction_min_files,
+        }
+    }
+}
+
+impl Default for QuerySection {
+    fn default() -> Self {
+        let q = vigil_sql::QueryConfig::default();
+        Self {
+            memory_limit_bytes: q.memory_limit_bytes,
+            timeout: q.timeout,
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.http.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "http.max_body_bytes must be > 0".into(),
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid(format!(
+                "log.format must be 'text' or 'json', not '{}'",
+                self.log.format
+            )));
+        }
+        if self.storage.flush_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "storage.flush_interval must be > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn storage_config(&self) -> vigil_storage::StorageConfig {
+        let mut s = vigil_storage::StorageConfig::new(&self.data_dir);
+        s.flush_interval = self.storage.flush_interval;
+        s.flush_max_rows = self.storage.flush_max_rows;
+        s.flush_max_bytes = self.storage.flush_max_bytes;
+        s.compaction_min_files = self.storage.compaction_min_files;
+        s
+    }
+
+    pub fn query_config(&self) -> vigil_sql::QueryConfig {
+        vigil_sql::QueryConfig {
+            memory_limit_bytes: self.query.memory_limit_bytes,
+            timeout: self.query.timeout,
+            target_partitions: 0,
+        }
+    }
+}
+
+/// Flags of `vigil serve`; each also reads a `VIGIL_*` variable and overrides the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "VIGIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./vigil-data].
+    #[arg(long, env = "VIGIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8181].
+    #[arg(long, env = "VIGIL_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Largest accepted request body in bytes [default: 67108864].
+    #[arg(long, env = "VIGIL_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Flush the buffer to Parquet at least this often [default: 5m].
+    #[arg(long, env = "VIGIL_FLUSH_INTERVAL")]
+    pub flush_interval: Option<humantime::Duration>,
+    /// Flush when the buffer holds this many rows [default: 4000000].
+    #[arg(long, env = "VIGIL_FLUSH_MAX_ROWS")]
+    pub flush_max_rows: Option<usize>,
+    /// Flush when the buffer holds this many bytes [default: 536870912].
+    #[arg(long, env = "VIGIL_FLUSH_MAX_BYTES")]
+    pub flush_max_bytes: Option<usize>,
+    /// How often the compactor looks for small files [default: 1m].
+    #[arg(long, env = "VIGIL_COMPACTION_INTERVAL")]
+    pub compaction_interval: Option<humantime::Duration>,
+    /// Memory all queries may use together, in bytes [default: 4294967296].
+    #[arg(long, env = "VIGIL_QUERY_MEMORY_LIMIT")]
+    pub query_memory_limit: Option<usize>,
+    /// Query timeout [default: 5m].
+    #[arg(long, env = "VIGIL_QUERY_TIMEOUT")]
+    pub query_timeout: Option<humantime::Duration>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "VIGIL_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info or vigil=debug [default: info].
+    #[arg(long, env = "VIGIL_LOG")]
+    pub log_filter: Option<String>,
+}
+
+impl ServeArgs {
+    /// Builds the effective configuration: defaults, then the file, then env/flags.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = self.http_addr {
+            c.http.addr = v;
+        }
+        if let Some(v) = self.max_body_bytes {
+            c.http.max_body_bytes = v;
+        }
+        if let Some(v) = self.flush_interval {
+            c.storage.flush_interval = v.into();
+        }
+        if let Some(v) = self.flush_max_rows {
+            c.storage.flush_max_rows = v;
+        }
+        if let Some(v) = self.flush_max_bytes {
+            c.storage.flush_max_bytes = v;
+        }
+        if let Some(v) = self.compaction_interval {
+            c.storage.compaction_interval = v.into();
+        }
+        if let Some(v) = self.query_memory_limit {
+            c.query.memory_limit_bytes = v;
+        }
+        if let Some(v) = self.query_timeout {
+            c.query.timeout = v.into();
+        }
+        if let Some(v) = &self.log_format {
+            c.log.format = v.clone();
+        }
+        if let Some(v) = &self.log_filter {
+            c.log.filter = v.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vigil.toml");
+        std::fs::write(
+            &p,
+            "data_dir = \"/tmp/x\"\n[http]\naddr = \"127.0.0.1:9999\"\n[storage]\nflush_interval = \"10s\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(p.clone()),
+            http_addr: Some("127.0.0.1:7777".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = args.load().unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.http.addr.port(), 7777);
+        assert_eq!(c.storage.flush_interval, Duration::from_secs(10));
+        std::fs::write(&p, "[http]\nadr = \"x\"\n").unwrap();
+        let err = args.load().unwrap_err().to_string();
+        assert!(err.contains("unknown field `adr`"), "{err}");
+    }
+}

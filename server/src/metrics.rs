@@ -1,0 +1,79 @@
+//! vigil's own metrics, served on `/metrics` in Prometheus text format.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+pub struct ServerMetrics {
+    registry: Registry,
+    pub write_requests: Counter,
+    pub write_errors: Counter,
+    pub rows_written: Counter,
+    pub lines_rejected: Counter,
+    pub bytes_received: Counter,
+    pub queries: Counter,
+    pub query_errors: Counter,
+    pub query_duration: Histogram,
+}
+
+impl ServerMetrics {
+    pub fn new(storage: &vigil_storage::metrics::StorageMetrics) -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            write_requests: Counter::default(),
+            write_errors: Counter::default(),
+            rows_written: Counter::default(),
+            lines_rejected: Counter::default(),
+            bytes_received: Counter::default(),
+            queries: Counter::default(),
+            query_errors: Counter::default(),
+            query_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "vigil_write_requests",
+            "Write requests received",
+            m.write_requests.clone(),
+        );
+        registry.register(
+            "vigil_write_errors",
+            "Write requests that failed entirely",
+            m.write_errors.clone(),
+        );
+        registry.register(
+            "vigil_rows_written",
+            "Rows acknowledged to writers",
+            m.rows_written.clone(),
+        );
+        registry.register(
+            "vigil_lines_rejected",
+            "Lines rejected (parse errors, type conflicts)",
+            m.lines_rejected.clone(),
+        );
+        registry.register(
+            "vigil_write_bytes",
+            "Bytes of write request bodies (decompressed)",
+            m.bytes_received.clone(),
+        );
+        registry.register("vigil_queries", "SQL queries run", m.queries.clone());
+        registry.register(
+            "vigil_query_errors",
+            "SQL queries that failed",
+            m.query_errors.clone(),
+        );
+        registry.register(
+            "vigil_query_duration_seconds",
+            "SQL query latency",
+            m.query_duration.clone(),
+        );
+        storage.register(&mut registry);
+        Self { registry, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

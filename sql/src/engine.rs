@@ -1,0 +1,167 @@
+//! The shared query engine: session configuration, memory limit, timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use vigil_storage::Storage;
+
+use crate::error::{Error, Result};
+use crate::table::VigilSchema;
+
+/// Limits every query runs under.
+#[derive(Debug, Clone)]
+pub struct QueryConfig {
+    /// Memory all running queries may use together (operators that can spill do so).
+    pub memory_limit_bytes: usize,
+    /// A query running longer than this is cancelled.
+    pub timeout: Duration,
+    /// DataFusion target partitions (parallelism); 0 means one per core.
+    pub target_partitions: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit_bytes: 4 << 30,
+            timeout: Duration::from_secs(300),
+            target_partitions: 0,
+        }
+    }
+}
+
+/// Owns the DataFusion context every front end queries through.
+pub struct QueryEngine {
+    ctx: SessionContext,
+    config: QueryConfig,
+}
+
+impl std::fmt::Debug for QueryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryEngine")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+pub(crate) const CATALOG: &str = "vigil";
+pub(crate) const SCHEMA: &str = "public";
+
+impl QueryEngine {
+    pub fn new(storage: Arc<Storage>, config: QueryConfig) -> Result<Self> {
+        let mut session = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(CATALOG, SCHEMA)
+            .with_create_default_catalog_and_schema(false);
+        if config.target_partitions > 0 {
+            session = session.with_target_partitions(config.target_partitions);
+        }
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit_bytes)))
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(session, runtime);
+        let catalog = MemoryCatalogProvider::new();
+        catalog.register_schema(SCHEMA, Arc::new(VigilSchema::new(storage)))?;
+        ctx.register_catalog(CATALOG, Arc::new(catalog));
+        Ok(Self { ctx, config })
+    }
+
+    /// The context, for front ends that drive DataFusion themselves.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Runs one SQL statement to completion under the timeout.
+    pub async fn sql(
+        &self,
+        query: &str,
+    ) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+        let run = async {
+            let df = self.ctx.sql(query).await?;
+            let schema = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await?;
+            Ok::<_, Error>((schema, batches))
+        };
+        match tokio::time::timeout(self.config.timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(self.config.timeout)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use std::borrow::Cow;
+    use vigil_storage::{FieldValue, Point, StorageConfig};
+
+    fn point(host: &'static str, v: f64, t: i64) -> Point<'static> {
+        Point {
+            table: Cow::Borrowed("cpu"),
+            tags: vec![(Cow::Borrowed("host"), Cow::Borrowed(host))],
+            fields: vec![(Cow::Borrowed("usage"), FieldValue::F64(v))],
+            time: t,
+        }
+    }
+
+    #[tokio::test]
+    async fn dedupes_across_buffer_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let write = |pts: Vec<Point<'static>>| {
+            let w = storage.validate(pts.into_iter().enumerate().collect());
+            assert!(w.rejected.is_empty());
+            w.tables
+        };
+        storage
+            .commit(write(vec![point("a", 1.0, 1), point("b", 2.0, 1)]))
+            .await
+            .unwrap();
+        storage.flush().await.unwrap();
+        // Overwrite a@1 in the buffer, add a new point, and write a far-away file.
+        storage
+            .commit(write(vec![point("a", 10.0, 1), point("a", 3.0, 2)]))
+            .await
+            .unwrap();
+        let engine = QueryEngine::new(Arc::clone(&storage), QueryConfig::default()).unwrap();
+        let (_, b) = engine
+            .sql("SELECT host, usage, time FROM cpu ORDER BY host, time")
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&b).unwrap().to_string();
+        assert!(
+            text.contains("| a    | 10.0  | 1970-01-01T00:00:00.000000001Z |"),
+            "{text}"
+        );
+        assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 3, "{text}");
+        let (_, b) = engine
+            .sql("SELECT count(*) AS n, sum(usage) AS s FROM cpu WHERE host = 'a'")
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&b).unwrap().to_string();
+        assert!(text.contains("| 2 | 13.0 |"), "{text}");
+        let (_, b) = engine.sql("SHOW TABLES").await.unwrap();
+        assert!(pretty_format_batches(&b)
+            .unwrap()
+            .to_string()
+            .contains("cpu"));
+        // After a second flush both files overlap and are deduplicated.
+        storage.flush().await.unwrap();
+        let (_, b) = engine.sql("SELECT sum(usage) AS s FROM cpu").await.unwrap();
+        let text = pretty_format_batches(&b).unwrap().to_string();
+        assert!(text.contains("| 15.0 |"), "{text}");
+        let (_, b) = engine
+            .sql("SELECT count(*) FROM cpu WHERE time > '1970-01-01T00:00:00.000000001Z'")
+            .await
+            .unwrap();
+        assert!(pretty_format_batches(&b)
+            .unwrap()
+            .to_string()
+            .contains("| 1 "));
+    }
+}

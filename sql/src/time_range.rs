@@ -1,0 +1,142 @@
+//! Extracting the time range a query asks for from its filters, to skip whole files.
+
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator};
+use vigil_storage::TIME_COLUMN;
+
+/// Inclusive nanosecond bounds; `i64::MIN..=i64::MAX` when the filters say nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeRange {
+    pub(crate) min: i64,
+    pub(crate) max: i64,
+}
+
+impl Default for TimeRange {
+    fn default() -> Self {
+        Self {
+            min: i64::MIN,
+            max: i64::MAX,
+        }
+    }
+}
+
+fn timestamp_nanos(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::TimestampNanosecond(Some(x), _) => Some(*x),
+        ScalarValue::TimestampMicrosecond(Some(x), _) => x.checked_mul(1_000),
+        ScalarValue::TimestampMillisecond(Some(x), _) => x.checked_mul(1_000_000),
+        ScalarValue::TimestampSecond(Some(x), _) => x.checked_mul(1_000_000_000),
+        _ => None,
+    }
+}
+
+fn is_time(e: &Expr) -> bool {
+    match e {
+        Expr::Column(c) => c.name == TIME_COLUMN,
+        Expr::Cast(c) => is_time(&c.expr),
+        _ => false,
+    }
+}
+
+fn literal(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Literal(v, _) => timestamp_nanos(v),
+        _ => None,
+    }
+}
+
+impl TimeRange {
+    /// Narrows the range with every conjunct of `filters` it understands.
+    pub(crate) fn from_filters(filters: &[Expr]) -> Self {
+        let mut r = TimeRange::default();
+        for f in filters {
+            r.apply(f);
+        }
+        r
+    }
+
+    fn apply(&mut self, e: &Expr) {
+        match e {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::And,
+                right,
+            }) => {
+                self.apply(left);
+                self.apply(right);
+            }
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let (op, v) = if is_time(left) {
+                    match literal(right) {
+                        Some(v) => (*op, v),
+                        None => return,
+                    }
+                } else if is_time(right) {
+                    match (literal(left), op.swap()) {
+                        (Some(v), Some(op)) => (op, v),
+                        _ => return,
+                    }
+                } else {
+                    return;
+                };
+                match op {
+                    Operator::Gt => self.min = self.min.max(v.saturating_add(1)),
+                    Operator::GtEq => self.min = self.min.max(v),
+                    Operator::Lt => self.max = self.max.min(v.saturating_sub(1)),
+                    Operator::LtEq => self.max = self.max.min(v),
+                    Operator::Eq => {
+                        self.min = self.min.max(v);
+                        self.max = self.max.min(v);
+                    }
+                    _ => {}
+                }
+            }
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) if is_time(expr) => {
+                if let (Some(lo), Some(hi)) = (literal(low), literal(high)) {
+                    self.min = self.min.max(lo);
+                    self.max = self.max.min(hi);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    fn ts(v: i64) -> Expr {
+        lit(ScalarValue::TimestampNanosecond(
+            Some(v),
+            Some("UTC".into()),
+        ))
+    }
+
+    #[test]
+    fn bounds_from_comparisons() {
+        let r = TimeRange::from_filters(&[
+            col("time").gt_eq(ts(10)).and(col("time").lt(ts(20))),
+            col("host").eq(lit("a")),
+        ]);
+        assert_eq!(r, TimeRange { min: 10, max: 19 });
+        let r = TimeRange::from_filters(&[ts(5).lt(col("time"))]);
+        assert_eq!(
+            r,
+            TimeRange {
+                min: 6,
+                max: i64::MAX
+            }
+        );
+        let r = TimeRange::from_filters(&[col("time").between(ts(1), ts(2))]);
+        assert_eq!(r, TimeRange { min: 1, max: 2 });
+        let r = TimeRange::from_filters(&[col("time").gt(ts(1)).or(col("time").lt(ts(0)))]);
+        assert_eq!(r, TimeRange::default());
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: they start the real `vigil` binary on a free loopback port and
+//! talk to it as users do (HTTP line protocol, the SQL API, the CLI).
+
+mod server;
+
+mod crash;
+mod errors;
+mod roundtrip;

@@ -1,0 +1,141 @@
+//! Starting and stopping a real `vigil serve` for a test.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vigil");
+
+pub struct TestServer {
+    pub child: Option<Child>,
+    pub url: String,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    extra: Vec<String>,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestServer {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut s = Self {
+            child: None,
+            url: format!("http://{addr}"),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--http-addr")
+            .arg(&self.addr)
+            .args(&self.extra)
+            .env("VIGIL_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start vigil");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::blocking::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("{}/health", self.url)).send() {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("vigil exited during startup: {status}");
+            }
+            assert!(Instant::now() < deadline, "vigil did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the graceful shutdown to finish.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            let status = c.wait().unwrap();
+            assert!(status.success(), "vigil exited with {status} after SIGTERM");
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn write(
+        &self,
+        path_and_query: &str,
+        body: impl Into<reqwest::blocking::Body>,
+    ) -> reqwest::blocking::Response {
+        reqwest::blocking::Client::new()
+            .post(format!("{}{}", self.url, path_and_query))
+            .body(body)
+            .send()
+            .unwrap()
+    }
+
+    pub fn write_lp(&self, body: &str) {
+        let r = self.write("/api/v3/write_lp?db=test", body.to_string());
+        assert_eq!(r.status(), 204, "{}", r.text().unwrap());
+    }
+
+    /// Runs SQL over HTTP and returns the rows as JSON objects.
+    pub fn sql(&self, q: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/api/v1/sql", self.url))
+            .json(&serde_json::json!({"sql": q, "format": "json"}))
+            .send()
+            .unwrap();
+        let status = r.status();
+        let text = r.text().unwrap();
+        assert!(status.is_success(), "query {q} failed: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_object().unwrap().clone())
+            .collect()
+    }
+
+    /// Runs the `vigil` CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("VIGIL_URL", &self.url)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
