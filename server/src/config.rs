@@ -192,10 +192,10 @@ pub struct ServeArgs {
     /// Flush the buffer to Parquet at least this often [default: 5m].
     #[arg(long, env = "VIGIL_FLUSH_INTERVAL")]
     pub flush_interval: Option<humantime::Duration>,
-    /// Flush when the buffer holds this many rows [default: 4000000].
+    /// Flush when the buffer holds this many rows [default: 1000000].
     #[arg(long, env = "VIGIL_FLUSH_MAX_ROWS")]
     pub flush_max_rows: Option<usize>,
-    /// Flush when the buffer holds this many bytes [default: 536870912].
+    /// Flush when the buffer holds this many bytes [default: 268435456].
     #[arg(long, env = "VIGIL_FLUSH_MAX_BYTES")]
     pub flush_max_bytes: Option<usize>,
     /// How often the compactor looks for small files [default: 1m].

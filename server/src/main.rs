@@ -84,14 +84,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP address {}", config.http.addr))?;
     info!(http = %listener.local_addr()?, data_dir = %config.data_dir.display(), "vigil is serving");
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = tokio::spawn(background_tasks(
         Arc::clone(&storage),
         config.storage.compaction_interval,
+        stop_rx,
     ));
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    background.abort();
+    // Let a running flush or compaction finish rather than abandoning it halfway.
+    let _ = stop_tx.send(true);
+    let _ = background.await;
     info!("shutting down: flushing the buffer");
     storage.shutdown().await.context("flushing at shutdown")?;
     info!("stopped");
@@ -99,11 +103,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Flushes when the buffer is full or old, compacts on an interval.
-async fn background_tasks(storage: Arc<vigil_storage::Storage>, compaction_interval: Duration) {
+async fn background_tasks(
+    storage: Arc<vigil_storage::Storage>,
+    compaction_interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_compaction = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = storage.flush_wanted() => {}
+            _ = stop.changed() => return,
+        }
         if storage.should_flush() {
             if let Err(e) = storage.flush().await {
                 error!(error = %e, "flush failed");

@@ -21,7 +21,7 @@ use datafusion::logical_expr::{
     TableType,
 };
 use datafusion::physical_plan::ExecutionPlan;
-use vigil_storage::buffer::{normalize, with_seq_column};
+use vigil_storage::buffer::{file_seq, normalize, with_seq_column};
 use vigil_storage::catalog::ParquetFileMeta;
 use vigil_storage::{Storage, TableSnapshot, SEQ_COLUMN, TIME_COLUMN};
 
@@ -237,12 +237,9 @@ impl TableProvider for VigilTable {
                     ChunkKind::File(meta, path) => LogicalPlanBuilder::from(
                         self.listing(&[&path])?,
                     )
-                    .project(
-                        columns
-                            .iter()
-                            .cloned()
-                            .chain([lit(ScalarValue::UInt64(Some(meta.seq))).alias(SEQ_COLUMN)]),
-                    )?,
+                    .project(columns.iter().cloned().chain([
+                        lit(ScalarValue::UInt64(Some(file_seq(meta.seq)))).alias(SEQ_COLUMN),
+                    ]))?,
                 };
                 let plan = match &key_filter {
                     Some(f) => plan.filter(f.clone())?,

@@ -58,18 +58,20 @@ impl WriteBuffer {
         }
     }
 
-    /// Moves the active buffer to `flushing` and returns a copy of it to persist.
+    /// Moves the active buffer to `flushing` and returns everything in `flushing` to
+    /// persist: that includes what an earlier, failed flush left there, so a later
+    /// flush never drops WAL segments whose data is not in Parquet.
     pub fn start_flush(&mut self) -> HashMap<String, TableBuffer> {
         let taken = std::mem::take(&mut self.active);
         self.active_rows = 0;
         self.active_bytes = 0;
-        for (t, b) in &taken {
-            let e = self.flushing.entry(t.clone()).or_default();
-            for bb in &b.batches {
-                e.push(bb.seq, bb.batch.clone());
+        for (t, b) in taken {
+            let e = self.flushing.entry(t).or_default();
+            for bb in b.batches {
+                e.push(bb.seq, bb.batch);
             }
         }
-        taken
+        self.flushing.clone()
     }
 
     pub fn finish_flush(&mut self) {
@@ -88,8 +90,25 @@ impl WriteBuffer {
     }
 }
 
+/// Bits of the hidden sequence column that number the rows within one write, so that
+/// of two points with the same series and time in one request the later line wins.
+pub const ROW_BITS: u32 = 24;
+/// Most rows one table may receive in a single write.
+pub const MAX_ROWS_PER_WRITE: usize = (1 << ROW_BITS) - 1;
+
+/// The sequence value of row `row` of the write with WAL sequence `seq`.
+pub fn row_seq(seq: u64, row: usize) -> u64 {
+    (seq << ROW_BITS) | row.min(MAX_ROWS_PER_WRITE) as u64
+}
+
+/// The sequence value of every row of a Parquet file holding writes up to `seq`:
+/// above all of those writes' rows, below every later write's.
+pub fn file_seq(seq: u64) -> u64 {
+    (seq << ROW_BITS) | MAX_ROWS_PER_WRITE as u64
+}
+
 /// Widens `batch` to `schema` (missing columns become NULL) and optionally appends the
-/// hidden sequence column.
+/// hidden sequence column ([`row_seq`] of each row).
 pub fn normalize(
     batch: &RecordBatch,
     schema: &SchemaRef,
@@ -106,7 +125,9 @@ pub fn normalize(
         .collect();
     let out_schema = match seq {
         Some(seq) => {
-            columns.push(Arc::new(UInt64Array::from_value(seq, n)));
+            columns.push(Arc::new(UInt64Array::from_iter_values(
+                (0..n).map(|i| row_seq(seq, i)),
+            )));
             with_seq_column(schema)
         }
         None => Arc::clone(schema),

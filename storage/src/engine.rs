@@ -49,8 +49,8 @@ impl StorageConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
-            flush_max_rows: 4_000_000,
-            flush_max_bytes: 512 << 20,
+            flush_max_rows: 1_000_000,
+            flush_max_bytes: 256 << 20,
             flush_interval: Duration::from_secs(300),
             compaction_min_files: 4,
             compaction_small_bytes: 64 << 20,
@@ -106,6 +106,9 @@ pub struct Storage {
     flush_lock: tokio::sync::Mutex<()>,
     last_flush: Mutex<Instant>,
     pending_deletes: Mutex<Vec<(Instant, PathBuf)>>,
+    /// Woken when a write takes the buffer over its limits, so the flusher does not
+    /// wait for its next tick.
+    flush_wanted: tokio::sync::Notify,
     metrics: StorageMetrics,
 }
 
@@ -261,6 +264,7 @@ impl Storage {
             flush_lock: tokio::sync::Mutex::new(()),
             last_flush: Mutex::new(Instant::now()),
             pending_deletes: Mutex::new(Vec::new()),
+            flush_wanted: tokio::sync::Notify::new(),
             metrics,
         });
         storage.update_file_gauges();
@@ -355,8 +359,21 @@ impl Storage {
         }
         let mut builders: Vec<(String, BatchBuilder)> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
-        for ((_, p), kinds) in points.iter().zip(&checked) {
+        for ((line, p), kinds) in points.iter().zip(&checked) {
             let Some(kinds) = kinds else { continue };
+            if let Some(i) = index.get(p.table.as_ref()) {
+                if builders[*i].1.rows() >= crate::buffer::MAX_ROWS_PER_WRITE {
+                    out.rejected.push(LineError {
+                        line: *line,
+                        reason: format!(
+                            "more than {} rows for table '{}' in one request",
+                            crate::buffer::MAX_ROWS_PER_WRITE,
+                            p.table
+                        ),
+                    });
+                    continue;
+                }
+            }
             let i = match index.get(p.table.as_ref()) {
                 Some(i) => *i,
                 None => {
@@ -394,9 +411,15 @@ impl Storage {
             reply,
         })?;
         let seq = rx.await.map_err(|_| Error::WalClosed)??;
-        let b = self.buffer.lock();
-        self.metrics.buffer_rows.set(b.active_rows as i64);
-        self.metrics.buffer_bytes.set(b.active_bytes as i64);
+        let (rows, bytes) = {
+            let b = self.buffer.lock();
+            (b.active_rows, b.active_bytes)
+        };
+        self.metrics.buffer_rows.set(rows as i64);
+        self.metrics.buffer_bytes.set(bytes as i64);
+        if rows >= self.config.flush_max_rows || bytes >= self.config.flush_max_bytes {
+            self.flush_wanted.notify_one();
+        }
         Ok(seq)
     }
 
@@ -445,6 +468,11 @@ impl Storage {
             buffer,
             files,
         })
+    }
+
+    /// Resolves when a write has taken the buffer over its size limits.
+    pub async fn flush_wanted(&self) {
+        self.flush_wanted.notified().await
     }
 
     /// True when the buffer is over its size limits or old enough to flush.
@@ -877,6 +905,26 @@ mod tests {
         drop(s);
         let s = Storage::open(StorageConfig::new(dir.path())).unwrap();
         assert_eq!(rows(&s, "cpu"), 2);
+    }
+
+    #[tokio::test]
+    async fn later_line_of_one_request_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let pts = (0..1000)
+            .map(|i| (i + 1, p("cpu", "a", "v", FieldValue::F64(i as f64), 10)))
+            .collect();
+        let w = s.validate(pts);
+        s.commit(w.tables).await.unwrap();
+        s.flush().await.unwrap();
+        let snap = s.snapshot("cpu").unwrap();
+        let batches = read_parquet(&snap.files[0].1).unwrap();
+        let v = batches[0].column_by_name("v").unwrap();
+        let v = v
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .unwrap();
+        assert_eq!(v.values().to_vec(), vec![999.0]);
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! End-to-end tests: they start the real `vigil` binary on a free loopback port and
 //! talk to it as users do (HTTP line protocol, the SQL API, the CLI).
+#![allow(unreachable_pub)]
 
 mod server;
 
