@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// Arguments of `vigil query`.
 #[derive(Debug, clap::Args)]
-pub struct QueryArgs {
+pub(crate) struct QueryArgs {
     /// The SQL statement.
     pub sql: String,
     /// Output format.
@@ -21,7 +21,7 @@ pub struct QueryArgs {
 
 /// Arguments of `vigil write`.
 #[derive(Debug, clap::Args)]
-pub struct WriteArgs {
+pub(crate) struct WriteArgs {
     /// Line protocol file, or `-` for standard input.
     pub file: PathBuf,
     /// Timestamp precision of the file: ns, us, ms or s.
@@ -42,7 +42,7 @@ fn server_error(status: reqwest::StatusCode, body: &str) -> String {
         .unwrap_or_else(|| format!("server answered {status}: {body}"))
 }
 
-pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
+pub(crate) async fn query(args: QueryArgs) -> anyhow::Result<()> {
     let wire = if args.format == "table" {
         "arrow"
     } else {
@@ -75,7 +75,7 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn write(args: WriteArgs) -> anyhow::Result<()> {
+pub(crate) async fn write(args: WriteArgs) -> anyhow::Result<()> {
     let (mut reader, total): (Box<dyn Read + Send>, Option<u64>) = if args.file.as_os_str() == "-" {
         (Box::new(std::io::stdin()), None)
     } else {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// Where the WAL, Parquet files and catalog live.
     pub data_dir: PathBuf,
     pub http: HttpConfig,
@@ -20,7 +20,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
+pub(crate) struct HttpConfig {
     pub addr: SocketAddr,
     /// Request bodies above this size (after gzip decompression) get 413.
     pub max_body_bytes: usize,
@@ -28,7 +28,7 @@ pub struct HttpConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct StorageSection {
+pub(crate) struct StorageSection {
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
     pub flush_max_rows: usize,
@@ -40,7 +40,7 @@ pub struct StorageSection {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct QuerySection {
+pub(crate) struct QuerySection {
     pub memory_limit_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -48,7 +48,7 @@ pub struct QuerySection {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct LogSection {
+pub(crate) struct LogSection {
     /// `text` or `json`.
     pub format: String,
     /// A `tracing` filter such as `info` or `vigil=debug`.
@@ -109,7 +109,7 @@ impl Default for LogSection {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -125,7 +125,7 @@ pub enum ConfigError {
 }
 
 impl Config {
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -136,7 +136,7 @@ impl Config {
         })
     }
 
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.http.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "http.max_body_bytes must be > 0".into(),
@@ -156,7 +156,7 @@ impl Config {
         Ok(())
     }
 
-    pub fn storage_config(&self) -> vigil_storage::StorageConfig {
+    pub(crate) fn storage_config(&self) -> vigil_storage::StorageConfig {
         let mut s = vigil_storage::StorageConfig::new(&self.data_dir);
         s.flush_interval = self.storage.flush_interval;
         s.flush_max_rows = self.storage.flush_max_rows;
@@ -165,7 +165,7 @@ impl Config {
         s
     }
 
-    pub fn query_config(&self) -> vigil_sql::QueryConfig {
+    pub(crate) fn query_config(&self) -> vigil_sql::QueryConfig {
         vigil_sql::QueryConfig {
             memory_limit_bytes: self.query.memory_limit_bytes,
             timeout: self.query.timeout,
@@ -176,7 +176,7 @@ impl Config {
 
 /// Flags of `vigil serve`; each also reads a `VIGIL_*` variable and overrides the file.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, env = "VIGIL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -201,7 +201,10 @@ pub struct ServeArgs {
     /// How often the compactor looks for small files [default: 1m].
     #[arg(long, env = "VIGIL_COMPACTION_INTERVAL")]
     pub compaction_interval: Option<humantime::Duration>,
-    /// Memory all queries may use together, in bytes [default: 4294967296].
+    /// Merge a day's small files once there are this many [default: 4].
+    #[arg(long, env = "VIGIL_COMPACTION_MIN_FILES")]
+    pub compaction_min_files: Option<usize>,
+    /// Memory one query may use, in bytes [default: 4294967296].
     #[arg(long, env = "VIGIL_QUERY_MEMORY_LIMIT")]
     pub query_memory_limit: Option<usize>,
     /// Query timeout [default: 5m].
@@ -217,7 +220,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// Builds the effective configuration: defaults, then the file, then env/flags.
-    pub fn load(&self) -> Result<Config, ConfigError> {
+    pub(crate) fn load(&self) -> Result<Config, ConfigError> {
         let mut c = match &self.config {
             Some(p) => Config::from_file(p)?,
             None => Config::default(),
@@ -242,6 +245,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.compaction_interval {
             c.storage.compaction_interval = v.into();
+        }
+        if let Some(v) = self.compaction_min_files {
+            c.storage.compaction_min_files = v;
         }
         if let Some(v) = self.query_memory_limit {
             c.query.memory_limit_bytes = v;

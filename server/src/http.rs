@@ -19,14 +19,14 @@ use vigil_storage::{LineError, Storage};
 
 use crate::metrics::ServerMetrics;
 
-pub struct AppState {
+pub(crate) struct AppState {
     pub storage: Arc<Storage>,
     pub engine: Arc<QueryEngine>,
     pub metrics: Arc<ServerMetrics>,
     pub max_body_bytes: usize,
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     // The limit is enforced by `read_body` after decompression; axum's own limit is
     // set just above it so that oversized raw bodies are cut off early.
     let raw_limit = state.max_body_bytes.saturating_add(1);

@@ -5,7 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-pub struct ServerMetrics {
+pub(crate) struct ServerMetrics {
     registry: Registry,
     pub write_requests: Counter,
     pub write_errors: Counter,
@@ -18,7 +18,7 @@ pub struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    pub fn new(storage: &vigil_storage::metrics::StorageMetrics) -> Self {
+    pub(crate) fn new(storage: &vigil_storage::metrics::StorageMetrics) -> Self {
         let mut registry = Registry::default();
         let m = Self {
             write_requests: Counter::default(),
@@ -71,7 +71,7 @@ impl ServerMetrics {
         Self { registry, ..m }
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

@@ -1,12 +1,14 @@
 //! The shared query engine: session configuration, memory limit, timeout.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use vigil_storage::Storage;
 
@@ -16,7 +18,8 @@ use crate::table::VigilSchema;
 /// Limits every query runs under.
 #[derive(Debug, Clone)]
 pub struct QueryConfig {
-    /// Memory all running queries may use together (operators that can spill do so).
+    /// Memory one query may use (sorts, joins and aggregates spill to disk before
+    /// failing); a query over it fails alone, the others keep running.
     pub memory_limit_bytes: usize,
     /// A query running longer than this is cancelled.
     pub timeout: Duration,
@@ -63,16 +66,42 @@ impl QueryEngine {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit_bytes)))
             .build_arc()?;
-        let ctx = SessionContext::new_with_config_rt(session, runtime);
+        let state = crate::functions::with_planner(
+            SessionStateBuilder::new()
+                .with_config(session)
+                .with_runtime_env(runtime)
+                .with_default_features(),
+        )
+        .build();
+        let ctx = SessionContext::new_with_state(state);
+        crate::functions::register(&ctx);
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(SCHEMA, Arc::new(VigilSchema::new(storage)))?;
         ctx.register_catalog(CATALOG, Arc::new(catalog));
         Ok(Self { ctx, config })
     }
 
-    /// The context, for front ends that drive DataFusion themselves.
+    /// The shared context (catalog, functions, settings). Front ends that drive
+    /// DataFusion themselves run each query in [`QueryEngine::query_context`].
     pub fn context(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// A context for one query: the shared catalog and functions with a memory pool
+    /// of its own, so that one heavy query cannot starve the others. The pool names
+    /// its largest consumers when a query runs out.
+    pub fn query_context(&self) -> Result<SessionContext> {
+        let pool = TrackConsumersPool::new(
+            FairSpillPool::new(self.config.memory_limit_bytes),
+            NonZeroUsize::new(3).expect("3 > 0"),
+        );
+        let runtime = RuntimeEnvBuilder::from_runtime_env(self.ctx.runtime_env().as_ref())
+            .with_memory_pool(Arc::new(pool))
+            .build_arc()?;
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_runtime_env(runtime)
+            .build();
+        Ok(SessionContext::new_with_state(state))
     }
 
     /// Runs one SQL statement to completion under the timeout.
@@ -81,9 +110,13 @@ impl QueryEngine {
         query: &str,
     ) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
         let run = async {
-            let df = self.ctx.sql(query).await?;
-            let schema = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await?;
+            let ctx = self.query_context()?;
+            let df = ctx.sql(query).await?;
+            // The schema of the planned query, not of the SQL as written: rewrites such
+            // as gap filling make columns nullable.
+            let plan = df.create_physical_plan().await?;
+            let schema = plan.schema();
+            let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await?;
             Ok::<_, Error>((schema, batches))
         };
         match tokio::time::timeout(self.config.timeout, run).await {

@@ -8,6 +8,7 @@
 
 mod engine;
 mod error;
+mod functions;
 mod table;
 mod time_range;
 

@@ -184,7 +184,14 @@ fn aggregates_over_many_points_with_overwrites_flushes_and_compaction() {
     // Small flush threshold and a fast compactor so data crosses every tier of storage.
     let mut s = TestServer::start(
         dir.path(),
-        &["--flush-max-rows", "25000", "--compaction-interval", "1s"],
+        &[
+            "--flush-max-rows",
+            "25000",
+            "--compaction-interval",
+            "1s",
+            "--compaction-min-files",
+            "2",
+        ],
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut points: BTreeMap<(usize, i64), (f64, i64)> = BTreeMap::new();

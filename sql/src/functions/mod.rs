@@ -1,0 +1,48 @@
+//! Time-series SQL functions, registered in every session (HTTP, CLI, Flight SQL,
+//! Postgres wire), and the planner pieces gap filling needs.
+
+mod bucket;
+mod counter;
+mod first_last;
+mod gapfill;
+mod moving_average;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
+use datafusion::prelude::SessionContext;
+
+use counter::{CounterFunction, CounterKind};
+use gapfill::{DateBinGapfill, Fill, FillFunction, GapFillRule, VigilQueryPlanner};
+
+/// Adds vigil's query planner (it plans gap filling) to a session being built.
+pub(crate) fn with_planner(builder: SessionStateBuilder) -> SessionStateBuilder {
+    builder.with_query_planner(Arc::new(VigilQueryPlanner))
+}
+
+/// Registers every time-series function and the gap-filling rule in `ctx`.
+pub(crate) fn register(ctx: &SessionContext) {
+    ctx.register_udf(ScalarUDF::new_from_impl(bucket::TimeBucket::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(DateBinGapfill::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(FillFunction::new(Fill::Locf)));
+    ctx.register_udf(ScalarUDF::new_from_impl(FillFunction::new(
+        Fill::Interpolate,
+    )));
+    for kind in [
+        CounterKind::Increase,
+        CounterKind::Rate,
+        CounterKind::IRate,
+        CounterKind::Delta,
+    ] {
+        ctx.register_udaf(AggregateUDF::new_from_impl(CounterFunction::new(kind)));
+    }
+    ctx.register_udaf(AggregateUDF::new_from_impl(first_last::Selector::first()));
+    ctx.register_udaf(AggregateUDF::new_from_impl(first_last::Selector::last()));
+    ctx.register_udwf(WindowUDF::new_from_impl(
+        moving_average::MovingAverage::new(),
+    ));
+    ctx.add_analyzer_rule(Arc::new(GapFillRule));
+}
