@@ -94,6 +94,8 @@ async fn write_v1(
 }
 
 /// Decompresses (gzip) and bounds the body.
+// The error is the reply itself, returned to the client at once; boxing buys nothing.
+#[allow(clippy::result_large_err)]
 fn read_body(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, Response> {
     let too_large = || {
         error(

@@ -9,6 +9,7 @@
 mod engine;
 mod error;
 mod functions;
+mod scan;
 mod table;
 mod time_range;
 

@@ -25,6 +25,7 @@ use vigil_storage::buffer::{file_seq, normalize, with_seq_column};
 use vigil_storage::catalog::ParquetFileMeta;
 use vigil_storage::{Storage, TableSnapshot, SEQ_COLUMN, TIME_COLUMN};
 
+use crate::scan::{ScanSummary, VigilScanExec};
 use crate::time_range::TimeRange;
 
 const ROW_NUMBER: &str = "__row_number";
@@ -121,7 +122,7 @@ impl VigilTable {
     fn listing(&self, paths: &[&str]) -> Result<LogicalPlan> {
         let urls = paths
             .iter()
-            .map(|p| ListingTableUrl::parse(p))
+            .map(ListingTableUrl::parse)
             .collect::<Result<Vec<_>>>()?;
         let options =
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
@@ -169,6 +170,19 @@ impl TableProvider for VigilTable {
         };
         let range = TimeRange::from_filters(filters);
         let mut chunks = self.chunks(&snap, range)?;
+        let mut summary = ScanSummary {
+            table: self.name.clone(),
+            time_range: range.to_string(),
+            files_total: snap.files.len(),
+            buffer_batches_total: snap.buffer.len(),
+            ..ScanSummary::default()
+        };
+        for c in &chunks {
+            match &c.kind {
+                ChunkKind::Buffer(b) => summary.buffer_batches_read += b.len(),
+                ChunkKind::File(..) => summary.files_read += 1,
+            }
+        }
 
         // Filters on tags and time only can run below deduplication: they select whole
         // (series, time) keys. Filters on fields must not (they could unmask an older
@@ -222,6 +236,7 @@ impl TableProvider for VigilTable {
                     continue;
                 }
             }
+            summary.deduplicated_chunks += group.len();
             let mut inputs = Vec::new();
             for chunk in group {
                 let plan = match chunk.kind {
@@ -298,6 +313,7 @@ impl TableProvider for VigilTable {
             None => columns,
         };
         builder = builder.project(out_cols)?;
-        state.create_physical_plan(&builder.build()?).await
+        let plan = state.create_physical_plan(&builder.build()?).await?;
+        Ok(Arc::new(VigilScanExec::new(summary, plan)))
     }
 }

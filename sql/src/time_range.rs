@@ -20,6 +20,25 @@ impl Default for TimeRange {
     }
 }
 
+impl std::fmt::Display for TimeRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |t: i64, open: i64| {
+            if t == open {
+                "*".to_string()
+            } else {
+                chrono::DateTime::from_timestamp_nanos(t)
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            }
+        };
+        write!(
+            f,
+            "[{}, {}]",
+            show(self.min, i64::MIN),
+            show(self.max, i64::MAX)
+        )
+    }
+}
+
 fn timestamp_nanos(v: &ScalarValue) -> Option<i64> {
     match v {
         ScalarValue::TimestampNanosecond(Some(x), _) => Some(*x),

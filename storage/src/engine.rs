@@ -705,7 +705,8 @@ impl Storage {
         let r = self.flush().await;
         self.delete_expired_files(true);
         self.wal_tx.lock().take();
-        if let Some(h) = self.wal_thread.lock().take() {
+        let wal_thread = self.wal_thread.lock().take();
+        if let Some(h) = wal_thread {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
         r.map(|_| ())

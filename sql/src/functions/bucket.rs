@@ -229,9 +229,11 @@ pub(crate) fn coerce_bucket_args(name: &str, args: &[DataType]) -> Result<Vec<Da
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
         DataType::Interval(_) => DataType::Interval(IntervalUnit::MonthDayNano),
         DataType::Null => DataType::Utf8,
-        other => return plan_err!(
+        other => {
+            return plan_err!(
             "{name}: interval argument must be an interval or a string such as '5m', got {other}"
-        ),
+        )
+        }
     };
     let time = bucket_return_type(name, &args[1])?;
     let mut out = vec![interval, time.clone()];

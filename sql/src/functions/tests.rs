@@ -397,3 +397,22 @@ async fn a_query_over_its_memory_limit_fails_alone() {
     let b = f.query("SELECT count(*) FROM big").await;
     assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), 50_000);
 }
+
+#[tokio::test]
+async fn explain_shows_files_pruned_by_time() {
+    let f = Fixture::new();
+    for day in 0..3i64 {
+        f.write(&format!("e,host=a v={day} {}", day * 86_400 * S))
+            .await;
+        f.storage.flush().await.unwrap();
+    }
+    let b = f
+        .query("EXPLAIN SELECT * FROM e WHERE time >= '1970-01-03T00:00:00Z'")
+        .await;
+    let text = pretty_format_batches(&[b]).unwrap().to_string();
+    assert!(text.contains("files=1 of 3 (2 pruned)"), "{text}");
+    assert!(text.contains("time=[1970-01-03T00:00:00Z, *]"), "{text}");
+    let b = f.query("EXPLAIN ANALYZE SELECT count(*) FROM e").await;
+    let text = pretty_format_batches(&[b]).unwrap().to_string();
+    assert!(text.contains("files=3 of 3 (0 pruned)"), "{text}");
+}

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""TSBS cpu-only query benchmark: vigil (HTTP SQL API, Arrow IPC results) side by
+side with DuckDB reading the very Parquet files vigil wrote.
+
+    python3 benches/run-query.py                    # 1000 hosts x 1 day, 5 runs each
+    python3 benches/run-query.py --hosts 100 --hours 4 --runs 3
+
+Steps: generate TSBS cpu-only line protocol, ingest it into a fresh `vigil serve`,
+stop vigil (the buffer is flushed to Parquet), start it again on the same data and
+time each query (median of --runs after one warm-up run) through vigil and through
+DuckDB (in-process, same number of threads as vigil has cores). Each query's row
+count is compared between the two engines. Needs `pip install duckdb`.
+"""
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+START = 1_699_920_000  # 2023-11-14T00:00:00Z
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def ts(sec):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sec))
+
+
+def queries(hosts, hours, rng):
+    end = START + hours * 3600
+    def window(length):
+        t = rng.randrange(START, end - length + 1, 60)
+        return ts(t), ts(t + length)
+    def host_list(n):
+        return ", ".join(f"'host_{h}'" for h in rng.sample(range(hosts), n))
+    q = {}
+    a, b = window(3600)
+    q["single-groupby-1-1-1"] = (
+        f"SELECT date_trunc('minute', time) AS minute, max(usage_user) AS max_usage_user FROM cpu "
+        f"WHERE hostname IN ({host_list(1)}) AND time >= '{a}' AND time < '{b}' GROUP BY 1 ORDER BY 1")
+    a, b = window(3600)
+    metrics5 = ["usage_user", "usage_system", "usage_idle", "usage_nice", "usage_iowait"]
+    q["single-groupby-5-8-1"] = (
+        "SELECT date_trunc('minute', time) AS minute, "
+        + ", ".join(f"max({m}) AS max_{m}" for m in metrics5)
+        + f" FROM cpu WHERE hostname IN ({host_list(8)}) AND time >= '{a}' AND time < '{b}' GROUP BY 1 ORDER BY 1")
+    a, b = window(min(12, hours) * 3600)
+    q["double-groupby-1"] = (
+        f"SELECT date_trunc('hour', time) AS hour, hostname, avg(usage_user) AS mean_usage_user FROM cpu "
+        f"WHERE time >= '{a}' AND time < '{b}' GROUP BY 1, 2 ORDER BY 1, 2")
+    all10 = metrics5 + ["usage_irq", "usage_softirq", "usage_steal", "usage_guest", "usage_guest_nice"]
+    q["double-groupby-all"] = (
+        "SELECT date_trunc('hour', time) AS hour, hostname, "
+        + ", ".join(f"avg({m}) AS mean_{m}" for m in all10)
+        + f" FROM cpu WHERE time >= '{a}' AND time < '{b}' GROUP BY 1, 2 ORDER BY 1, 2")
+    a, b = window(min(12, hours) * 3600)
+    q["high-cpu-1"] = (
+        f"SELECT * FROM cpu WHERE usage_user > 90.0 AND time >= '{a}' AND time < '{b}' "
+        f"AND hostname IN ({host_list(1)})")
+    q["high-cpu-all"] = f"SELECT * FROM cpu WHERE usage_user > 90.0 AND time >= '{a}' AND time < '{b}'"
+    q["lastpoint"] = "SELECT DISTINCT ON (hostname) * FROM cpu ORDER BY hostname, time DESC"
+    a, _ = window(3600)
+    q["groupby-orderby-limit"] = (
+        f"SELECT date_trunc('minute', time) AS minute, max(usage_user) AS max_usage_user FROM cpu "
+        f"WHERE time < '{a}' GROUP BY 1 ORDER BY 1 DESC LIMIT 5")
+    return q
+
+
+def run(cmd, **kw):
+    print("+", " ".join(cmd), file=sys.stderr)
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def start_vigil(data, port):
+    env = dict(os.environ, VIGIL_LOG="warn")
+    p = subprocess.Popen([os.path.join(BIN, "vigil"), "serve", "--data-dir", data,
+                          "--http-addr", f"127.0.0.1:{port}"], env=env)
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return p
+        except Exception:
+            time.sleep(0.1)
+    p.kill()
+    raise SystemExit("vigil did not start")
+
+
+def vigil_query(port, sql):
+    import pyarrow.ipc as ipc
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/sql",
+        data=json.dumps({"sql": sql, "format": "arrow"}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        body = r.read()
+    return ipc.open_stream(body).read_all().num_rows
+
+
+def timed(f, runs):
+    f()  # warm-up (and the row count check)
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        f()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hosts", type=int, default=1000)
+    ap.add_argument("--hours", type=int, default=24)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--work", default=None, help="work directory (kept; data reused if present)")
+    ap.add_argument("--clients", type=int, default=2)
+    args = ap.parse_args()
+    import duckdb
+
+    work = args.work or tempfile.mkdtemp(prefix="vigil-query-bench-")
+    os.makedirs(work, exist_ok=True)
+    data = os.path.join(work, "data")
+    lp = os.path.join(work, "cpu.lp")
+    marker = os.path.join(work, f"loaded-{args.hosts}-{args.hours}")
+    if not os.path.exists(marker):
+        run(["rm", "-rf", data, lp])
+        run([os.path.join(BIN, "vigil-bench"), "generate", "--hosts", str(args.hosts),
+             "--seconds", str(args.hours * 3600), "--start", str(START), "--out", lp])
+        port = free_port()
+        p = start_vigil(data, port)
+        try:
+            run([os.path.join(BIN, "vigil-bench"), "ingest", "--file", lp,
+                 "--url", f"http://127.0.0.1:{port}", "--clients", str(args.clients)])
+        finally:
+            p.terminate()
+            p.wait()
+        os.remove(lp)
+        open(marker, "w").close()
+
+    parquet = os.path.join(data, "parquet")
+    files = [f for f in os.listdir(parquet) if f.endswith(".parquet")]
+    size = sum(os.path.getsize(os.path.join(parquet, f)) for f in files)
+    print(f"data: {args.hosts} hosts x {args.hours} h = {args.hosts * args.hours * 360} rows, "
+          f"{len(files)} Parquet files, {size / 1e6:.1f} MB", file=sys.stderr)
+
+    cores = os.cpu_count()
+    con = duckdb.connect()
+    con.execute(f"SET threads = {cores}")
+    con.execute(f"CREATE VIEW cpu AS SELECT * FROM read_parquet('{parquet}/*.parquet')")
+
+    rng = random.Random(42)
+    qs = queries(args.hosts, args.hours, rng)
+    port = free_port()
+    p = start_vigil(data, port)
+    results = []
+    try:
+        for name, sql in qs.items():
+            n_vigil = vigil_query(port, sql)
+            n_duck = len(con.execute(sql).fetch_arrow_table())
+            if n_vigil != n_duck:
+                raise SystemExit(f"{name}: vigil returned {n_vigil} rows, DuckDB {n_duck}\n{sql}")
+            tv = timed(lambda: vigil_query(port, sql), args.runs)
+            td = timed(lambda: con.execute(sql).fetch_arrow_table(), args.runs)
+            results.append((name, n_vigil, tv, td))
+            print(f"{name:24} rows={n_vigil:>8}  vigil {tv * 1000:9.1f} ms  duckdb {td * 1000:9.1f} ms  "
+                  f"ratio {tv / td:5.2f}", file=sys.stderr)
+    finally:
+        p.terminate()
+        p.wait()
+
+    print(f"| query | rows | vigil (ms) | DuckDB {duckdb.__version__} (ms) | vigil / DuckDB |")
+    print("|---|---:|---:|---:|---:|")
+    for name, n, tv, td in results:
+        print(f"| {name} | {n} | {tv * 1000:.1f} | {td * 1000:.1f} | {tv / td:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
