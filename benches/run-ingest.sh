@@ -21,7 +21,7 @@ PROMTOOL=${PROMTOOL:-$(command -v promtool || true)}
 work=${WORK:-$(mktemp -d)}
 mkdir -p "$work"
 
-cargo build --release -p vigil -p vigil-benches >&2
+cargo build --release --workspace --all-targets >&2
 bin=./target/release
 $bin/vigil-bench generate --hosts "$HOSTS" --seconds "$SECS" --out "$work/cpu.lp"
 samples=$(( HOSTS * (SECS / 10) * 10 ))

@@ -119,10 +119,12 @@ pub fn normalize(
         .fields()
         .iter()
         .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) => Arc::clone(c),
-            None => new_null_array(f.data_type(), n),
+            // Files store decimal-valued float columns as decimals.
+            Some(c) if c.data_type() != f.data_type() => arrow::compute::cast(c, f.data_type()),
+            Some(c) => Ok(Arc::clone(c)),
+            None => Ok(new_null_array(f.data_type(), n)),
         })
-        .collect();
+        .collect::<arrow::error::Result<_>>()?;
     let out_schema = match seq {
         Some(seq) => {
             columns.push(Arc::new(UInt64Array::from_iter_values(

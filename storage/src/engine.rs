@@ -921,6 +921,7 @@ mod tests {
         let snap = s.snapshot("cpu").unwrap();
         let batches = read_parquet(&snap.files[0].1).unwrap();
         let v = batches[0].column_by_name("v").unwrap();
+        let v = arrow::compute::cast(v, &arrow::datatypes::DataType::Float64).unwrap();
         let v = v
             .as_any()
             .downcast_ref::<arrow::array::Float64Array>()
@@ -946,6 +947,7 @@ mod tests {
         assert_eq!(snap.files.len(), 1);
         let batches = read_parquet(&snap.files[0].1).unwrap();
         let v = batches[0].column_by_name("v").unwrap();
+        let v = arrow::compute::cast(v, &arrow::datatypes::DataType::Float64).unwrap();
         let v = v
             .as_any()
             .downcast_ref::<arrow::array::Float64Array>()
