@@ -111,6 +111,12 @@ def vigil_query(port, sql):
     return ipc.open_stream(body).read_all().num_rows
 
 
+def duck_query(con, sql):
+    res = con.execute(sql)
+    table = res.to_arrow_table() if hasattr(res, "to_arrow_table") else res.fetch_arrow_table()
+    return table.num_rows
+
+
 def timed(f, runs):
     f()  # warm-up (and the row count check)
     samples = []
@@ -170,11 +176,11 @@ def main():
     try:
         for name, sql in qs.items():
             n_vigil = vigil_query(port, sql)
-            n_duck = len(con.execute(sql).fetch_arrow_table())
+            n_duck = duck_query(con, sql)
             if n_vigil != n_duck:
                 raise SystemExit(f"{name}: vigil returned {n_vigil} rows, DuckDB {n_duck}\n{sql}")
             tv = timed(lambda: vigil_query(port, sql), args.runs)
-            td = timed(lambda: con.execute(sql).fetch_arrow_table(), args.runs)
+            td = timed(lambda: duck_query(con, sql), args.runs)
             results.append((name, n_vigil, tv, td))
             print(f"{name:24} rows={n_vigil:>8}  vigil {tv * 1000:9.1f} ms  duckdb {td * 1000:9.1f} ms  "
                   f"ratio {tv / td:5.2f}", file=sys.stderr)

@@ -75,6 +75,12 @@ impl QueryEngine {
         .build();
         let ctx = SessionContext::new_with_state(state);
         crate::functions::register(&ctx);
+        ctx.register_udtf(
+            "last_cache",
+            Arc::new(crate::last_cache::LastCacheFunction::new(Arc::clone(
+                &storage,
+            ))),
+        );
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(SCHEMA, Arc::new(VigilSchema::new(storage)))?;
         ctx.register_catalog(CATALOG, Arc::new(catalog));

@@ -9,6 +9,7 @@
 mod engine;
 mod error;
 mod functions;
+mod last_cache;
 mod scan;
 mod table;
 mod time_range;

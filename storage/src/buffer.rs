@@ -44,6 +44,8 @@ pub struct WriteBuffer {
     pub flushing: HashMap<String, TableBuffer>,
     pub active_rows: usize,
     pub active_bytes: usize,
+    /// Updated here, where writes become visible, so it never lags a query.
+    pub last_values: crate::last_values::LastValueCache,
 }
 
 impl WriteBuffer {
@@ -51,6 +53,7 @@ impl WriteBuffer {
         for (table, batch) in tables {
             self.active_rows += batch.num_rows();
             self.active_bytes += batch.get_array_memory_size();
+            self.last_values.observe(table, batch);
             self.active
                 .entry(table.clone())
                 .or_default()

@@ -470,6 +470,31 @@ impl Storage {
         })
     }
 
+    /// Starts keeping the latest row per series of `table` in memory. Returns true
+    /// when this call started it: the caller must then fill the cache from the data
+    /// already stored ([`Storage::offer_last_values`]), or call
+    /// [`Storage::untrack_last_values`] if it cannot.
+    pub fn track_last_values(&self, table: &str) -> bool {
+        self.buffer.lock().last_values.track(table)
+    }
+
+    /// Stops keeping `table`'s latest rows (after a failed fill).
+    pub fn untrack_last_values(&self, table: &str) {
+        self.buffer.lock().last_values.untrack(table);
+    }
+
+    /// Offers rows read from stored data; they only replace strictly older ones.
+    pub fn offer_last_values(&self, table: &str, batch: &RecordBatch) {
+        self.buffer.lock().last_values.offer(table, batch);
+    }
+
+    /// The latest row of every series of `table`, if it is tracked.
+    pub fn last_values(&self, table: &str) -> Option<Result<RecordBatch>> {
+        let schema = self.table_schema(table)?;
+        let rows = self.buffer.lock().last_values.rows(table, &schema)?;
+        Some(rows.map_err(|e| Error::arrow(format!("reading last values of {table}"), e)))
+    }
+
     /// Resolves when a write has taken the buffer over its size limits.
     pub async fn flush_wanted(&self) {
         self.flush_wanted.notified().await

@@ -15,6 +15,7 @@ pub mod dedupe;
 mod engine;
 mod error;
 pub mod flush;
+pub mod last_values;
 pub mod metrics;
 pub mod schema;
 pub mod wal;

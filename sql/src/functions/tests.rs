@@ -416,3 +416,71 @@ async fn explain_shows_files_pruned_by_time() {
     let text = pretty_format_batches(&[b]).unwrap().to_string();
     assert!(text.contains("files=3 of 3 (0 pruned)"), "{text}");
 }
+
+fn rows_text(b: &RecordBatch) -> String {
+    pretty_format_batches(std::slice::from_ref(b))
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn last_cache_serves_the_latest_row_per_series_and_follows_writes() {
+    let f = Fixture::new();
+    f.write("lv,host=a v=1 1\nlv,host=a v=2 2\nlv,host=b v=50 5")
+        .await;
+    f.storage.flush().await.unwrap();
+    f.write("lv,host=a v=3 3\nlv,host=b v=40 4").await; // b@4 is a late write
+    let lc = "SELECT host, v, time FROM last_cache('lv') ORDER BY host";
+    let scan = "SELECT DISTINCT ON (host) host, v, time FROM lv ORDER BY host, time DESC";
+    let b = f.query(lc).await;
+    assert_eq!(strings(&b, 0), ["a", "b"]);
+    assert_eq!(f64s(&b, 1), [Some(3.0), Some(50.0)]);
+    // Overwriting the latest point, a new series, and a new column.
+    f.write("lv,host=a v=33 3\nlv,host=c v=7,w=1i 9").await;
+    let b = f.query(lc).await;
+    assert_eq!(f64s(&b, 1), [Some(33.0), Some(50.0), Some(7.0)]);
+    assert_eq!(rows_text(&b), rows_text(&f.query(scan).await));
+    let b = f
+        .query("SELECT host, w FROM last_cache('lv') WHERE host = 'c'")
+        .await;
+    assert_eq!(b.num_rows(), 1);
+    let e = f.error("SELECT * FROM last_cache('nope')").await;
+    assert!(e.contains("table 'nope' not found"), "{e}");
+}
+
+#[tokio::test]
+async fn last_cache_stays_right_under_concurrent_writes() {
+    let f = Arc::new(Fixture::new());
+    f.write("lc,host=h0 v=0 0").await;
+    // Start the cache, then write from several tasks while querying it.
+    f.query("SELECT * FROM last_cache('lc')").await;
+    let mut tasks = Vec::new();
+    for w in 0..4i64 {
+        let fx = Arc::clone(&f);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
+            for i in 0..200i64 {
+                let host = rng.gen_range(0..20);
+                let t = rng.gen_range(0..1_000i64);
+                fx.write(&format!("lc,host=h{host} v={} {t}", w * 1000 + i))
+                    .await;
+                if i % 50 == 0 {
+                    fx.query("SELECT count(*) FROM last_cache('lc')").await;
+                }
+            }
+        }));
+        if w == 1 {
+            f.storage.flush().await.unwrap();
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let cached = f
+        .query("SELECT host, v, time FROM last_cache('lc') ORDER BY host")
+        .await;
+    let scanned = f
+        .query("SELECT DISTINCT ON (host) host, v, time FROM lc ORDER BY host, time DESC")
+        .await;
+    assert_eq!(rows_text(&cached), rows_text(&scanned));
+}
