@@ -44,6 +44,7 @@ pub(crate) struct QuerySection {
     pub memory_limit_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    pub result_cache_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,6 +96,7 @@ impl Default for QuerySection {
         Self {
             memory_limit_bytes: q.memory_limit_bytes,
             timeout: q.timeout,
+            result_cache_bytes: q.result_cache_bytes,
         }
     }
 }
@@ -170,6 +172,7 @@ impl Config {
             memory_limit_bytes: self.query.memory_limit_bytes,
             timeout: self.query.timeout,
             target_partitions: 0,
+            result_cache_bytes: self.query.result_cache_bytes,
         }
     }
 }
@@ -207,6 +210,9 @@ pub(crate) struct ServeArgs {
     /// Memory one query may use, in bytes [default: 4294967296].
     #[arg(long, env = "VIGIL_QUERY_MEMORY_LIMIT")]
     pub query_memory_limit: Option<usize>,
+    /// Memory for cached results of queries over flushed data, 0 = off [default: 67108864].
+    #[arg(long, env = "VIGIL_QUERY_RESULT_CACHE_BYTES")]
+    pub query_result_cache_bytes: Option<usize>,
     /// Query timeout [default: 5m].
     #[arg(long, env = "VIGIL_QUERY_TIMEOUT")]
     pub query_timeout: Option<humantime::Duration>,
@@ -251,6 +257,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.query_memory_limit {
             c.query.memory_limit_bytes = v;
+        }
+        if let Some(v) = self.query_result_cache_bytes {
+            c.query.result_cache_bytes = v;
         }
         if let Some(v) = self.query_timeout {
             c.query.timeout = v.into();

@@ -72,7 +72,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Arc::clone(&storage),
         config.query_config(),
     )?);
-    let metrics = Arc::new(metrics::ServerMetrics::new(storage.metrics()));
+    let metrics = Arc::new(metrics::ServerMetrics::new(
+        storage.metrics(),
+        engine.result_cache_metrics(),
+    ));
     let state = Arc::new(http::AppState {
         storage: Arc::clone(&storage),
         engine,

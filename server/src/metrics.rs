@@ -18,7 +18,10 @@ pub(crate) struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    pub(crate) fn new(storage: &vigil_storage::metrics::StorageMetrics) -> Self {
+    pub(crate) fn new(
+        storage: &vigil_storage::metrics::StorageMetrics,
+        result_cache: &vigil_sql::ResultCacheMetrics,
+    ) -> Self {
         let mut registry = Registry::default();
         let m = Self {
             write_requests: Counter::default(),
@@ -68,6 +71,7 @@ impl ServerMetrics {
             m.query_duration.clone(),
         );
         storage.register(&mut registry);
+        result_cache.register(&mut registry);
         Self { registry, ..m }
     }
 

@@ -13,6 +13,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use vigil_storage::Storage;
 
 use crate::error::{Error, Result};
+use crate::result_cache::{ResultCache, ResultCacheMetrics};
 use crate::table::VigilSchema;
 
 /// Limits every query runs under.
@@ -25,6 +26,8 @@ pub struct QueryConfig {
     pub timeout: Duration,
     /// DataFusion target partitions (parallelism); 0 means one per core.
     pub target_partitions: usize,
+    /// Memory for cached results of queries over flushed data; 0 turns it off.
+    pub result_cache_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -33,6 +36,7 @@ impl Default for QueryConfig {
             memory_limit_bytes: 4 << 30,
             timeout: Duration::from_secs(300),
             target_partitions: 0,
+            result_cache_bytes: 64 << 20,
         }
     }
 }
@@ -41,6 +45,8 @@ impl Default for QueryConfig {
 pub struct QueryEngine {
     ctx: SessionContext,
     config: QueryConfig,
+    storage: Arc<Storage>,
+    result_cache: ResultCache,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -82,9 +88,15 @@ impl QueryEngine {
             ))),
         );
         let catalog = MemoryCatalogProvider::new();
-        catalog.register_schema(SCHEMA, Arc::new(VigilSchema::new(storage)))?;
+        catalog.register_schema(SCHEMA, Arc::new(VigilSchema::new(Arc::clone(&storage))))?;
         ctx.register_catalog(CATALOG, Arc::new(catalog));
-        Ok(Self { ctx, config })
+        let result_cache = ResultCache::new(config.result_cache_bytes);
+        Ok(Self {
+            ctx,
+            config,
+            storage,
+            result_cache,
+        })
     }
 
     /// The shared context (catalog, functions, settings). Front ends that drive
@@ -110,7 +122,13 @@ impl QueryEngine {
         Ok(SessionContext::new_with_state(state))
     }
 
-    /// Runs one SQL statement to completion under the timeout.
+    /// Hit/miss counters of the result cache, for `/metrics`.
+    pub fn result_cache_metrics(&self) -> &ResultCacheMetrics {
+        &self.result_cache.metrics
+    }
+
+    /// Runs one SQL statement to completion under the timeout; repeated queries over
+    /// flushed data are answered from the result cache.
     pub async fn sql(
         &self,
         query: &str,
@@ -118,11 +136,29 @@ impl QueryEngine {
         let run = async {
             let ctx = self.query_context()?;
             let df = ctx.sql(query).await?;
+            let state = ctx.state();
+            let optimized = state.optimize(df.logical_plan())?;
+            let fingerprint = self.result_cache.fingerprint(&optimized, &self.storage);
+            let key = fingerprint
+                .as_ref()
+                .map(|_| optimized.display_indent_schema().to_string());
+            if let (Some(key), Some(fp)) = (&key, &fingerprint) {
+                if let Some(hit) = self.result_cache.get(key, fp) {
+                    return Ok(hit);
+                }
+            }
+            let plan = state
+                .query_planner()
+                .create_physical_plan(&optimized, &state)
+                .await?;
             // The schema of the planned query, not of the SQL as written: rewrites such
             // as gap filling make columns nullable.
-            let plan = df.create_physical_plan().await?;
             let schema = plan.schema();
             let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await?;
+            if let (Some(key), Some(fp)) = (key, fingerprint) {
+                self.result_cache
+                    .put(key, fp, Arc::clone(&schema), batches.clone());
+            }
             Ok::<_, Error>((schema, batches))
         };
         match tokio::time::timeout(self.config.timeout, run).await {

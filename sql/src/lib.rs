@@ -10,10 +10,12 @@ mod engine;
 mod error;
 mod functions;
 mod last_cache;
+mod result_cache;
 mod scan;
 mod table;
 mod time_range;
 
 pub use engine::{QueryConfig, QueryEngine};
 pub use error::{Error, Result};
+pub use result_cache::ResultCacheMetrics;
 pub use table::{VigilSchema, VigilTable};

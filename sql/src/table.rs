@@ -84,6 +84,10 @@ enum ChunkKind {
 }
 
 impl VigilTable {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn chunks(&self, snap: &TableSnapshot, range: TimeRange) -> Result<Vec<Chunk>> {
         let mut chunks = Vec::new();
         if !snap.buffer.is_empty() {

@@ -484,3 +484,54 @@ async fn last_cache_stays_right_under_concurrent_writes() {
         .await;
     assert_eq!(rows_text(&cached), rows_text(&scanned));
 }
+
+#[tokio::test]
+async fn result_cache_hits_over_flushed_data_and_sees_late_writes_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StorageConfig::new(dir.path());
+    cfg.compaction_min_files = 2;
+    let storage = Storage::open(cfg).unwrap();
+    let f = Fixture {
+        engine: QueryEngine::new(Arc::clone(&storage), QueryConfig::default()).unwrap(),
+        storage,
+        _dir: dir,
+    };
+    let hits = |f: &Fixture| f.engine.result_cache_metrics().hits.get();
+    f.write("rc,host=a v=1 1000\nrc,host=b v=2 2000").await;
+    f.storage.flush().await.unwrap();
+    let q = "SELECT count(*) AS n, sum(v) AS s FROM rc WHERE time < '1970-01-02T00:00:00Z'";
+    let sum = |b: &RecordBatch| f64s(b, 1)[0];
+    assert_eq!(sum(&f.query(q).await), Some(3.0));
+    assert_eq!(hits(&f), 0);
+    assert_eq!(sum(&f.query(q).await), Some(3.0));
+    assert_eq!(hits(&f), 1, "a repeated query over flushed data is a hit");
+
+    // A write elsewhere in time does not invalidate; a late write into the range does.
+    f.write("rc,host=a v=100 500000000000000").await;
+    assert_eq!(sum(&f.query(q).await), Some(3.0));
+    assert_eq!(hits(&f), 2);
+    f.write("rc,host=c v=4 3000").await;
+    assert_eq!(sum(&f.query(q).await), Some(7.0));
+    assert_eq!(hits(&f), 2, "buffered rows in the range: no hit");
+    f.storage.flush().await.unwrap();
+    assert_eq!(sum(&f.query(q).await), Some(7.0));
+    assert_eq!(hits(&f), 2, "new file in the range: no hit");
+    assert_eq!(sum(&f.query(q).await), Some(7.0));
+    assert_eq!(hits(&f), 3);
+
+    // Compaction replaces the files: the next query runs again, same answer.
+    assert!(f.storage.compact().await.unwrap() > 0);
+    assert_eq!(sum(&f.query(q).await), Some(7.0));
+    assert_eq!(hits(&f), 3, "compacted files: no hit");
+    assert_eq!(sum(&f.query(q).await), Some(7.0));
+    assert_eq!(hits(&f), 4);
+
+    // Not cached: statements over the catalog, volatile functions.
+    f.query("SHOW TABLES").await;
+    f.query("SHOW TABLES").await;
+    f.query("SELECT random() FROM rc WHERE time < '1970-01-02T00:00:00Z'")
+        .await;
+    f.query("SELECT random() FROM rc WHERE time < '1970-01-02T00:00:00Z'")
+        .await;
+    assert_eq!(hits(&f), 4);
+}
