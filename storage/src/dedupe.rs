@@ -59,6 +59,44 @@ pub fn sort_dedupe(
     Ok(out)
 }
 
+/// Orders the tag columns for sorting a file: most distinct values first, so that
+/// a series' rows (usually identified by its highest-cardinality tag, such as a
+/// host name) are contiguous and row-group and page statistics can prune a query
+/// for one series down to a page. Tags that depend on that tag (region, rack...)
+/// stay constant within its runs and still compress to almost nothing. Counted on
+/// a sample of the rows; ties keep name order.
+pub fn sort_key_order(batches: &[RecordBatch], tags: &[String]) -> Vec<String> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int32Type;
+    const SAMPLE_ROWS: usize = 1 << 16;
+    let mut counted: Vec<(usize, &String)> = tags
+        .iter()
+        .map(|tag| {
+            let mut seen = std::collections::HashSet::new();
+            let mut rows = 0;
+            for b in batches {
+                if rows >= SAMPLE_ROWS {
+                    break;
+                }
+                let Some(col) = b.column_by_name(tag) else {
+                    continue;
+                };
+                let Some(dict) = col.as_dictionary_opt::<Int32Type>() else {
+                    continue;
+                };
+                let values = dict.values().as_string::<i32>();
+                for k in dict.keys().iter().take(SAMPLE_ROWS - rows).flatten() {
+                    seen.insert(values.value(k as usize));
+                }
+                rows += b.num_rows();
+            }
+            (seen.len(), tag)
+        })
+        .collect();
+    counted.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    counted.into_iter().map(|(_, t)| t.clone()).collect()
+}
+
 /// Tag column names of an Arrow schema produced by [`crate::TableSchema`].
 pub fn tag_columns(schema: &crate::TableSchema) -> Vec<String> {
     schema.tags().map(str::to_string).collect()
@@ -93,6 +131,13 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn sort_key_puts_the_most_distinct_tag_first() {
+        let hosts = batch(&["a", "b", "c", "a"], &[1, 1, 1, 2], &[1.0; 4], 1);
+        let order = sort_key_order(&[hosts], &["dc".to_string(), "host".to_string()]);
+        assert_eq!(order, ["host", "dc"]);
     }
 
     #[test]

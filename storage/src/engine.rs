@@ -17,7 +17,7 @@ use crate::buffer::{
 };
 use crate::catalog::{CatalogState, ParquetFileMeta};
 use crate::compact::plan_compactions;
-use crate::dedupe::sort_dedupe;
+use crate::dedupe::{sort_dedupe, sort_key_order};
 use crate::error::{Error, Result};
 use crate::flush::{read_parquet, split_by_day, time_range, write_parquet};
 use crate::metrics::StorageMetrics;
@@ -553,6 +553,7 @@ impl Storage {
                 .map(|b| normalize(&b.batch, &schema, Some(b.seq)))
                 .collect::<arrow::error::Result<Vec<_>>>()
                 .map_err(|e| Error::arrow(format!("normalizing buffer of table {table}"), e))?;
+            let tags = sort_key_order(&batches, &tags);
             let merged = sort_dedupe(&seq_schema, &batches, &tags)
                 .map_err(|e| Error::arrow(format!("sorting buffer of table {table}"), e))?;
             for (day, part) in split_by_day(&merged)? {
@@ -674,6 +675,7 @@ impl Storage {
                     );
                 }
             }
+            let tags = sort_key_order(&batches, &tags);
             let out = sort_dedupe(&with_seq_column(&schema), &batches, &tags)
                 .map_err(|e| Error::arrow(format!("merging files of table {table}"), e))?;
             let seq = run.iter().map(|f| f.seq).max().unwrap_or(0);
