@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# What the tests need beyond a Rust toolchain: rustfmt and cargo-fuzz.
+if ! cargo fmt --version >/dev/null 2>&1; then
+  rustup component add rustfmt
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
