@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, ListArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type};
 use datafusion::common::{plan_err, Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
@@ -95,7 +95,7 @@ impl CounterFunction {
 }
 
 fn time_ns_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Nanosecond, None)
+    super::time_arg_type()
 }
 
 impl AggregateUDFImpl for CounterFunction {
@@ -106,21 +106,9 @@ impl AggregateUDFImpl for CounterFunction {
         &self.signature
     }
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        let [value, time] = arg_types else {
-            return plan_err!(
-                "{}(value, time) takes 2 arguments, got {}",
-                self.name(),
-                arg_types.len()
-            );
-        };
+        let value = super::value_and_time_args(self.name(), arg_types)?;
         if !(value.is_numeric() || value.is_null()) {
             return plan_err!("{}: value must be numeric, got {value}", self.name());
-        }
-        if !matches!(time, DataType::Timestamp(..)) {
-            return plan_err!(
-                "{}: second argument must be the time column, got {time}",
-                self.name()
-            );
         }
         Ok(vec![DataType::Float64, time_ns_type()])
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, TimeUnit};
-use datafusion::common::{plan_err, Result, ScalarValue};
+use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
 
@@ -44,23 +44,8 @@ impl AggregateUDFImpl for Selector {
         &self.signature
     }
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        let [value, time] = arg_types else {
-            return plan_err!(
-                "{}(value, time) takes 2 arguments, got {}",
-                self.name(),
-                arg_types.len()
-            );
-        };
-        if !matches!(time, DataType::Timestamp(..)) {
-            return plan_err!(
-                "{}: second argument must be the time column, got {time}",
-                self.name()
-            );
-        }
-        Ok(vec![
-            value.clone(),
-            DataType::Timestamp(TimeUnit::Nanosecond, None),
-        ])
+        let value = super::value_and_time_args(self.name(), arg_types)?;
+        Ok(vec![value.clone(), super::time_arg_type()])
     }
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         Ok(arg_types[0].clone())

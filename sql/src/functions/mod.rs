@@ -11,12 +11,38 @@ mod tests;
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 use datafusion::prelude::SessionContext;
 
 use counter::{CounterFunction, CounterKind};
 use gapfill::{DateBinGapfill, Fill, FillFunction, GapFillRule, VigilQueryPlanner};
+
+/// Checks the `(value, time)` arguments of a selector or counter aggregate and
+/// returns the value's type; the time argument is coerced to naive ns.
+pub(crate) fn value_and_time_args<'a>(
+    name: &str,
+    arg_types: &'a [DataType],
+) -> datafusion::common::Result<&'a DataType> {
+    let [value, time] = arg_types else {
+        return datafusion::common::plan_err!(
+            "{name}(value, time) takes 2 arguments, got {}",
+            arg_types.len()
+        );
+    };
+    if !matches!(time, DataType::Timestamp(..)) {
+        return datafusion::common::plan_err!(
+            "{name}: second argument must be the time column, got {time}"
+        );
+    }
+    Ok(value)
+}
+
+/// The type the time argument of `(value, time)` aggregates is coerced to.
+pub(crate) fn time_arg_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, None)
+}
 
 /// Adds vigil's query planner (it plans gap filling) to a session being built.
 pub(crate) fn with_planner(builder: SessionStateBuilder) -> SessionStateBuilder {
