@@ -31,9 +31,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     // set just above it so that oversized raw bodies are cut off early.
     let raw_limit = state.max_body_bytes.saturating_add(1);
     Router::new()
-        .route("/api/v3/write_lp", post(write_v3))
-        .route("/api/v2/write", post(write_v2))
-        .route("/write", post(write_v1))
+        .route("/api/v3/write_lp", post(write_lp))
+        .route("/api/v2/write", post(write_lp))
+        .route("/write", post(write_lp))
         .route("/api/v1/sql", get(sql_get).post(sql_post))
         .route("/api/v3/query_sql", get(sql_get).post(sql_post))
         .route("/health", get(health))
@@ -68,23 +68,8 @@ struct WriteParams {
     precision: Option<String>,
 }
 
-async fn write_v3(
-    State(s): State<Arc<AppState>>,
-    Query(p): Query<WriteParams>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
-    write(s, p, h, body).await
-}
-async fn write_v2(
-    State(s): State<Arc<AppState>>,
-    Query(p): Query<WriteParams>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Response {
-    write(s, p, h, body).await
-}
-async fn write_v1(
+/// All three write endpoints (v3, v2, v1) take the same parameters.
+async fn write_lp(
     State(s): State<Arc<AppState>>,
     Query(p): Query<WriteParams>,
     h: HeaderMap,

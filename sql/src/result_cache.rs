@@ -208,11 +208,8 @@ impl ResultCache {
 /// Ids of the files of `table` overlapping `range`, if no buffered row does.
 fn immutable_files(storage: &Storage, table: &str, range: TimeRange) -> Option<Vec<u64>> {
     let snap = storage.snapshot(table)?;
-    for b in &snap.buffer {
-        let (lo, hi) = vigil_storage::flush::time_range(&b.batch).ok()?;
-        if lo <= range.max && hi >= range.min {
-            return None;
-        }
+    if snap.buffer.iter().any(|b| b.overlaps(range.min, range.max)) {
+        return None;
     }
     let mut ids: Vec<u64> = snap
         .files

@@ -94,13 +94,11 @@ impl VigilTable {
             let mut batches = Vec::with_capacity(snap.buffer.len());
             let (mut min, mut max) = (i64::MAX, i64::MIN);
             for b in &snap.buffer {
-                let (lo, hi) = vigil_storage::flush::time_range(&b.batch)
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                if lo > range.max || hi < range.min {
+                if !b.overlaps(range.min, range.max) {
                     continue;
                 }
-                min = min.min(lo);
-                max = max.max(hi);
+                min = min.min(b.min_time);
+                max = max.max(b.max_time);
                 batches.push(normalize(&b.batch, &snap.schema, Some(b.seq))?);
             }
             if !batches.is_empty() {

@@ -13,11 +13,20 @@ use arrow::record_batch::RecordBatch;
 use crate::schema::{ColumnKind, FieldType, SEQ_COLUMN, TIME_COLUMN};
 use vigil_model::{FieldValue, Point};
 
-/// A batch in the buffer, with the WAL sequence number of the write it came from.
+/// A batch in the buffer, with the WAL sequence number of the write it came from
+/// and its time range (computed once here, read by every query that prunes).
 #[derive(Debug, Clone)]
 pub struct BufferedBatch {
     pub seq: u64,
     pub batch: RecordBatch,
+    pub min_time: i64,
+    pub max_time: i64,
+}
+
+impl BufferedBatch {
+    pub fn overlaps(&self, min: i64, max: i64) -> bool {
+        self.min_time <= max && self.max_time >= min
+    }
 }
 
 /// Everything buffered for one table since its last flush.
@@ -32,7 +41,15 @@ impl TableBuffer {
     pub fn push(&mut self, seq: u64, batch: RecordBatch) {
         self.rows += batch.num_rows();
         self.bytes += batch.get_array_memory_size();
-        self.batches.push(BufferedBatch { seq, batch });
+        // Validated writes always have a time column; without one, the batch is
+        // taken to span all time, so no query prunes it.
+        let (min_time, max_time) = crate::flush::time_range(&batch).unwrap_or((i64::MIN, i64::MAX));
+        self.batches.push(BufferedBatch {
+            seq,
+            batch,
+            min_time,
+            max_time,
+        });
     }
 }
 

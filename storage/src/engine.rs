@@ -872,6 +872,19 @@ mod tests {
     use std::borrow::Cow;
     use vigil_model::FieldValue;
 
+    /// The values of float column `col` as stored in a Parquet file (floats with
+    /// short decimals are stored as decimals and cast back).
+    fn stored_floats(path: &std::path::Path, col: &str) -> Vec<f64> {
+        let batches = read_parquet(path).unwrap();
+        let v = batches[0].column_by_name(col).unwrap();
+        let v = arrow::compute::cast(v, &arrow::datatypes::DataType::Float64).unwrap();
+        v.as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .unwrap()
+            .values()
+            .to_vec()
+    }
+
     fn p(
         table: &'static str,
         host: &'static str,
@@ -946,14 +959,7 @@ mod tests {
         s.commit(w.tables).await.unwrap();
         s.flush().await.unwrap();
         let snap = s.snapshot("cpu").unwrap();
-        let batches = read_parquet(&snap.files[0].1).unwrap();
-        let v = batches[0].column_by_name("v").unwrap();
-        let v = arrow::compute::cast(v, &arrow::datatypes::DataType::Float64).unwrap();
-        let v = v
-            .as_any()
-            .downcast_ref::<arrow::array::Float64Array>()
-            .unwrap();
-        assert_eq!(v.values().to_vec(), vec![999.0]);
+        assert_eq!(stored_floats(&snap.files[0].1, "v"), vec![999.0]);
     }
 
     #[tokio::test]
@@ -972,14 +978,7 @@ mod tests {
         assert_eq!(s.compact().await.unwrap(), 1);
         let snap = s.snapshot("cpu").unwrap();
         assert_eq!(snap.files.len(), 1);
-        let batches = read_parquet(&snap.files[0].1).unwrap();
-        let v = batches[0].column_by_name("v").unwrap();
-        let v = arrow::compute::cast(v, &arrow::datatypes::DataType::Float64).unwrap();
-        let v = v
-            .as_any()
-            .downcast_ref::<arrow::array::Float64Array>()
-            .unwrap();
-        assert_eq!(v.values().to_vec(), vec![3.0]);
+        assert_eq!(stored_floats(&snap.files[0].1, "v"), vec![3.0]);
         assert_eq!(
             std::fs::read_dir(dir.path().join("parquet"))
                 .unwrap()
