@@ -13,6 +13,10 @@ pub(crate) struct Config {
     /// Where the WAL, Parquet files and catalog live.
     pub data_dir: PathBuf,
     pub http: HttpConfig,
+    pub flight: FlightSection,
+    pub pg: PgSection,
+    pub auth: AuthSection,
+    pub tls: TlsSection,
     pub storage: StorageSection,
     pub query: QuerySection,
     pub log: LogSection,
@@ -24,6 +28,56 @@ pub(crate) struct HttpConfig {
     pub addr: SocketAddr,
     /// Request bodies above this size (after gzip decompression) get 413.
     pub max_body_bytes: usize,
+}
+
+/// Arrow Flight SQL (ADBC, JDBC, Grafana FlightSQL).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct FlightSection {
+    pub addr: SocketAddr,
+}
+
+/// The Postgres wire protocol (psql, psycopg, pgx, Grafana's Postgres datasource).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct PgSection {
+    pub addr: SocketAddr,
+}
+
+/// Credentials for the query front ends; none set means no authentication (the
+/// default listens on loopback only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AuthSection {
+    /// Flight SQL bearer token.
+    pub token: Option<String>,
+    /// User name for pgwire and Flight SQL basic auth.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// TLS for Flight SQL and pgwire: on when both files are set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Default for FlightSection {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8182".parse().unwrap(),
+        }
+    }
+}
+
+impl Default for PgSection {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8183".parse().unwrap(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -61,6 +115,10 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./vigil-data"),
             http: HttpConfig::default(),
+            flight: FlightSection::default(),
+            pg: PgSection::default(),
+            auth: AuthSection::default(),
+            tls: TlsSection::default(),
             storage: StorageSection::default(),
             query: QuerySection::default(),
             log: LogSection::default(),
@@ -150,6 +208,16 @@ impl Config {
                 self.log.format
             )));
         }
+        if self.auth.username.is_some() != self.auth.password.is_some() {
+            return Err(ConfigError::Invalid(
+                "auth.username and auth.password must be set together".into(),
+            ));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert and tls.key must be set together".into(),
+            ));
+        }
         if self.storage.flush_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "storage.flush_interval must be > 0".into(),
@@ -165,6 +233,22 @@ impl Config {
         s.flush_max_bytes = self.storage.flush_max_bytes;
         s.compaction_min_files = self.storage.compaction_min_files;
         s
+    }
+
+    /// User and password, when configured.
+    pub(crate) fn credentials(&self) -> Option<(String, String)> {
+        match (&self.auth.username, &self.auth.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            _ => None,
+        }
+    }
+
+    /// Certificate and key, when TLS is configured.
+    pub(crate) fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            _ => None,
+        }
     }
 
     pub(crate) fn query_config(&self) -> vigil_sql::QueryConfig {
@@ -189,6 +273,27 @@ pub(crate) struct ServeArgs {
     /// HTTP listen address [default: 127.0.0.1:8181].
     #[arg(long, env = "VIGIL_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Arrow Flight SQL listen address [default: 127.0.0.1:8182].
+    #[arg(long, env = "VIGIL_FLIGHT_ADDR")]
+    pub flight_addr: Option<SocketAddr>,
+    /// Postgres wire protocol listen address [default: 127.0.0.1:8183].
+    #[arg(long, env = "VIGIL_PG_ADDR")]
+    pub pg_addr: Option<SocketAddr>,
+    /// Bearer token Flight SQL clients must send [default: none].
+    #[arg(long, env = "VIGIL_AUTH_TOKEN")]
+    pub auth_token: Option<String>,
+    /// User name for pgwire and Flight SQL basic auth [default: none].
+    #[arg(long, env = "VIGIL_AUTH_USERNAME")]
+    pub auth_username: Option<String>,
+    /// Password for --auth-username.
+    #[arg(long, env = "VIGIL_AUTH_PASSWORD")]
+    pub auth_password: Option<String>,
+    /// PEM certificate chain: TLS for Flight SQL and pgwire (with --tls-key).
+    #[arg(long, env = "VIGIL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "VIGIL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Largest accepted request body in bytes [default: 67108864].
     #[arg(long, env = "VIGIL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -236,6 +341,27 @@ impl ServeArgs {
         }
         if let Some(v) = self.http_addr {
             c.http.addr = v;
+        }
+        if let Some(v) = self.flight_addr {
+            c.flight.addr = v;
+        }
+        if let Some(v) = self.pg_addr {
+            c.pg.addr = v;
+        }
+        if let Some(v) = &self.auth_token {
+            c.auth.token = Some(v.clone());
+        }
+        if let Some(v) = &self.auth_username {
+            c.auth.username = Some(v.clone());
+        }
+        if let Some(v) = &self.auth_password {
+            c.auth.password = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_cert {
+            c.tls.cert = Some(v.clone());
+        }
+        if let Some(v) = &self.tls_key {
+            c.tls.key = Some(v.clone());
         }
         if let Some(v) = self.max_body_bytes {
             c.http.max_body_bytes = v;

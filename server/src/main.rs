@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (ingest, storage and SQL in one process).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a SQL query against a running server.
     Query(cli::QueryArgs),
     /// Send line protocol from a file (or `-` for stdin) to a running server.
@@ -72,20 +72,47 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Arc::clone(&storage),
         config.query_config(),
     )?);
-    let metrics = Arc::new(metrics::ServerMetrics::new(
-        storage.metrics(),
-        engine.result_cache_metrics(),
-    ));
+    let metrics = Arc::new(metrics::ServerMetrics::new(storage.metrics(), &engine));
     let state = Arc::new(http::AppState {
         storage: Arc::clone(&storage),
         engine,
         metrics,
         max_body_bytes: config.http.max_body_bytes,
     });
+    let flight = vigil_flight::FlightServer::bind(
+        Arc::clone(&state.engine),
+        &vigil_flight::FlightConfig {
+            addr: config.flight.addr,
+            auth: vigil_flight::FlightAuth::new(config.auth.token.clone(), config.credentials()),
+            tls: config.tls_files(),
+        },
+    )
+    .await?;
+    let pg = vigil_pg::PgServer::bind(
+        Arc::clone(&state.engine),
+        &vigil_pg::PgConfig {
+            addr: config.pg.addr,
+            credentials: config.credentials(),
+            tls: config.tls_files(),
+        },
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
         .with_context(|| format!("binding HTTP address {}", config.http.addr))?;
-    info!(http = %listener.local_addr()?, data_dir = %config.data_dir.display(), "vigil is serving");
+    info!(
+        http = %listener.local_addr()?,
+        flight = %flight.local_addr()?,
+        pg = %pg.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        "vigil is serving"
+    );
+    let flight_task = tokio::spawn(async move {
+        if let Err(e) = flight.serve().await {
+            error!(error = %e, "Flight SQL server stopped");
+        }
+    });
+    let pg_task = tokio::spawn(pg.serve());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = tokio::spawn(background_tasks(
@@ -96,6 +123,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    flight_task.abort();
+    pg_task.abort();
     // Let a running flush or compaction finish rather than abandoning it halfway.
     let _ = stop_tx.send(true);
     let _ = background.await;

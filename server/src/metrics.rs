@@ -20,7 +20,7 @@ pub(crate) struct ServerMetrics {
 impl ServerMetrics {
     pub(crate) fn new(
         storage: &vigil_storage::metrics::StorageMetrics,
-        result_cache: &vigil_sql::ResultCacheMetrics,
+        engine: &vigil_sql::QueryEngine,
     ) -> Self {
         let mut registry = Registry::default();
         let m = Self {
@@ -71,7 +71,7 @@ impl ServerMetrics {
             m.query_duration.clone(),
         );
         storage.register(&mut registry);
-        result_cache.register(&mut registry);
+        engine.register_metrics(&mut registry);
         Self { registry, ..m }
     }
 

@@ -6,10 +6,18 @@ use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::common::ParamValues;
+use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use vigil_storage::Storage;
 
 use crate::error::{Error, Result};
@@ -47,6 +55,21 @@ pub struct QueryEngine {
     config: QueryConfig,
     storage: Arc<Storage>,
     result_cache: ResultCache,
+    running: Gauge,
+}
+
+/// A query planned in its own context (memory pool), ready to run or describe.
+pub struct PlannedQuery {
+    ctx: SessionContext,
+    physical: Arc<dyn ExecutionPlan>,
+}
+
+impl PlannedQuery {
+    /// The schema the results will have (after rewrites such as gap filling, which
+    /// change nullability), the one a front end must announce before streaming.
+    pub fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.physical.schema()
+    }
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -57,8 +80,10 @@ impl std::fmt::Debug for QueryEngine {
     }
 }
 
-pub(crate) const CATALOG: &str = "vigil";
-pub(crate) const SCHEMA: &str = "public";
+/// The catalog every table lives in (Postgres clients see it as the database).
+pub const CATALOG: &str = "vigil";
+/// The schema every table lives in.
+pub const SCHEMA: &str = "public";
 
 impl QueryEngine {
     pub fn new(storage: Arc<Storage>, config: QueryConfig) -> Result<Self> {
@@ -96,6 +121,7 @@ impl QueryEngine {
             config,
             storage,
             result_cache,
+            running: Gauge::default(),
         })
     }
 
@@ -127,12 +153,106 @@ impl QueryEngine {
         &self.result_cache.metrics
     }
 
+    /// Registers the engine's own gauges (queries running now) for `/metrics`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "vigil_queries_running",
+            "Queries executing or streaming results right now",
+            self.running.clone(),
+        );
+        self.result_cache.metrics.register(registry);
+    }
+
+    /// Plans one SQL statement (with `$1`-style parameters bound to `params`, for
+    /// prepared statements) in a context of its own.
+    pub async fn plan(&self, query: &str, params: Option<ParamValues>) -> Result<PlannedQuery> {
+        let ctx = self.query_context()?;
+        let state = ctx.state();
+        let mut logical = state.create_logical_plan(query).await?;
+        if let Some(params) = params {
+            logical = logical.with_param_values(params)?;
+        }
+        self.plan_logical(ctx, logical).await
+    }
+
+    async fn plan_logical(
+        &self,
+        ctx: SessionContext,
+        logical: LogicalPlan,
+    ) -> Result<PlannedQuery> {
+        // DDL/DML-like statements (SET, CREATE VIEW, ...) run through the DataFrame
+        // API, which executes them; queries go through the optimizer and planner.
+        let df = ctx.execute_logical_plan(logical).await?;
+        let physical = df.create_physical_plan().await?;
+        Ok(PlannedQuery { ctx, physical })
+    }
+
+    /// The parameter types of a statement with `$1`-style placeholders, in order,
+    /// and the schema of its result.
+    pub async fn describe(
+        &self,
+        query: &str,
+    ) -> Result<(
+        Vec<Option<datafusion::arrow::datatypes::DataType>>,
+        datafusion::arrow::datatypes::SchemaRef,
+    )> {
+        let ctx = self.query_context()?;
+        let logical = ctx.state().create_logical_plan(query).await?;
+        let types = logical.get_parameter_types()?;
+        let mut ids: Vec<(usize, Option<datafusion::arrow::datatypes::DataType>)> = types
+            .into_iter()
+            .map(|(id, t)| {
+                let n = id
+                    .trim_start_matches('$')
+                    .parse::<usize>()
+                    .unwrap_or(usize::MAX);
+                (n, t)
+            })
+            .collect();
+        ids.sort_by_key(|(n, _)| *n);
+        let schema = Arc::new(logical.schema().as_arrow().clone());
+        Ok((ids.into_iter().map(|(_, t)| t).collect(), schema))
+    }
+
+    /// Runs a planned query as a stream of batches: results are produced as the
+    /// client reads them (a large result is never held whole), the query counts as
+    /// running until the stream is dropped (a client that disconnects frees it),
+    /// and it fails with a timeout error once it has run longer than the limit.
+    pub fn execute(&self, planned: PlannedQuery) -> Result<SendableRecordBatchStream> {
+        let schema = planned.physical.schema();
+        let inner = datafusion::physical_plan::execute_stream(
+            Arc::clone(&planned.physical),
+            planned.ctx.task_ctx(),
+        )?;
+        let guard = RunningQuery::start(&self.running);
+        let timeout = self.config.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stream = futures::stream::unfold(
+            (inner, guard, false),
+            move |(mut inner, guard, done)| async move {
+                if done {
+                    return None;
+                }
+                match tokio::time::timeout_at(deadline, inner.next()).await {
+                    Ok(Some(item)) => Some((item, (inner, guard, false))),
+                    Ok(None) => None,
+                    Err(_) => Some((
+                        Err(DataFusionError::External(Box::new(Error::Timeout(timeout)))),
+                        (inner, guard, true),
+                    )),
+                }
+            },
+        );
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
     /// Runs one SQL statement to completion under the timeout; repeated queries over
     /// flushed data are answered from the result cache.
     pub async fn sql(
         &self,
         query: &str,
     ) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+        let _running = RunningQuery::start(&self.running);
         let run = async {
             let ctx = self.query_context()?;
             let df = ctx.sql(query).await?;
@@ -165,6 +285,22 @@ impl QueryEngine {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout(self.config.timeout)),
         }
+    }
+}
+
+/// Counts a query as running for as long as it lives.
+struct RunningQuery(Gauge);
+
+impl RunningQuery {
+    fn start(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for RunningQuery {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod server;
 
+mod clients;
 mod crash;
 mod errors;
 mod roundtrip;

@@ -11,6 +11,10 @@ pub struct TestServer {
     pub child: Option<Child>,
     pub url: String,
     pub addr: String,
+    /// Arrow Flight SQL address (host:port).
+    pub flight_addr: String,
+    /// Postgres wire protocol address (host:port).
+    pub pg_addr: String,
     pub data_dir: PathBuf,
     extra: Vec<String>,
 }
@@ -30,6 +34,8 @@ impl TestServer {
             child: None,
             url: format!("http://{addr}"),
             addr,
+            flight_addr: format!("127.0.0.1:{}", free_port()),
+            pg_addr: format!("127.0.0.1:{}", free_port()),
             data_dir: data_dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -44,6 +50,10 @@ impl TestServer {
             .arg(&self.data_dir)
             .arg("--http-addr")
             .arg(&self.addr)
+            .arg("--flight-addr")
+            .arg(&self.flight_addr)
+            .arg("--pg-addr")
+            .arg(&self.pg_addr)
             .args(&self.extra)
             .env("VIGIL_LOG", "warn")
             .stdin(Stdio::null())

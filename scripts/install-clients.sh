@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the real clients the end-to-end tests drive against a running vigil:
+# psql (Debian), psycopg and the ADBC Flight SQL driver (PyPI), pgx v5 (Go modules),
+# and the Arrow Flight SQL JDBC driver (Maven Central). Everything lands in
+# target/clients/ (or the usual package locations) and is reused on the next run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="$PWD/target/clients"
+mkdir -p "$out"
+
+if ! command -v psql >/dev/null 2>&1; then
+  echo "== installing psql (postgresql-client)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq postgresql-client >/dev/null
+  fi
+fi
+
+if ! python3 -c 'import psycopg, adbc_driver_flightsql, pyarrow' >/dev/null 2>&1; then
+  echo "== installing psycopg, adbc-driver-flightsql, pyarrow (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check \
+    'psycopg[binary]==3.3.9' 'adbc-driver-flightsql==1.13.0' 'adbc-driver-manager==1.13.0' 'pyarrow>=18'
+fi
+
+if [ ! -x "$out/pgx-client" ] || [ tests/clients/pgx/main.go -nt "$out/pgx-client" ]; then
+  echo "== building the pgx v5 client (Go)"
+  (cd tests/clients/pgx && go build -o "$out/pgx-client" .)
+fi
+
+jdbc_version=18.3.0
+jar="$out/flight-sql-jdbc-driver-$jdbc_version.jar"
+if [ ! -f "$jar" ]; then
+  echo "== fetching the Arrow Flight SQL JDBC driver $jdbc_version (Maven Central)"
+  mvn -q -B dependency:copy -Dartifact="org.apache.arrow:flight-sql-jdbc-driver:$jdbc_version" \
+    -DoutputDirectory="$out"
+fi
+if [ ! -f "$out/java/JdbcClient.class" ] || [ tests/clients/java/JdbcClient.java -nt "$out/java/JdbcClient.class" ]; then
+  mkdir -p "$out/java"
+  javac -d "$out/java" tests/clients/java/JdbcClient.java
+fi
+echo "clients ready in $out"

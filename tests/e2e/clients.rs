@@ -1,0 +1,735 @@
+//! The query front ends with the real clients analysts and Grafana use: psql,
+//! psycopg and pgx over the Postgres wire protocol, ADBC and the JDBC driver over
+//! Arrow Flight SQL. `scripts/install-clients.sh` installs them; a missing client
+//! fails the test (it is never skipped).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::server::TestServer;
+
+/// 2026-01-01T00:00:00Z in seconds.
+const T0: i64 = 1_767_225_600;
+
+fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/clients")
+}
+
+fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Hosts a and b, one point a minute for ten minutes: a's usage is 1.5 * i, b's is
+/// 100 + i; `count` is i, `epoch_s` the time in seconds (for `$__unixEpochFilter`).
+fn start_with_data(extra: &[&str]) -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), extra);
+    let mut lp = String::new();
+    for i in 0..10i64 {
+        let t = T0 + 60 * i;
+        lp.push_str(&format!(
+            "cpu,host=a,region=eu usage={},count={i}i,ok=true,msg=\"m{i}\",epoch_s={t}i {}\n",
+            1.5 * i as f64,
+            t * 1_000_000_000
+        ));
+        lp.push_str(&format!(
+            "cpu,host=b,region=us usage={},count={i}i,ok=false,msg=\"m{i}\",epoch_s={t}i {}\n",
+            100 + i,
+            t * 1_000_000_000
+        ));
+    }
+    server.write_lp(&lp);
+    (dir, server)
+}
+
+fn run_json(mut cmd: Command, input: &Value) -> Vec<Value> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?} (run scripts/install-clients.sh): {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str::<Vec<Value>>(stdout.trim())
+        .unwrap_or_else(|e| panic!("bad client output ({e}): {stdout}"))
+}
+
+fn python(driver: &str, uri: &str, queries: &Value) -> Vec<Value> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_dir().join("tests/clients/sql_client.py"))
+        .arg(driver)
+        .arg(uri);
+    run_json(cmd, queries)
+}
+
+fn rows(result: &Value) -> &Vec<Value> {
+    result["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rows in {result}"))
+}
+
+/// The rows of a result whose values are all numbers, as f64 (clients print 3.0 as 3).
+fn numbers(result: &Value) -> Vec<Vec<f64>> {
+    rows(result)
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}")))
+                .collect()
+        })
+        .collect()
+}
+
+fn psql(server: &TestServer, args: &[&str]) -> std::process::Output {
+    let (host, port) = server.pg_addr.split_once(':').unwrap();
+    Command::new("psql")
+        .args([
+            "-h", host, "-p", port, "-U", "postgres", "-d", "vigil", "-X", "-A", "-t",
+        ])
+        .args(["-F", ","])
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql not found (run scripts/install-clients.sh)")
+}
+
+#[test]
+fn psql_queries_describes_and_reports_errors() {
+    let (_dir, server) = start_with_data(&[]);
+    let out = psql(
+        &server,
+        &[
+            "-c",
+            "SELECT host, sum(usage), count(*) FROM cpu GROUP BY host ORDER BY host",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.trim(), "a,67.5,10\nb,1045.0,10", "{text}");
+
+    let out = psql(
+        &server,
+        &[
+            "-c",
+            "SET TIME ZONE 'UTC'",
+            "-c",
+            "SELECT time, usage FROM cpu WHERE host = 'b' ORDER BY time DESC LIMIT 1",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("2026-01-01 00:09:00") && text.trim_end().ends_with(",109.0"),
+        "{text}"
+    );
+
+    let out = psql(&server, &["-c", "SELECT version()"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("PostgreSQL 16.0 (vigil"), "{text}");
+
+    // psql's own catalog queries: \dt lists the table, \d describes its columns.
+    let out = psql(&server, &["-c", "\\dt"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("public,cpu,table")),
+        "{text}"
+    );
+    let out = psql(&server, &["-c", "\\d cpu"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for column in [
+        "host,text",
+        "usage,double precision",
+        "count,bigint",
+        "ok,boolean",
+    ] {
+        assert!(
+            text.contains(column),
+            "missing {column} in \\d cpu:\n{text}"
+        );
+    }
+    assert!(text.contains("time,timestamp with time zone"), "{text}");
+
+    // The functions Grafana's schema browser and query builder call.
+    let out = psql(
+        &server,
+        &[
+            "-c",
+            "SELECT current_setting('search_path'), quote_ident('Weird Name'), \
+             array_length(string_to_array('a,b,c', ','), 1), (parse_ident('public.cpu'))[2], \
+             (SELECT sum(value) FROM generate_series(1, 4))",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.trim(),
+        "\"$user\", public,\"Weird Name\",3,cpu,10",
+        "{text}"
+    );
+
+    // SET / SHOW round trip within one session.
+    let out = psql(
+        &server,
+        &[
+            "-c",
+            "SET statement_timeout = '5s'",
+            "-c",
+            "SHOW statement_timeout",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("5s") || text.contains("5000"), "{text}");
+
+    // A SQL error reaches psql as an ERROR with DataFusion's message and a SQLSTATE.
+    let out = psql(
+        &server,
+        &[
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            "SELECT no_such_column FROM cpu",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("ERROR:") && err.contains("no_such_column"),
+        "{err}"
+    );
+    assert!(
+        err.split_whitespace().any(|w| w.len() == 6
+            && w.ends_with(':')
+            && w[..5].chars().all(|c| c.is_ascii_alphanumeric())),
+        "no SQLSTATE in: {err}"
+    );
+}
+
+#[test]
+fn psycopg_types_parameters_and_errors() {
+    let (_dir, server) = start_with_data(&[]);
+    let uri = format!(
+        "host={} port={} user=postgres dbname=vigil",
+        server.pg_addr.split(':').next().unwrap(),
+        server.pg_addr.split(':').nth(1).unwrap()
+    );
+    let results = python(
+        "psycopg",
+        &uri,
+        &json!([
+            {"sql": "SELECT host, usage, count, ok, msg, time FROM cpu WHERE host = 'a' ORDER BY time LIMIT 2"},
+            {"sql": "SELECT host, usage FROM cpu WHERE host = %s AND usage > %s ORDER BY time", "args": ["b", 105.5]},
+            {"sql": "SELECT count(*) AS n FROM cpu WHERE time >= %s AND count < %s", "args": ["2026-01-01T00:05:00Z", 8]},
+            {"sql": "SELECT no_such_column FROM cpu"},
+        ]),
+    );
+    let r = &results[0];
+    // float8, int8, bool, text, timestamptz
+    assert_eq!(r["types"], json!([25, 701, 20, 16, 25, 1184]), "{r}");
+    assert_eq!(
+        rows(r)[1],
+        json!(["a", 1.5, 1, true, "m1", "2026-01-01T00:01:00Z"]),
+        "{r}"
+    );
+    assert_eq!(
+        rows(&results[1]),
+        &vec![
+            json!(["b", 106.0]),
+            json!(["b", 107.0]),
+            json!(["b", 108.0]),
+            json!(["b", 109.0])
+        ],
+        "{}",
+        results[1]
+    );
+    // Minutes 5, 6 and 7 for both hosts.
+    assert_eq!(rows(&results[2]), &vec![json!([6])], "{}", results[2]);
+    let e = &results[3]["error"];
+    assert!(
+        e["message"].as_str().unwrap().contains("no_such_column"),
+        "{e}"
+    );
+    assert_eq!(e["code"].as_str().map(str::len), Some(5), "SQLSTATE: {e}");
+}
+
+/// The SQL Grafana's PostgreSQL datasource sends (through pgx v5), after macro
+/// expansion, and the schema browser's queries.
+#[test]
+fn pgx_runs_grafana_queries() {
+    let (_dir, server) = start_with_data(&[]);
+    let (host, port) = server.pg_addr.split_once(':').unwrap();
+    let dsn = format!("postgres://postgres@{host}:{port}/vigil?sslmode=disable");
+    let from = "2026-01-01T00:00:00Z";
+    let to = "2026-01-01T00:09:59Z";
+    let queries = json!([
+        // $__timeGroupAlias(time,'5m') + $__timeFilter(time)
+        {"sql": format!("SELECT floor(extract(epoch from time)/300)*300 AS \"time\", avg(usage) AS \"usage\" FROM cpu WHERE time BETWEEN '{from}' AND '{to}' AND host = 'a' GROUP BY 1 ORDER BY 1")},
+        // $__timeGroup(time,'5m') in TimescaleDB mode
+        {"sql": format!("SELECT time_bucket('300s',time) AS \"time\", max(usage) AS \"max\" FROM cpu WHERE time BETWEEN '{from}' AND '{to}' AND host = 'a' GROUP BY 1 ORDER BY 1")},
+        // $__unixEpochFilter(epoch_s)
+        {"sql": format!("SELECT count(*) FROM cpu WHERE epoch_s >= {T0} AND epoch_s <= {}", T0 + 240)},
+        // A parameterised query, as pgx sends it (extended protocol, binary results).
+        {"sql": "SELECT host, count, time FROM cpu WHERE host = $1 AND count = $2", "args": ["b", 3]},
+        // Schema browser: tables, then the columns of the chosen table.
+        {"sql": GRAFANA_TABLES},
+        {"sql": GRAFANA_COLUMNS.replace("TABLE", "public.cpu")},
+        {"sql": "SELECT no_such_column FROM cpu"},
+    ]);
+    let mut cmd = Command::new(clients_dir().join("pgx-client"));
+    cmd.arg(&dsn);
+    let results = run_json(cmd, &queries);
+    assert_eq!(
+        numbers(&results[0]),
+        vec![vec![T0 as f64, 3.0], vec![(T0 + 300) as f64, 10.5]],
+        "{}",
+        results[0]
+    );
+    let buckets: Vec<(&str, f64)> = rows(&results[1])
+        .iter()
+        .map(|r| (r[0].as_str().unwrap(), r[1].as_f64().unwrap()))
+        .collect();
+    assert_eq!(
+        buckets,
+        vec![
+            ("2026-01-01T00:00:00Z", 6.0),
+            ("2026-01-01T00:05:00Z", 13.5)
+        ],
+        "{}",
+        results[1]
+    );
+    // timestamptz is OID 1184, float8 701.
+    assert_eq!(results[1]["types"], json!([1184, 701]), "{}", results[1]);
+    assert_eq!(rows(&results[2]), &vec![json!([10])], "{}", results[2]);
+    assert_eq!(
+        rows(&results[3]),
+        &vec![json!(["b", 3, "2026-01-01T00:03:00Z"])],
+        "{}",
+        results[3]
+    );
+    let tables: Vec<&str> = rows(&results[4])
+        .iter()
+        .map(|r| r[0].as_str().unwrap())
+        .collect();
+    // Postgres answers "cpu" (public is on the search path); "public.cpu" works too.
+    assert!(
+        tables.contains(&"cpu") || tables.contains(&"public.cpu"),
+        "{}",
+        results[4]
+    );
+    let columns: Vec<(&str, &str)> = rows(&results[5])
+        .iter()
+        .map(|r| (r[0].as_str().unwrap(), r[1].as_str().unwrap()))
+        .collect();
+    for name in ["host", "region", "usage", "count", "time"] {
+        assert!(columns.iter().any(|(c, _)| *c == name), "{columns:?}");
+    }
+    let e = &results[6]["error"];
+    assert!(
+        e["message"].as_str().unwrap().contains("no_such_column"),
+        "{e}"
+    );
+    assert_eq!(e["code"].as_str().map(str::len), Some(5), "{e}");
+}
+
+const GRAFANA_TABLES: &str = r#"SELECT
+    CASE WHEN
+          quote_ident(table_schema) IN (
+          SELECT
+            CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM
+            generate_series(
+              array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)
+            ) as i,
+            string_to_array(current_setting('search_path'),',') s
+          )
+      THEN quote_ident(table_name)
+      ELSE quote_ident(table_schema) || '.' || quote_ident(table_name)
+    END AS "table"
+    FROM information_schema.tables
+    WHERE quote_ident(table_schema) NOT IN ('information_schema',
+                             'pg_catalog',
+                             '_timescaledb_cache',
+                             '_timescaledb_catalog',
+                             '_timescaledb_internal',
+                             '_timescaledb_config',
+                             'timescaledb_information',
+                             'timescaledb_experimental')
+    ORDER BY CASE WHEN
+          quote_ident(table_schema) IN (
+          SELECT
+            CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM
+            generate_series(
+              array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)
+            ) as i,
+            string_to_array(current_setting('search_path'),',') s
+          ) THEN 0 ELSE 1 END, 1"#;
+
+const GRAFANA_COLUMNS: &str = r#"SELECT quote_ident(column_name) AS "column", data_type AS "type"
+    FROM information_schema.columns
+    WHERE
+      CASE WHEN array_length(parse_ident('TABLE'),1) = 2
+        THEN quote_ident(table_schema) = (parse_ident('TABLE'))[1]
+          AND quote_ident(table_name) = (parse_ident('TABLE'))[2]
+        ELSE quote_ident(table_name) = 'TABLE'
+          AND
+          quote_ident(table_schema) IN (
+          SELECT
+            CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM
+            generate_series(
+              array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)
+            ) as i,
+            string_to_array(current_setting('search_path'),',') s
+          )
+      END"#;
+
+#[test]
+fn adbc_reads_arrow_with_parameters_and_streams() {
+    let (_dir, server) = start_with_data(&[]);
+    let uri = format!("grpc://{}", server.flight_addr);
+    let results = python(
+        "adbc",
+        &uri,
+        &json!([
+            {"sql": "SELECT 1 AS one"},
+            {"sql": "SELECT host, usage, count, ok, time FROM cpu WHERE host = 'a' ORDER BY time LIMIT 2"},
+            {"sql": "SELECT count(*) AS n, sum(usage) AS s FROM cpu WHERE host = $1", "args": ["b"]},
+            {"sql": "SELECT value FROM generate_series(1, 300000) ORDER BY value"},
+            {"sql": "SELECT increase(count, time) AS inc FROM cpu WHERE host = 'a'"},
+            {"sql": "SELECT no_such_column FROM cpu"},
+        ]),
+    );
+    assert_eq!(rows(&results[0]), &vec![json!([1])]);
+    let r = &results[1];
+    assert_eq!(
+        r["types"],
+        json!(["string", "double", "int64", "bool", "timestamp[ns, tz=UTC]"]),
+        "{r}"
+    );
+    assert_eq!(
+        rows(r)[1],
+        json!(["a", 1.5, 1, true, "2026-01-01T00:01:00Z"]),
+        "{r}"
+    );
+    assert_eq!(
+        rows(&results[2]),
+        &vec![json!([10, 1045.0])],
+        "{}",
+        results[2]
+    );
+    let big = &results[3];
+    let values = rows(big);
+    assert_eq!(values.len(), 300_000);
+    assert_eq!(values[299_999], json!([300_000]));
+    assert!(
+        big["batches"].as_u64().unwrap() > 1,
+        "not streamed in batches: {}",
+        big["batches"]
+    );
+    // The time-series functions are there too.
+    assert_eq!(rows(&results[4]), &vec![json!([9.0])], "{}", results[4]);
+    let e = &results[5]["error"];
+    assert!(
+        e["message"].as_str().unwrap().contains("no_such_column"),
+        "{e}"
+    );
+    assert!(
+        e["message"].as_str().unwrap().contains("INVALID_ARGUMENT"),
+        "{e}"
+    );
+}
+
+#[test]
+fn jdbc_queries_and_metadata() {
+    let (_dir, server) = start_with_data(&["--auth-username", "ann", "--auth-password", "pw"]);
+    let jar = clients_dir().join("flight-sql-jdbc-driver-18.3.0.jar");
+    assert!(
+        jar.exists(),
+        "{} missing: run scripts/install-clients.sh",
+        jar.display()
+    );
+    let classpath = format!("{}:{}", jar.display(), clients_dir().join("java").display());
+    let url = format!(
+        "jdbc:arrow-flight-sql://{}/?useEncryption=false",
+        server.flight_addr
+    );
+    let run = |user: &str, password: &str, input: &str| {
+        let mut child = Command::new("java")
+            .arg("--add-opens=java.base/java.nio=ALL-UNNAMED")
+            .arg("-cp")
+            .arg(&classpath)
+            .arg("JdbcClient")
+            .args([url.as_str(), user, password])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("java");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(
+        "ann",
+        "pw",
+        "SELECT host, sum(usage) AS s FROM cpu GROUP BY host ORDER BY host\n\
+         ?SELECT count(*) AS n FROM cpu WHERE host = $1|a\n\
+         SELECT no_such_column FROM cpu\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("COLS"))
+        .expect("no result");
+    assert_eq!(lines[at + 1], "ROW\ta\t67.5", "{text}");
+    assert_eq!(lines[at + 2], "ROW\tb\t1045.0", "{text}");
+    assert!(lines.contains(&"ROW\t10"), "prepared statement: {text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ERROR") && l.contains("no_such_column")),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"TABLE\tvigil\tpublic\tcpu\tBASE TABLE"),
+        "{text}"
+    );
+    assert!(lines.contains(&"SCHEMA\tpublic"), "{text}");
+    for column in ["COLUMN\thost\t", "COLUMN\tusage\t", "COLUMN\ttime\t"] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(column)),
+            "{column}: {text}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("PRODUCT\tvigil")),
+        "{text}"
+    );
+
+    // Wrong password: a clear authentication error, no data.
+    let out = run("ann", "wrong", "SELECT 1\n");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("invalid user name or password"), "{all}");
+}
+
+/// Auth on both front ends: psql with the right and wrong password, ADBC with a
+/// bearer token and without.
+#[test]
+fn credentials_are_checked() {
+    let (_dir, server) = start_with_data(&[
+        "--auth-username",
+        "ann",
+        "--auth-password",
+        "pw",
+        "--auth-token",
+        "tok3n",
+    ]);
+    let (host, port) = server.pg_addr.split_once(':').unwrap();
+    let psql_as = |password: &str| {
+        Command::new("psql")
+            .args([
+                "-h", host, "-p", port, "-U", "ann", "-d", "vigil", "-X", "-A", "-t",
+            ])
+            .args(["-c", "SELECT count(*) FROM cpu"])
+            .env("PGPASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let ok = psql_as("pw");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "20");
+    let bad = psql_as("nope");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        err.to_lowercase()
+            .contains("password authentication failed for user \"ann\""),
+        "{err}"
+    );
+
+    let uri = format!("grpc://{}", server.flight_addr);
+    let script = r#"
+import sys, adbc_driver_flightsql.dbapi as f, adbc_driver_flightsql as fs, adbc_driver_manager
+def count(kwargs):
+    try:
+        with f.connect(sys.argv[1], db_kwargs=kwargs) as c, c.cursor() as cur:
+            cur.execute("SELECT count(*) FROM cpu")
+            return str(cur.fetchone()[0])
+    except adbc_driver_manager.Error as e:
+        return "ERR " + str(e).replace("\n", " ")
+print(count({fs.DatabaseOptions.AUTHORIZATION_HEADER.value: "Bearer tok3n"}))
+print(count({"username": "ann", "password": "pw"}))
+print(count({}))
+print(count({fs.DatabaseOptions.AUTHORIZATION_HEADER.value: "Bearer wrong"}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &uri])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "20", "{text}");
+    assert_eq!(lines[1], "20", "{text}");
+    assert!(
+        lines[2].starts_with("ERR") && lines[2].contains("UNAUTHENTICATED"),
+        "{text}"
+    );
+    assert!(
+        lines[3].starts_with("ERR") && lines[3].contains("invalid bearer token"),
+        "{text}"
+    );
+}
+
+fn running_queries(server: &TestServer) -> i64 {
+    let text = reqwest::blocking::get(format!("{}/metrics", server.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("vigil_queries_running "))
+        .unwrap_or_else(|| panic!("no vigil_queries_running in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A Flight client that stops reading and goes away frees its query; 1,000 idle
+/// Postgres and Flight connections leave the server answering.
+#[test]
+fn abandoned_streams_are_freed_and_idle_connections_are_cheap() {
+    let (_dir, server) = start_with_data(&[]);
+    let script = r#"
+import sys, adbc_driver_flightsql.dbapi as f
+c = f.connect(sys.argv[1])
+cur = c.cursor()
+cur.execute("SELECT a.value * b.value AS v FROM generate_series(1, 100000) a, generate_series(1, 100000) b")
+reader = cur.fetch_record_batch()
+reader.read_next_batch()
+print("READING", flush=True)
+sys.stdin.readline()
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script, &format!("grpc://{}", server.flight_addr)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "READING");
+    assert_eq!(
+        running_queries(&server),
+        1,
+        "the streaming query should be running"
+    );
+    // The client exits without reading on or closing the statement.
+    drop(child.stdin.take());
+    child.kill().ok();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while running_queries(&server) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned query was not freed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let mut idle = Vec::new();
+    for i in 0..1000 {
+        let addr = if i % 2 == 0 {
+            &server.pg_addr
+        } else {
+            &server.flight_addr
+        };
+        idle.push(std::net::TcpStream::connect(addr).unwrap());
+    }
+    let out = psql(&server, &["-c", "SELECT count(*) FROM cpu"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20");
+    let r = python(
+        "adbc",
+        &format!("grpc://{}", server.flight_addr),
+        &json!([{"sql": "SELECT count(*) FROM cpu"}]),
+    );
+    assert_eq!(rows(&r[0]), &vec![json!([20])]);
+    drop(idle);
+}
