@@ -7,6 +7,8 @@
 //! connection cancellation, and the engine's shared session (every table, every
 //! time-series function) so that pgwire sees exactly what HTTP and Flight see.
 
+mod session;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use datafusion_postgres::pgwire::api::auth::{
 use datafusion_postgres::pgwire::api::cancel::DefaultCancelHandler;
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::{
-    ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers,
+    ClientInfo, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
 };
 use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -89,7 +91,11 @@ impl PgServer {
                 source,
             })?;
         let connections = Arc::new(ConnectionManager::new());
-        let session = Arc::new(DfSessionService::new(Arc::new(engine.context().clone())));
+        let cancels = Arc::new(session::Connections::default());
+        let session = Arc::new(session::VigilSession {
+            inner: Arc::new(DfSessionService::new(Arc::new(engine.context().clone()))),
+            engine: Arc::clone(&engine),
+        });
         let startup = Arc::new(VigilStartup {
             password: config.credentials.as_ref().map(|(user, password)| {
                 CleartextPasswordAuthStartupHandler::new(
@@ -102,11 +108,15 @@ impl PgServer {
                 .with_connection_manager(Arc::clone(&connections))
             }),
             connections: Arc::clone(&connections),
+            cancels: Arc::clone(&cancels),
         });
         let handlers = Arc::new(VigilPgHandlers {
             session,
             startup,
-            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+            cancel: Arc::new(session::VigilCancel {
+                connections: cancels,
+                planning: DefaultCancelHandler::new(connections),
+            }),
         });
         Ok(Self {
             listener,
@@ -294,6 +304,7 @@ struct VigilStartup {
     password:
         Option<CleartextPasswordAuthStartupHandler<FixedPassword, DefaultServerParameterProvider>>,
     connections: Arc<ConnectionManager>,
+    cancels: Arc<session::Connections>,
 }
 
 struct OpenStartup(Arc<ConnectionManager>);
@@ -317,20 +328,24 @@ impl StartupHandler for VigilStartup {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         match &self.password {
-            Some(handler) => handler.on_startup(client, message).await,
+            Some(handler) => handler.on_startup(client, message).await?,
             None => {
                 OpenStartup(Arc::clone(&self.connections))
                     .on_startup(client, message)
-                    .await
+                    .await?
             }
         }
+        if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            self.cancels.register(client);
+        }
+        Ok(())
     }
 }
 
 struct VigilPgHandlers {
-    session: Arc<DfSessionService>,
+    session: Arc<session::VigilSession>,
     startup: Arc<VigilStartup>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<session::VigilCancel>,
 }
 
 impl PgWireServerHandlers for VigilPgHandlers {

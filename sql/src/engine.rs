@@ -153,6 +153,17 @@ impl QueryEngine {
         &self.result_cache.metrics
     }
 
+    /// Counts a query that a front end runs itself (pgwire) as running until the
+    /// returned guard is dropped.
+    pub fn running_query(&self) -> RunningQuery {
+        RunningQuery::start(&self.running)
+    }
+
+    /// How long a query may run.
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
     /// Registers the engine's own gauges (queries running now) for `/metrics`.
     pub fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
@@ -289,7 +300,7 @@ impl QueryEngine {
 }
 
 /// Counts a query as running for as long as it lives.
-struct RunningQuery(Gauge);
+pub struct RunningQuery(Gauge);
 
 impl RunningQuery {
     fn start(gauge: &Gauge) -> Self {

@@ -15,7 +15,7 @@ mod scan;
 mod table;
 mod time_range;
 
-pub use engine::{PlannedQuery, QueryConfig, QueryEngine, CATALOG, SCHEMA};
+pub use engine::{PlannedQuery, QueryConfig, QueryEngine, RunningQuery, CATALOG, SCHEMA};
 pub use error::{Error, Result};
 pub use result_cache::ResultCacheMetrics;
 pub use table::{VigilSchema, VigilTable};

@@ -733,3 +733,144 @@ sys.stdin.readline()
     assert_eq!(rows(&r[0]), &vec![json!([20])]);
     drop(idle);
 }
+
+/// psycopg's `cancel()` (what psql's Ctrl-C sends) stops a long query with SQLSTATE
+/// 57014, and the query timeout stops queries on both front ends.
+#[test]
+fn cancel_and_timeout_stop_long_queries() {
+    let (_dir, server) = start_with_data(&["--query-timeout", "3s"]);
+    let (host, port) = server.pg_addr.split_once(':').unwrap();
+    let long = "SELECT count(*) FROM generate_series(1, 200000) a, generate_series(1, 200000) b WHERE a.value + b.value = 7";
+    let script = r#"
+import sys, threading, time, psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+def run():
+    t = time.time()
+    try:
+        conn.execute(sys.argv[2]).fetchall()
+        return "finished"
+    except psycopg.Error as e:
+        return "%s %.1f %s" % (e.sqlstate, time.time() - t, e)
+threading.Timer(0.5, conn.cancel).start()
+print(run())
+print(run())
+print(conn.execute("SELECT count(*) FROM cpu").fetchone()[0])
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &format!("host={host} port={port} user=postgres dbname=vigil"),
+            long,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("57014") && lines[0].contains("user request"),
+        "cancel: {text}"
+    );
+    let secs: f64 = lines[0].split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(secs < 2.5, "cancel took {secs}s: {text}");
+    assert!(
+        lines[1].starts_with("57014") && lines[1].contains("statement timeout"),
+        "timeout: {text}"
+    );
+    assert_eq!(lines[2], "20", "{text}");
+    assert_eq!(running_queries(&server), 0);
+
+    let r = python(
+        "adbc",
+        &format!("grpc://{}", server.flight_addr),
+        &json!([{"sql": long}, {"sql": "SELECT count(*) FROM cpu"}]),
+    );
+    let e = r[0]["error"]["message"].as_str().unwrap_or_default();
+    assert!(e.contains("timed out after 3s"), "{}", r[0]);
+    assert_eq!(rows(&r[1]), &vec![json!([20])]);
+}
+
+/// With a certificate and key configured both front ends speak TLS only.
+#[test]
+fn tls_on_both_front_ends() {
+    let certs = tempfile::tempdir().unwrap();
+    let cert = certs.path().join("cert.pem");
+    let key = certs.path().join("key.pem");
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let (_dir, server) = start_with_data(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let (host, port) = server.pg_addr.split_once(':').unwrap();
+    let psql_ssl = |mode: &str| {
+        Command::new("psql")
+            .arg(format!(
+                "host={host} port={port} user=postgres dbname=vigil sslmode={mode} sslrootcert={}",
+                cert.display()
+            ))
+            .args(["-X", "-A", "-t", "-c", "SELECT count(*) FROM cpu"])
+            .output()
+            .unwrap()
+    };
+    let out = psql_ssl("verify-full");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20");
+
+    let script = r#"
+import sys, adbc_driver_flightsql.dbapi as f, adbc_driver_manager
+def count(uri, kwargs):
+    try:
+        with f.connect(uri, db_kwargs=kwargs) as c, c.cursor() as cur:
+            cur.execute("SELECT count(*) FROM cpu")
+            return str(cur.fetchone()[0])
+    except adbc_driver_manager.Error as e:
+        return "ERR " + str(e).replace("\n", " ")
+roots = open(sys.argv[2]).read()
+print(count("grpc+tls://" + sys.argv[1], {"adbc.flight.sql.client_option.tls_root_certs": roots}))
+print(count("grpc://" + sys.argv[1], {}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &server.flight_addr, cert.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "20", "{text}");
+    assert!(
+        lines[1].starts_with("ERR"),
+        "plaintext to a TLS server: {text}"
+    );
+}

@@ -1,0 +1,197 @@
+//! Running queries for pgwire clients: `datafusion-postgres` plans and encodes them;
+//! this wrapper makes them stoppable. pgwire races a cancel request only against
+//! planning, while DataFusion does its work as rows are sent, so a cancel (psql's
+//! Ctrl-C, `conn.cancel()`) or the query timeout would otherwise never stop a long
+//! query. Each result stream here ends with SQLSTATE 57014 when either fires, and
+//! counts as a running query until it ends.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use datafusion_postgres::pgwire::api::portal::Portal;
+use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use datafusion_postgres::pgwire::api::results::{QueryResponse, Response};
+use datafusion_postgres::pgwire::api::store::PortalStore;
+use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore};
+use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
+use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion_postgres::{DfSessionService, Parser};
+use futures::{Sink, StreamExt};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use vigil_sql::QueryEngine;
+
+type Key = (i32, Bytes);
+
+/// The open connections, by the (pid, secret key) a cancel request names.
+#[derive(Default)]
+pub(crate) struct Connections {
+    by_key: Mutex<HashMap<Key, Arc<watch::Sender<u64>>>>,
+}
+
+/// Lives in a connection's session extensions; unregisters it when dropped.
+pub(crate) struct ConnectionCancel {
+    key: Key,
+    signal: Arc<watch::Sender<u64>>,
+    connections: Arc<Connections>,
+}
+
+impl Drop for ConnectionCancel {
+    fn drop(&mut self) {
+        self.connections.by_key.lock().remove(&self.key);
+    }
+}
+
+impl Connections {
+    /// Registers an authenticated connection (once).
+    pub(crate) fn register<C: ClientInfo>(self: &Arc<Self>, client: &C) {
+        if client
+            .session_extensions()
+            .get::<ConnectionCancel>()
+            .is_some()
+        {
+            return;
+        }
+        let (pid, secret) = client.pid_and_secret_key();
+        let key = (pid, secret.to_bytes());
+        let signal = Arc::new(watch::channel(0u64).0);
+        self.by_key.lock().insert(key.clone(), Arc::clone(&signal));
+        client.session_extensions().insert(ConnectionCancel {
+            key,
+            signal,
+            connections: Arc::clone(self),
+        });
+    }
+}
+
+/// Cancel requests arrive on a connection of their own; they stop the query running
+/// on the connection they name (both while it is planned and while rows stream).
+pub(crate) struct VigilCancel {
+    pub(crate) connections: Arc<Connections>,
+    pub(crate) planning: DefaultCancelHandler,
+}
+
+#[async_trait]
+impl CancelHandler for VigilCancel {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        let key = (request.pid, request.secret_key.to_bytes());
+        let signal = self.connections.by_key.lock().get(&key).cloned();
+        if let Some(signal) = signal {
+            signal.send_modify(|n| *n += 1);
+        }
+        self.planning.on_cancel_request(request).await;
+    }
+}
+
+/// `DfSessionService` with stoppable, counted result streams.
+pub(crate) struct VigilSession {
+    pub(crate) inner: Arc<DfSessionService>,
+    pub(crate) engine: Arc<QueryEngine>,
+}
+
+impl VigilSession {
+    fn guard<C: ClientInfo>(&self, client: &C, response: Response) -> Response {
+        let Response::Query(query) = response else {
+            return response;
+        };
+        let cancelled = client
+            .session_extensions()
+            .get::<ConnectionCancel>()
+            .map(|c| {
+                let mut rx = c.signal.subscribe();
+                rx.mark_unchanged();
+                rx
+            });
+        let running = self.engine.running_query();
+        let timeout = self.engine.timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let QueryResponse {
+            command_tag,
+            row_schema,
+            data_rows,
+            ..
+        } = query;
+        let rows = futures::stream::unfold(
+            (data_rows, cancelled, running, false),
+            move |(mut rows, mut cancelled, running, done)| async move {
+                if done {
+                    return None;
+                }
+                let cancel = async {
+                    match cancelled.as_mut() {
+                        Some(rx) => {
+                            if rx.changed().await.is_err() {
+                                std::future::pending::<()>().await
+                            }
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    row = rows.next() => row.map(|r| (r, (rows, cancelled, running, false))),
+                    _ = cancel => Some((Err(PgWireError::QueryCanceled), (rows, cancelled, running, true))),
+                    _ = tokio::time::sleep_until(deadline) => Some((
+                        Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                            "ERROR".into(),
+                            "57014".into(),
+                            format!("canceling statement due to statement timeout ({timeout:?})"),
+                        )))),
+                        (rows, cancelled, running, true),
+                    )),
+                }
+            },
+        );
+        let mut query = QueryResponse::new(row_schema, rows);
+        query.command_tag = command_tag;
+        Response::Query(query)
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for VigilSession {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let responses = SimpleQueryHandler::do_query(self.inner.as_ref(), client, query).await?;
+        Ok(responses
+            .into_iter()
+            .map(|r| self.guard(client, r))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for VigilSession {
+    type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.inner.query_parser()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let response =
+            ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows).await?;
+        Ok(self.guard(client, response))
+    }
+}
