@@ -74,9 +74,36 @@ func errResult(err error) result {
 	return result{Error: &pgErr{Code: "", Message: err.Error()}}
 }
 
+// countRows runs one query and prints only the number of rows it returned, decoding
+// every value (the streaming benchmark).
+func countRows(ctx context.Context, conn *pgx.Conn, q query) {
+	rows, err := conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	n := 0
+	for rows.Next() {
+		if _, err := rows.Values(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println(n)
+}
+
 func main() {
+	count := len(os.Args) == 3 && os.Args[1] == "--count"
+	if count {
+		os.Args = append(os.Args[:1], os.Args[2:]...)
+	}
 	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: pgx-client DSN < queries.json")
+		fmt.Fprintln(os.Stderr, "usage: pgx-client [--count] DSN < queries.json")
 		os.Exit(2)
 	}
 	var queries []query
@@ -84,7 +111,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "reading queries:", err)
 		os.Exit(2)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 600*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, os.Args[1])
 	if err != nil {
@@ -93,6 +120,10 @@ func main() {
 		os.Exit(1)
 	}
 	defer conn.Close(ctx)
+	if count {
+		countRows(ctx, conn, queries[0])
+		return
+	}
 	results := make([]result, 0, len(queries))
 	for _, q := range queries {
 		results = append(results, run(ctx, conn, q))
