@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real clients the end-to-end tests drive against a running vigil:
 # psql (Debian), psycopg and the ADBC Flight SQL driver (PyPI), pgx v5 (Go modules),
+# DuckDB (PyPI, the reference the time-series function checks compare against),
 # and the Arrow Flight SQL JDBC driver (Maven Central). Everything lands in
 # target/clients/ (or the usual package locations) and is reused on the next run.
 set -euo pipefail
@@ -17,10 +18,11 @@ if ! command -v psql >/dev/null 2>&1; then
   fi
 fi
 
-if ! python3 -c 'import psycopg, adbc_driver_flightsql, pyarrow' >/dev/null 2>&1; then
-  echo "== installing psycopg, adbc-driver-flightsql, pyarrow (PyPI)"
+if ! python3 -c 'import psycopg, adbc_driver_flightsql, pyarrow, duckdb' >/dev/null 2>&1; then
+  echo "== installing psycopg, adbc-driver-flightsql, pyarrow, duckdb (PyPI)"
   python3 -m pip install -q --disable-pip-version-check \
-    'psycopg[binary]==3.3.9' 'adbc-driver-flightsql==1.13.0' 'adbc-driver-manager==1.13.0' 'pyarrow>=18'
+    'psycopg[binary]==3.3.9' 'adbc-driver-flightsql==1.13.0' 'adbc-driver-manager==1.13.0' 'pyarrow>=18' \
+    'duckdb==2.0.1'
 fi
 
 if [ ! -x "$out/pgx-client" ] || [ tests/clients/pgx/main.go -nt "$out/pgx-client" ]; then

@@ -14,6 +14,7 @@
 //! aggregates NULL, or carrying the last value forward (`locf`) or interpolating
 //! linearly between neighbours (`interpolate`).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -437,6 +438,7 @@ fn collect_bounds(
 /// and records them as that node's fill strategies.
 fn apply_fills(p: Projection) -> Result<Transformed<LogicalPlan>> {
     let mut node = as_gapfill(&p.input).expect("checked by caller").clone();
+    check_one_fill_per_aggregate(&p.expr, &node)?;
     let mut exprs = Vec::with_capacity(p.expr.len());
     for e in p.expr {
         let name = e.schema_name().to_string();
@@ -495,6 +497,54 @@ fn apply_fills(p: Projection) -> Result<Transformed<LogicalPlan>> {
     Ok(Transformed::yes(LogicalPlan::Projection(
         Projection::try_new(exprs, Arc::new(input))?,
     )))
+}
+
+/// A gap-filled aggregate column is filled one way: `avg(x)` next to `locf(avg(x))`
+/// (or `locf` next to `interpolate` of the same aggregate) would share one column
+/// and get one filling, so such queries are refused rather than answered wrongly.
+fn check_one_fill_per_aggregate(exprs: &[Expr], node: &GapFill) -> Result<()> {
+    let mut uses: HashMap<&Column, HashSet<&'static str>> = HashMap::new();
+    for e in exprs {
+        e.apply(|e| {
+            match e {
+                Expr::ScalarFunction(ScalarFunction { func, args })
+                    if func.name() == "locf" || func.name() == "interpolate" =>
+                {
+                    if let Some(Expr::Column(c)) = args.first() {
+                        if let Some((col, _)) = node.fills.iter().find(|(col, _)| col == c) {
+                            let name = if func.name() == "locf" {
+                                "locf"
+                            } else {
+                                "interpolate"
+                            };
+                            uses.entry(col).or_default().insert(name);
+                        }
+                    }
+                    return Ok(TreeNodeRecursion::Jump);
+                }
+                Expr::Column(c) => {
+                    if let Some((col, _)) = node.fills.iter().find(|(col, _)| col == c) {
+                        uses.entry(col).or_default().insert("no fill");
+                    }
+                }
+                _ => {}
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+    }
+    for (col, fills) in uses {
+        if fills.len() > 1 {
+            let mut fills: Vec<_> = fills.into_iter().collect();
+            fills.sort();
+            return plan_err!(
+                "{} is used with different gap fillings ({}) in one query; \
+                 use one filling per aggregate, e.g. run them as separate queries",
+                col.name,
+                fills.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Plans [`GapFill`] nodes; every other node goes to DataFusion's planner.

@@ -353,6 +353,16 @@ async fn gapfill_inserts_missing_buckets_with_null_locf_and_interpolate() {
     assert!(e.contains("needs a lower time bound"), "{e}");
     let e = f.error("SELECT locf(v) FROM g").await;
     assert!(e.contains("locf() can only wrap an aggregate"), "{e}");
+    // One aggregate column cannot be both filled and unfilled (or filled two ways).
+    for extra in ["avg(v)", "interpolate(avg(v))"] {
+        let e = f
+            .error(&format!(
+                "SELECT date_bin_gapfill(interval '1 minute', time), locf(avg(v)), {extra} FROM g
+                 WHERE time >= '1970-01-01T01:00:00Z' AND time < '1970-01-01T01:05:00Z' GROUP BY 1"
+            ))
+            .await;
+        assert!(e.contains("different gap fillings"), "{e}");
+    }
 }
 
 #[tokio::test]
