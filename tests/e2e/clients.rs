@@ -553,6 +553,9 @@ fn jdbc_queries_and_metadata() {
         "{text}"
     );
     assert!(lines.contains(&"SCHEMA\tpublic"), "{text}");
+    assert!(lines.contains(&"CATALOG\tvigil"), "{text}");
+    assert!(lines.contains(&"TABLETYPE\tBASE TABLE"), "{text}");
+    assert!(lines.contains(&"TABLETYPE\tVIEW"), "{text}");
     for column in ["COLUMN\thost\t", "COLUMN\tusage\t", "COLUMN\ttime\t"] {
         assert!(
             lines.iter().any(|l| l.starts_with(column)),

@@ -62,6 +62,16 @@ public class JdbcClient {
                         + "\t" + rs.getString("TABLE_NAME") + "\t" + rs.getString("TABLE_TYPE"));
                 }
             }
+            try (ResultSet rs = md.getCatalogs()) {
+                while (rs.next()) {
+                    System.out.println("CATALOG\t" + rs.getString("TABLE_CAT"));
+                }
+            }
+            try (ResultSet rs = md.getTableTypes()) {
+                while (rs.next()) {
+                    System.out.println("TABLETYPE\t" + rs.getString("TABLE_TYPE"));
+                }
+            }
             try (ResultSet rs = md.getSchemas()) {
                 while (rs.next()) {
                     System.out.println("SCHEMA\t" + rs.getString("TABLE_SCHEM"));
