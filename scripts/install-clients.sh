@@ -41,4 +41,8 @@ if [ ! -f "$out/java/JdbcClient.class" ] || [ tests/clients/java/JdbcClient.java
   mkdir -p "$out/java"
   javac -d "$out/java" tests/clients/java/JdbcClient.java
 fi
+
+
+# The Kafka broker jars (Maven Central) for the Kafka ingest tests.
+bash scripts/kafka.sh provision
 echo "clients ready in $out"

@@ -17,6 +17,7 @@ pub(crate) struct Config {
     pub pg: PgSection,
     pub auth: AuthSection,
     pub tls: TlsSection,
+    pub kafka: KafkaSection,
     pub storage: StorageSection,
     pub query: QuerySection,
     pub log: LogSection,
@@ -54,6 +55,29 @@ pub(crate) struct AuthSection {
     /// User name for pgwire and Flight SQL basic auth.
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+/// Consuming line protocol from Kafka as a member of a consumer group; off unless
+/// `brokers` is set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct KafkaSection {
+    pub brokers: Option<String>,
+    pub topic: String,
+    pub group: String,
+    /// Messages written in one storage commit at most.
+    pub max_batch: usize,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            topic: "vigil".into(),
+            group: "vigil".into(),
+            max_batch: 1000,
+        }
+    }
 }
 
 /// TLS for Flight SQL and pgwire: on when both files are set.
@@ -119,6 +143,7 @@ impl Default for Config {
             pg: PgSection::default(),
             auth: AuthSection::default(),
             tls: TlsSection::default(),
+            kafka: KafkaSection::default(),
             storage: StorageSection::default(),
             query: QuerySection::default(),
             log: LogSection::default(),
@@ -213,6 +238,9 @@ impl Config {
                 "auth.username and auth.password must be set together".into(),
             ));
         }
+        if self.kafka.max_batch == 0 {
+            return Err(ConfigError::Invalid("kafka.max_batch must be > 0".into()));
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key must be set together".into(),
@@ -294,6 +322,15 @@ pub(crate) struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "VIGIL_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Kafka bootstrap servers (host:port,...); set to consume line protocol from Kafka.
+    #[arg(long, env = "VIGIL_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Kafka topic to consume [default: vigil].
+    #[arg(long, env = "VIGIL_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// Kafka consumer group [default: vigil].
+    #[arg(long, env = "VIGIL_KAFKA_GROUP")]
+    pub kafka_group: Option<String>,
     /// Largest accepted request body in bytes [default: 67108864].
     #[arg(long, env = "VIGIL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -362,6 +399,15 @@ impl ServeArgs {
         }
         if let Some(v) = &self.tls_key {
             c.tls.key = Some(v.clone());
+        }
+        if let Some(v) = &self.kafka_brokers {
+            c.kafka.brokers = Some(v.clone());
+        }
+        if let Some(v) = &self.kafka_topic {
+            c.kafka.topic = v.clone();
+        }
+        if let Some(v) = &self.kafka_group {
+            c.kafka.group = v.clone();
         }
         if let Some(v) = self.max_body_bytes {
             c.http.max_body_bytes = v;

@@ -113,6 +113,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     let pg_task = tokio::spawn(pg.serve());
+    let (kafka_stop, kafka_stop_rx) = tokio::sync::watch::channel(false);
+    let kafka_task = match &config.kafka.brokers {
+        Some(brokers) => {
+            let ingest = vigil_kafka::KafkaIngest::new(
+                Arc::clone(&storage),
+                vigil_kafka::KafkaConfig {
+                    brokers: brokers.clone(),
+                    topic: config.kafka.topic.clone(),
+                    group: config.kafka.group.clone(),
+                    max_batch: config.kafka.max_batch,
+                },
+                state.metrics.kafka.clone(),
+            )?;
+            Some(tokio::spawn(ingest.run(kafka_stop_rx)))
+        }
+        None => None,
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = tokio::spawn(background_tasks(
@@ -129,7 +146,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = background.await;
     info!("shutting down: flushing the buffer");
+    // Kafka stops reading first; its offsets are committed once the shutdown flush
+    // has persisted what it wrote.
+    let _ = kafka_stop.send(true);
     storage.shutdown().await.context("flushing at shutdown")?;
+    if let Some(task) = kafka_task {
+        let _ = task.await;
+    }
     info!("stopped");
     Ok(())
 }

@@ -15,6 +15,7 @@ pub(crate) struct ServerMetrics {
     pub queries: Counter,
     pub query_errors: Counter,
     pub query_duration: Histogram,
+    pub kafka: vigil_kafka::KafkaMetrics,
 }
 
 impl ServerMetrics {
@@ -32,6 +33,7 @@ impl ServerMetrics {
             queries: Counter::default(),
             query_errors: Counter::default(),
             query_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            kafka: vigil_kafka::KafkaMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -72,6 +74,7 @@ impl ServerMetrics {
         );
         storage.register(&mut registry);
         engine.register_metrics(&mut registry);
+        m.kafka.register(&mut registry);
         Self { registry, ..m }
     }
 

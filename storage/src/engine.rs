@@ -109,6 +109,9 @@ pub struct Storage {
     /// Woken when a write takes the buffer over its limits, so the flusher does not
     /// wait for its next tick.
     flush_wanted: tokio::sync::Notify,
+    /// The highest WAL sequence number whose data is in Parquet and the catalog:
+    /// consumers of replayable sources (Kafka) commit their offsets up to it.
+    persisted: tokio::sync::watch::Sender<u64>,
     metrics: StorageMetrics,
 }
 
@@ -254,7 +257,9 @@ impl Storage {
         }
         let metrics = StorageMetrics::default();
         metrics.buffer_rows.set(buffer.active_rows as i64);
+        let persisted = tokio::sync::watch::channel(catalog.flushed_seq).0;
         let storage = Arc::new(Self {
+            persisted,
             config: config.clone(),
             schemas: RwLock::new(schemas),
             catalog: Mutex::new(catalog),
@@ -279,6 +284,12 @@ impl Storage {
         *storage.wal_tx.lock() = Some(tx);
         *storage.wal_thread.lock() = Some(handle);
         Ok(storage)
+    }
+
+    /// Watches the highest WAL sequence number (as returned by [`Storage::commit`])
+    /// whose data is in Parquet and the catalog, so it survives losing the WAL.
+    pub fn persisted_seq(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.persisted.subscribe()
     }
 
     pub fn config(&self) -> &StorageConfig {
@@ -574,6 +585,7 @@ impl Storage {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             next.save(&self.config.data_dir)?;
+            self.persisted.send_replace(next.flushed_seq);
             *c = next;
         }
         self.buffer.lock().finish_flush();

@@ -7,4 +7,5 @@ mod server;
 mod clients;
 mod crash;
 mod errors;
+mod kafka;
 mod roundtrip;
