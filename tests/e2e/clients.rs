@@ -98,6 +98,16 @@ fn numbers(result: &Value) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// The stdout of a client that must have succeeded (its stderr is the failure message).
+fn succeeded(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn psql(server: &TestServer, args: &[&str]) -> std::process::Output {
     let (host, port) = server.pg_addr.split_once(':').unwrap();
     Command::new("psql")
@@ -121,12 +131,7 @@ fn psql_queries_describes_and_reports_errors() {
             "SELECT host, sum(usage), count(*) FROM cpu GROUP BY host ORDER BY host",
         ],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     assert_eq!(text.trim(), "a,67.5,10\nb,1045.0,10", "{text}");
 
     let out = psql(
@@ -138,12 +143,7 @@ fn psql_queries_describes_and_reports_errors() {
             "SELECT time, usage FROM cpu WHERE host = 'b' ORDER BY time DESC LIMIT 1",
         ],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     assert!(
         text.contains("2026-01-01 00:09:00") && text.trim_end().ends_with(",109.0"),
         "{text}"
@@ -155,23 +155,13 @@ fn psql_queries_describes_and_reports_errors() {
 
     // psql's own catalog queries: \dt lists the table, \d describes its columns.
     let out = psql(&server, &["-c", "\\dt"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     assert!(
         text.lines().any(|l| l.starts_with("public,cpu,table")),
         "{text}"
     );
     let out = psql(&server, &["-c", "\\d cpu"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     for column in [
         "host,text",
         "usage,double precision",
@@ -195,12 +185,7 @@ fn psql_queries_describes_and_reports_errors() {
              (SELECT sum(value) FROM generate_series(1, 4))",
         ],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     assert_eq!(
         text.trim(),
         "\"$user\", public,\"Weird Name\",3,cpu,10",
@@ -217,12 +202,7 @@ fn psql_queries_describes_and_reports_errors() {
             "SHOW statement_timeout",
         ],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     assert!(text.contains("5s") || text.contains("5000"), "{text}");
 
     // A SQL error reaches psql as an ERROR with DataFusion's message and a SQLSTATE.
@@ -602,12 +582,7 @@ fn credentials_are_checked() {
             .unwrap()
     };
     let ok = psql_as("pw");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "20");
+    assert_eq!(succeeded(&ok).trim(), "20");
     let bad = psql_as("nope");
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success());
@@ -636,12 +611,7 @@ print(count({fs.DatabaseOptions.AUTHORIZATION_HEADER.value: "Bearer wrong"}))
         .args(["-c", script, &uri])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "20", "{text}");
     assert_eq!(lines[1], "20", "{text}");
@@ -722,12 +692,7 @@ sys.stdin.readline()
         idle.push(std::net::TcpStream::connect(addr).unwrap());
     }
     let out = psql(&server, &["-c", "SELECT count(*) FROM cpu"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20");
+    assert_eq!(succeeded(&out).trim(), "20");
     let r = python(
         "adbc",
         &format!("grpc://{}", server.flight_addr),
@@ -768,12 +733,7 @@ print(conn.execute("SELECT count(*) FROM cpu").fetchone()[0])
         ])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(
         lines[0].starts_with("57014") && lines[0].contains("user request"),
@@ -840,12 +800,7 @@ fn tls_on_both_front_ends() {
             .unwrap()
     };
     let out = psql_ssl("verify-full");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20");
+    assert_eq!(succeeded(&out).trim(), "20");
 
     let script = r#"
 import sys, adbc_driver_flightsql.dbapi as f, adbc_driver_manager
@@ -864,12 +819,7 @@ print(count("grpc://" + sys.argv[1], {}))
         .args(["-c", script, &server.flight_addr, cert.to_str().unwrap()])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "20", "{text}");
     assert!(
