@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -25,7 +25,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use vigil_ingest::{parse_line_protocol, Precision};
+use vigil_ingest::{now_nanos, parse_line_protocol, Precision};
 use vigil_storage::Storage;
 
 /// Where to consume from.
@@ -294,11 +294,4 @@ impl KafkaIngest {
             Err(e) => warn!(error = %e, "committing Kafka offsets failed"),
         }
     }
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }

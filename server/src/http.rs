@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use axum::body::{Body, Bytes};
@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use vigil_ingest::{parse_line_protocol, Precision};
+use vigil_ingest::{now_nanos, parse_line_protocol, Precision};
 use vigil_sql::QueryEngine;
 use vigil_storage::{LineError, Storage};
 
@@ -107,13 +107,6 @@ fn read_body(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, Re
         return Err(too_large());
     }
     Ok(out.into())
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 async fn write(s: Arc<AppState>, p: WriteParams, headers: HeaderMap, body: Bytes) -> Response {
