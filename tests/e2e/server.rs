@@ -29,21 +29,45 @@ pub fn free_port() -> u16 {
 
 impl TestServer {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
         let mut s = Self {
             child: None,
-            url: format!("http://{addr}"),
-            addr,
-            flight_addr: format!("127.0.0.1:{}", free_port()),
-            pg_addr: format!("127.0.0.1:{}", free_port()),
+            url: String::new(),
+            addr: String::new(),
+            flight_addr: String::new(),
+            pg_addr: String::new(),
             data_dir: data_dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        s.pick_ports();
         s.spawn();
         s
     }
 
+    /// Free ports are found by binding port 0 and letting go, so another test (or a
+    /// Kafka broker) may take one before vigil binds it.
+    fn pick_ports(&mut self) {
+        self.addr = format!("127.0.0.1:{}", free_port());
+        self.url = format!("http://{}", self.addr);
+        self.flight_addr = format!("127.0.0.1:{}", free_port());
+        self.pg_addr = format!("127.0.0.1:{}", free_port());
+    }
+
+    /// Starts vigil and waits until it is healthy; if it exits during startup (a port
+    /// taken in the meantime), tries again on new ports, five times at most.
     fn spawn(&mut self) {
+        for attempt in 1..=5 {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(status) if attempt < 5 => {
+                    eprintln!("vigil exited during startup ({status}); retrying on new ports");
+                    self.pick_ports();
+                }
+                Err(status) => panic!("vigil exited during startup: {status}"),
+            }
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
         let child = Command::new(BIN)
             .arg("serve")
             .arg("--data-dir")
@@ -65,11 +89,12 @@ impl TestServer {
         loop {
             if let Ok(r) = client.get(format!("{}/health", self.url)).send() {
                 if r.status().is_success() {
-                    return;
+                    return Ok(());
                 }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("vigil exited during startup: {status}");
+                self.child = None;
+                return Err(status);
             }
             assert!(Instant::now() < deadline, "vigil did not become healthy");
             std::thread::sleep(Duration::from_millis(50));
