@@ -73,8 +73,22 @@ rootLogger.level = info
 rootLogger.appenderRef.file.ref = file
 LOG
   local java_opts=(-Xmx512m -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$jars/*")
-  java "${java_opts[@]}" kafka.tools.StorageTool format -t "$(python3 -c 'import uuid,base64; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
-    -c "$dir/server.properties" --standalone >"$dir/format.log" 2>&1
+  # A cluster id starting with '-' would be read as an option (Kafka's own
+  # Uuid.randomUuid() skips those too): 1 start in 64 failed that way.
+  local cluster_id
+  cluster_id="$(python3 -c '
+import base64, uuid
+while True:
+    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not s.startswith("-"):
+        print(s)
+        break')"
+  if ! java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
+    -c "$dir/server.properties" --standalone >"$dir/format.log" 2>&1; then
+    echo "formatting the Kafka log directory failed:" >&2
+    cat "$dir/format.log" >&2
+    return 1
+  fi
   nohup java "${java_opts[@]}" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
   echo $! > "$dir/pid"
   for _ in $(seq 1 600); do
