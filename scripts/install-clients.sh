@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real clients the end-to-end tests drive against a running vigil:
-# psql (Debian), psycopg and the ADBC Flight SQL driver (PyPI), pgx v5 (Go modules),
+# psql (Debian), psycopg and the ADBC Flight SQL driver (PyPI), pgx v5 and a
+# Prometheus remote-write sender built on Prometheus's own prompb (Go modules),
 # DuckDB (PyPI, the reference the time-series function checks compare against),
 # and the Arrow Flight SQL JDBC driver (Maven Central). Everything lands in
 # target/clients/ (or the usual package locations) and is reused on the next run.
@@ -28,6 +29,11 @@ fi
 if [ ! -x "$out/pgx-client" ] || [ tests/clients/pgx/main.go -nt "$out/pgx-client" ]; then
   echo "== building the pgx v5 client (Go)"
   (cd tests/clients/pgx && go build -o "$out/pgx-client" .)
+fi
+
+if [ ! -x "$out/remotewrite-client" ] || [ tests/clients/remotewrite/main.go -nt "$out/remotewrite-client" ]; then
+  echo "== building the Prometheus remote-write sender (Go, prometheus/prompb)"
+  (cd tests/clients/remotewrite && go build -o "$out/remotewrite-client" .)
 fi
 
 jdbc_version=18.3.0

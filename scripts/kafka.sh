@@ -4,6 +4,7 @@
 # (mvn dependency:copy-dependencies) and are cached in target/kafka/<version>/.
 #
 #   scripts/kafka.sh start DIR    # prints BROKER=127.0.0.1:PORT once the broker is ready
+#                                 # (a DIR started before: the same broker again)
 #   scripts/kafka.sh stop DIR
 #
 # DIR holds the broker's config, logs, data and pid file.
@@ -11,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 version="${KAFKA_VERSION:-4.1.1}"
 jars="$PWD/target/kafka/$version"
+java_opts=(-Xmx512m -cp "$jars/*")
 
 provision() {
   [ -f "$jars/kafka_2.13-$version.jar" ] && return
@@ -41,6 +43,11 @@ start() {
   provision
   mkdir -p "$dir/data"
   dir="$(cd "$dir" && pwd)"
+  if [ -f "$dir/server.properties" ]; then
+    # Started before: the same broker (port, cluster, data) comes back.
+    launch "$dir" "$(cat "$dir/broker")"
+    return
+  fi
   local port controller
   port="$(free_port)"
   controller="$(free_port)"
@@ -72,7 +79,6 @@ appender.file.layout.pattern = %d %p %c: %m%n
 rootLogger.level = info
 rootLogger.appenderRef.file.ref = file
 LOG
-  local java_opts=(-Xmx512m -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$jars/*")
   # A cluster id starting with '-' would be read as an option (Kafka's own
   # Uuid.randomUuid() skips those too): 1 start in 64 failed that way.
   local cluster_id
@@ -83,18 +89,28 @@ while True:
     if not s.startswith("-"):
         print(s)
         break')"
-  if ! java "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
+  if ! java "${java_opts[@]}" -Dlog4j2.configurationFile="$dir/log4j2.properties" \
+    kafka.tools.StorageTool format -t "$cluster_id" \
     -c "$dir/server.properties" --standalone >"$dir/format.log" 2>&1; then
     echo "formatting the Kafka log directory failed:" >&2
     cat "$dir/format.log" >&2
     return 1
   fi
-  nohup java "${java_opts[@]}" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 &
+  launch "$dir" "127.0.0.1:$port"
+}
+
+# Runs the broker of DIR and waits until it reports "Kafka Server started" (once
+# more than the log already says, for a restart).
+launch() {
+  local dir="$1" addr="$2" before
+  before="$(grep -c "Kafka Server started" "$dir/broker.log" 2>/dev/null || true)"
+  nohup java "${java_opts[@]}" -Dlog4j2.configurationFile="$dir/log4j2.properties" \
+    kafka.Kafka "$dir/server.properties" >>"$dir/stdout.log" 2>&1 &
   echo $! > "$dir/pid"
   for _ in $(seq 1 600); do
-    if grep -q "Kafka Server started" "$dir/broker.log" 2>/dev/null; then
-      echo "127.0.0.1:$port" > "$dir/broker"
-      echo "BROKER=127.0.0.1:$port"
+    if [ "$(grep -c "Kafka Server started" "$dir/broker.log" 2>/dev/null || true)" -gt "${before:-0}" ]; then
+      echo "$addr" > "$dir/broker"
+      echo "BROKER=$addr"
       return 0
     fi
     if ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then

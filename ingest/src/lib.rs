@@ -2,11 +2,19 @@
 //!
 //! Line protocol is parsed with InfluxData's `influxdb-line-protocol` crate; this crate
 //! adds what vigil needs around it: 1-based line numbers for errors, timestamp
-//! precision, default timestamps, and duplicate-field handling.
+//! precision, default timestamps, and duplicate-field handling. Prometheus remote
+//! write (snappy protobuf) maps each metric to a table with one `value` field.
 
 mod line_protocol;
+mod remote_write;
 
-pub use line_protocol::{parse_line_protocol, ParsedBody, Precision, PrecisionError};
+pub use line_protocol::{
+    encode_line_protocol, parse_line_protocol, ParsedBody, Precision, PrecisionError,
+};
+pub use remote_write::{
+    decode_remote_write, encode_remote_write, remote_write_points, split_by_metric, Label,
+    RemoteWriteError, Sample, TimeSeries, WriteRequest,
+};
 
 /// The current time in nanoseconds since the Unix epoch: the timestamp of lines
 /// written without one (every ingest path uses the arrival time).

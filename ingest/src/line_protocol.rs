@@ -153,6 +153,44 @@ pub fn parse_line_protocol(body: &str, precision: Precision, default_time: i64) 
     out
 }
 
+/// Writes points as line protocol with nanosecond timestamps, the canonical form
+/// vigil forwards (collector mode): every point keeps its resolved time, so a line
+/// that arrived without a timestamp keeps its arrival time downstream.
+pub fn encode_line_protocol<'a>(points: impl IntoIterator<Item = &'a Point<'a>>) -> Vec<u8> {
+    use influxdb_line_protocol::builder::LineProtocolBuilder;
+    let mut b = LineProtocolBuilder::new();
+    for p in points {
+        let mut m = b.measurement(&p.table);
+        for (k, v) in &p.tags {
+            m = m.tag(k, v);
+        }
+        let mut fields = p.fields.iter();
+        let Some((k, v)) = fields.next() else {
+            // A parsed point always has a field; keep the builder usable regardless.
+            b = m.field("", false).timestamp(p.time).close_line();
+            continue;
+        };
+        let mut f = match v {
+            FieldValue::F64(x) => m.field(k, *x),
+            FieldValue::I64(x) => m.field(k, *x),
+            FieldValue::U64(x) => m.field(k, *x),
+            FieldValue::Bool(x) => m.field(k, *x),
+            FieldValue::Str(x) => m.field(k, x.as_ref()),
+        };
+        for (k, v) in fields {
+            f = match v {
+                FieldValue::F64(x) => f.field(k, *x),
+                FieldValue::I64(x) => f.field(k, *x),
+                FieldValue::U64(x) => f.field(k, *x),
+                FieldValue::Bool(x) => f.field(k, *x),
+                FieldValue::Str(x) => f.field(k, x.as_ref()),
+            };
+        }
+        b = f.timestamp(p.time).close_line();
+    }
+    b.build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +240,22 @@ mod tests {
         );
         assert_eq!(p.errors[0].line, 2);
         assert!(p.errors[0].reason.contains("out of range"));
+    }
+
+    #[test]
+    fn encoded_points_parse_back_identically() {
+        let body = "cpu,host=a\\ b,region=us\\,west usage=1.5,count=3i,big=18446744073709551615u,ok=true,msg=\"hi \\\"there\\\" \\\\\" 1700000000\n\
+                    my\\ measure,t=x\\=y f=0.1,g=-1e-300,h=1e300\n";
+        let p = parse_line_protocol(body, Precision::Second, 99);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let encoded = encode_line_protocol(p.points.iter().map(|(_, p)| p));
+        let text = String::from_utf8(encoded).unwrap();
+        let again = parse_line_protocol(&text, Precision::Nanosecond, 0);
+        assert!(again.errors.is_empty(), "{text}: {:?}", again.errors);
+        let a: Vec<_> = p.points.iter().map(|(_, p)| p.clone()).collect();
+        let b: Vec<_> = again.points.iter().map(|(_, p)| p.clone()).collect();
+        assert_eq!(a, b, "{text}");
+        assert_eq!(b[1].time, 99, "default time kept");
     }
 
     #[test]

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Config {
+    /// `standalone` stores what it receives; `collector` produces it to Kafka.
+    pub mode: Mode,
     /// Where the WAL, Parquet files and catalog live.
     pub data_dir: PathBuf,
     pub http: HttpConfig,
@@ -57,8 +59,19 @@ pub(crate) struct AuthSection {
     pub password: Option<String>,
 }
 
-/// Consuming line protocol from Kafka as a member of a consumer group; off unless
-/// `brokers` is set.
+/// What `vigil serve` does with the writes it receives.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Mode {
+    /// Stores writes itself (and consumes Kafka when brokers are set).
+    #[default]
+    Standalone,
+    /// Produces every write to Kafka, keyed by metric name, and stores nothing.
+    Collector,
+}
+
+/// Kafka: consuming line protocol and remote write as a member of a consumer group
+/// (standalone), or producing to it (collector); off unless `brokers` is set.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct KafkaSection {
@@ -67,6 +80,8 @@ pub(crate) struct KafkaSection {
     pub group: String,
     /// Messages written in one storage commit at most.
     pub max_batch: usize,
+    /// Topic that receives a copy of each message with rejected lines.
+    pub dead_letter_topic: Option<String>,
 }
 
 impl Default for KafkaSection {
@@ -76,6 +91,7 @@ impl Default for KafkaSection {
             topic: "vigil".into(),
             group: "vigil".into(),
             max_batch: 1000,
+            dead_letter_topic: None,
         }
     }
 }
@@ -137,6 +153,7 @@ pub(crate) struct LogSection {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            mode: Mode::Standalone,
             data_dir: PathBuf::from("./vigil-data"),
             http: HttpConfig::default(),
             flight: FlightSection::default(),
@@ -238,6 +255,11 @@ impl Config {
                 "auth.username and auth.password must be set together".into(),
             ));
         }
+        if self.mode == Mode::Collector && self.kafka.brokers.is_none() {
+            return Err(ConfigError::Invalid(
+                "mode 'collector' produces to Kafka: set kafka.brokers (--kafka-brokers)".into(),
+            ));
+        }
         if self.kafka.max_batch == 0 {
             return Err(ConfigError::Invalid("kafka.max_batch must be > 0".into()));
         }
@@ -261,6 +283,16 @@ impl Config {
         s.flush_max_bytes = self.storage.flush_max_bytes;
         s.compaction_min_files = self.storage.compaction_min_files;
         s
+    }
+
+    pub(crate) fn kafka_config(&self) -> vigil_kafka::KafkaConfig {
+        vigil_kafka::KafkaConfig {
+            brokers: self.kafka.brokers.clone().unwrap_or_default(),
+            topic: self.kafka.topic.clone(),
+            group: self.kafka.group.clone(),
+            max_batch: self.kafka.max_batch,
+            dead_letter_topic: self.kafka.dead_letter_topic.clone(),
+        }
     }
 
     /// User and password, when configured.
@@ -322,7 +354,12 @@ pub(crate) struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "VIGIL_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// Kafka bootstrap servers (host:port,...); set to consume line protocol from Kafka.
+    /// standalone: store writes (and consume Kafka if brokers are set); collector:
+    /// produce writes to Kafka keyed by metric [default: standalone].
+    #[arg(long, env = "VIGIL_MODE", value_enum)]
+    pub mode: Option<Mode>,
+    /// Kafka bootstrap servers (host:port,...): consume from Kafka (or produce to it
+    /// in collector mode).
     #[arg(long, env = "VIGIL_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
     /// Kafka topic to consume [default: vigil].
@@ -331,6 +368,9 @@ pub(crate) struct ServeArgs {
     /// Kafka consumer group [default: vigil].
     #[arg(long, env = "VIGIL_KAFKA_GROUP")]
     pub kafka_group: Option<String>,
+    /// Kafka topic that gets a copy of each message with rejected lines [default: none].
+    #[arg(long, env = "VIGIL_KAFKA_DEAD_LETTER_TOPIC")]
+    pub kafka_dead_letter_topic: Option<String>,
     /// Largest accepted request body in bytes [default: 67108864].
     #[arg(long, env = "VIGIL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -408,6 +448,12 @@ impl ServeArgs {
         }
         if let Some(v) = &self.kafka_group {
             c.kafka.group = v.clone();
+        }
+        if let Some(v) = &self.kafka_dead_letter_topic {
+            c.kafka.dead_letter_topic = Some(v.clone());
+        }
+        if let Some(v) = self.mode {
+            c.mode = v;
         }
         if let Some(v) = self.max_body_bytes {
             c.http.max_body_bytes = v;

@@ -13,7 +13,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use vigil_ingest::{now_nanos, parse_line_protocol, Precision};
+use vigil_ingest::{
+    decode_remote_write, now_nanos, parse_line_protocol, remote_write_points, Precision,
+};
+use vigil_kafka::{ForwardBatch, KafkaForwarder};
 use vigil_sql::QueryEngine;
 use vigil_storage::{LineError, Storage};
 
@@ -24,6 +27,8 @@ pub(crate) struct AppState {
     pub engine: Arc<QueryEngine>,
     pub metrics: Arc<ServerMetrics>,
     pub max_body_bytes: usize,
+    /// Collector mode: writes go to Kafka instead of storage.
+    pub forwarder: Option<Arc<KafkaForwarder>>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -34,6 +39,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v3/write_lp", post(write_lp))
         .route("/api/v2/write", post(write_lp))
         .route("/write", post(write_lp))
+        .route("/api/v1/write", post(remote_write))
         .route("/api/v1/sql", get(sql_get).post(sql_post))
         .route("/api/v3/query_sql", get(sql_get).post(sql_post))
         .route("/health", get(health))
@@ -109,73 +115,93 @@ fn read_body(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, Re
     Ok(out.into())
 }
 
-async fn write(s: Arc<AppState>, p: WriteParams, headers: HeaderMap, body: Bytes) -> Response {
-    s.metrics.write_requests.inc();
-    let _db = p.db.or(p.bucket);
-    let precision: Precision = match p.precision.as_deref().unwrap_or("ns").parse() {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let body = match read_body(&headers, body, s.max_body_bytes) {
-        Ok(b) => b,
-        Err(r) => {
-            s.metrics.write_errors.inc();
-            return r;
-        }
-    };
-    s.metrics.bytes_received.inc_by(body.len() as u64);
-    let storage = Arc::clone(&s.storage);
-    let parsed = tokio::task::spawn_blocking(move || {
-        let text = match std::str::from_utf8(&body) {
-            Ok(t) => t,
-            Err(e) => {
-                let at = e.valid_up_to();
-                let line = body[..at].iter().filter(|b| **b == b'\n').count() + 1;
-                return Err(format!("body is not valid UTF-8 at byte {at} (line {line})"));
-            }
+/// A parsed write, ready to be stored here or produced to Kafka.
+enum Prepared {
+    Local(Vec<(String, arrow::record_batch::RecordBatch)>),
+    Forward(ForwardBatch),
+}
+
+/// What parsing a write body produced: the accepted part and the per-line errors.
+struct ParsedWrite {
+    prepared: Prepared,
+    accepted: usize,
+    total: usize,
+    errors: Vec<serde_json::Value>,
+}
+
+impl AppState {
+    /// Stores (standalone) or validates for forwarding (collector) the points of a
+    /// body, collecting every error as the JSON the client gets.
+    fn prepare(
+        &self,
+        points: Vec<(usize, vigil_model::Point<'_>)>,
+        mut errors: Vec<LineError>,
+        original: impl Fn(usize) -> String,
+    ) -> ParsedWrite {
+        let total = points.len() + errors.len();
+        let (prepared, accepted) = if self.forwarder.is_some() {
+            // The storage nodes check column types; here only the syntax is known.
+            let accepted = points.len();
+            (
+                Prepared::Forward(ForwardBatch::line_protocol(&points)),
+                accepted,
+            )
+        } else {
+            let w = self.storage.validate(points);
+            errors.extend(w.rejected.iter().cloned());
+            (Prepared::Local(w.tables), w.accepted)
         };
-        let parsed = parse_line_protocol(text, precision, now_nanos());
-        let mut errors = parsed.errors;
-        let total = parsed.points.len() + errors.len();
-        let w = storage.validate(parsed.points);
-        errors.extend(w.rejected.iter().cloned());
         errors.sort_by_key(|e| e.line);
-        let lines: Vec<&str> = if errors.is_empty() { Vec::new() } else { text.lines().collect() };
-        let data: Vec<serde_json::Value> = errors
+        let errors = errors
             .iter()
-            .map(|e: &LineError| {
+            .map(|e| {
                 json!({
                     "line_number": e.line,
                     "error_message": e.reason,
-                    "original_line": lines.get(e.line.wrapping_sub(1)).map(|l| truncate(l, 256)).unwrap_or_default(),
+                    "original_line": original(e.line),
                 })
             })
             .collect();
-        Ok((w.tables, w.accepted, total, data))
-    })
-    .await;
-    let (tables, accepted, total, errors) = match parsed {
-        Ok(Ok(x)) => x,
-        Ok(Err(msg)) => {
-            s.metrics.write_errors.inc();
-            return error(StatusCode::BAD_REQUEST, msg);
+        ParsedWrite {
+            prepared,
+            accepted,
+            total,
+            errors,
         }
-        Err(e) => {
-            s.metrics.write_errors.inc();
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("write task failed: {e}"),
-            );
-        }
-    };
-    if let Err(e) = s.storage.commit(tables).await {
-        s.metrics.write_errors.inc();
-        tracing::error!(error = %e, "write could not be made durable");
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("write could not be made durable: {e}"),
-        );
     }
+
+    /// Makes a parsed write durable: the WAL, or Kafka's acknowledgement.
+    async fn apply(&self, prepared: Prepared) -> Result<(), Response> {
+        let result = match (prepared, &self.forwarder) {
+            (Prepared::Local(tables), _) => {
+                self.storage.commit(tables).await.map(|_| ()).map_err(|e| {
+                    tracing::error!(error = %e, "write could not be made durable");
+                    error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("write could not be made durable: {e}"),
+                    )
+                })
+            }
+            (Prepared::Forward(batch), Some(f)) => f.send(batch).await.map_err(|e| {
+                tracing::error!(error = %e, "write not acknowledged by Kafka");
+                error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }),
+            (Prepared::Forward(_), None) => unreachable!("forwarding needs a forwarder"),
+        };
+        if result.is_err() {
+            self.metrics.write_errors.inc();
+        }
+        result
+    }
+}
+
+/// The reply to a write: 204, or 400 naming each rejected line.
+fn write_reply(
+    s: &AppState,
+    accepted: usize,
+    total: usize,
+    errors: Vec<serde_json::Value>,
+) -> Response {
     s.metrics.rows_written.inc_by(accepted as u64);
     if errors.is_empty() {
         return StatusCode::NO_CONTENT.into_response();
@@ -191,6 +217,132 @@ async fn write(s: Arc<AppState>, p: WriteParams, headers: HeaderMap, body: Bytes
         })),
     )
         .into_response()
+}
+
+async fn write(s: Arc<AppState>, p: WriteParams, headers: HeaderMap, body: Bytes) -> Response {
+    s.metrics.write_requests.inc();
+    let _db = p.db.or(p.bucket);
+    let precision: Precision = match p.precision.as_deref().unwrap_or("ns").parse() {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let body = match read_body(&headers, body, s.max_body_bytes) {
+        Ok(b) => b,
+        Err(r) => {
+            s.metrics.write_errors.inc();
+            return r;
+        }
+    };
+    s.metrics.bytes_received.inc_by(body.len() as u64);
+    let state = Arc::clone(&s);
+    let parsed = tokio::task::spawn_blocking(move || {
+        let text = match std::str::from_utf8(&body) {
+            Ok(t) => t,
+            Err(e) => {
+                let at = e.valid_up_to();
+                let line = body[..at].iter().filter(|b| **b == b'\n').count() + 1;
+                return Err(format!(
+                    "body is not valid UTF-8 at byte {at} (line {line})"
+                ));
+            }
+        };
+        let parsed = parse_line_protocol(text, precision, now_nanos());
+        let lines: Vec<&str> = if parsed.errors.is_empty() && state.forwarder.is_some() {
+            Vec::new()
+        } else {
+            text.lines().collect()
+        };
+        Ok(state.prepare(parsed.points, parsed.errors, |n| {
+            lines
+                .get(n.wrapping_sub(1))
+                .map(|l| truncate(l, 256))
+                .unwrap_or_default()
+        }))
+    })
+    .await;
+    let parsed = match parsed {
+        Ok(Ok(x)) => x,
+        Ok(Err(msg)) => {
+            s.metrics.write_errors.inc();
+            return error(StatusCode::BAD_REQUEST, msg);
+        }
+        Err(e) => {
+            s.metrics.write_errors.inc();
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("write task failed: {e}"),
+            );
+        }
+    };
+    if let Err(r) = s.apply(parsed.prepared).await {
+        return r;
+    }
+    write_reply(&s, parsed.accepted, parsed.total, parsed.errors)
+}
+
+/// Prometheus remote write (`POST /api/v1/write`, snappy protobuf): each metric is a
+/// table with its labels as tags and a `value` field. Series that cannot be stored
+/// (no `__name__`, a label named like a column) are rejected one by one (400 names
+/// them); Prometheus does not retry a 4xx, so the rest is stored regardless.
+async fn remote_write(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    s.metrics.write_requests.inc();
+    let body = match read_body(&headers, body, s.max_body_bytes) {
+        Ok(b) => b,
+        Err(r) => {
+            s.metrics.write_errors.inc();
+            return r;
+        }
+    };
+    s.metrics.bytes_received.inc_by(body.len() as u64);
+    let state = Arc::clone(&s);
+    let parsed = tokio::task::spawn_blocking(move || {
+        let mut request = decode_remote_write(&body).map_err(|e| e.to_string())?;
+        let parsed = remote_write_points(&request);
+        if state.forwarder.is_none() {
+            return Ok::<_, String>(state.prepare(parsed.points, parsed.errors, |_| String::new()));
+        }
+        // Forwarded as remote write (so NaN and every float survive), without the
+        // series that cannot be stored.
+        let bad: std::collections::HashSet<usize> = parsed.errors.iter().map(|e| e.line).collect();
+        let total = request.timeseries.len();
+        let accepted = parsed.points.len();
+        let errors = parsed
+            .errors
+            .iter()
+            .map(|e| json!({"line_number": e.line, "error_message": e.reason}))
+            .collect();
+        drop(parsed);
+        let mut n = 0;
+        request.timeseries.retain(|_| {
+            n += 1;
+            !bad.contains(&n)
+        });
+        Ok(ParsedWrite {
+            prepared: Prepared::Forward(ForwardBatch::remote_write(request)),
+            accepted,
+            total,
+            errors,
+        })
+    })
+    .await;
+    let parsed = match parsed {
+        Ok(Ok(x)) => x,
+        Ok(Err(msg)) => {
+            s.metrics.write_errors.inc();
+            return error(StatusCode::BAD_REQUEST, msg);
+        }
+        Err(e) => {
+            s.metrics.write_errors.inc();
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("write task failed: {e}"),
+            );
+        }
+    };
+    if let Err(r) = s.apply(parsed.prepared).await {
+        return r;
+    }
+    write_reply(&s, parsed.accepted, parsed.total, parsed.errors)
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -73,11 +73,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.query_config(),
     )?);
     let metrics = Arc::new(metrics::ServerMetrics::new(storage.metrics(), &engine));
+    let forwarder = match (config.mode, &config.kafka.brokers) {
+        (config::Mode::Collector, Some(_)) => Some(Arc::new(vigil_kafka::KafkaForwarder::new(
+            &config.kafka_config(),
+            metrics.kafka.clone(),
+        )?)),
+        _ => None,
+    };
     let state = Arc::new(http::AppState {
         storage: Arc::clone(&storage),
         engine,
         metrics,
         max_body_bytes: config.http.max_body_bytes,
+        forwarder,
     });
     let flight = vigil_flight::FlightServer::bind(
         Arc::clone(&state.engine),
@@ -105,6 +113,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         flight = %flight.local_addr()?,
         pg = %pg.local_addr()?,
         data_dir = %config.data_dir.display(),
+        mode = ?config.mode,
         "vigil is serving"
     );
     let flight_task = tokio::spawn(async move {
@@ -114,21 +123,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let pg_task = tokio::spawn(pg.serve());
     let (kafka_stop, kafka_stop_rx) = tokio::sync::watch::channel(false);
-    let kafka_task = match &config.kafka.brokers {
-        Some(brokers) => {
+    let kafka_task = match (config.mode, &config.kafka.brokers) {
+        (config::Mode::Standalone, Some(_)) => {
             let ingest = vigil_kafka::KafkaIngest::new(
                 Arc::clone(&storage),
-                vigil_kafka::KafkaConfig {
-                    brokers: brokers.clone(),
-                    topic: config.kafka.topic.clone(),
-                    group: config.kafka.group.clone(),
-                    max_batch: config.kafka.max_batch,
-                },
+                config.kafka_config(),
                 state.metrics.kafka.clone(),
             )?;
             Some(tokio::spawn(ingest.run(kafka_stop_rx)))
         }
-        None => None,
+        _ => None,
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

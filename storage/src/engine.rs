@@ -522,6 +522,15 @@ impl Storage {
             || self.last_flush.lock().elapsed() >= self.config.flush_interval
     }
 
+    /// True when the buffer holds twice its flush limits: flushing is not keeping up
+    /// with writes. Sources that can wait (Kafka) pause until it drains, so memory
+    /// stays bounded instead of growing with the backlog.
+    pub fn over_capacity(&self) -> bool {
+        let b = self.buffer.lock();
+        b.active_rows >= self.config.flush_max_rows.saturating_mul(2)
+            || b.active_bytes >= self.config.flush_max_bytes.saturating_mul(2)
+    }
+
     /// Persists the buffer to Parquet, records the files in the catalog, then drops
     /// the WAL segments they cover. Returns the number of rows written.
     pub async fn flush(self: &Arc<Self>) -> Result<usize> {

@@ -1,0 +1,468 @@
+//! The storage node's side: a consumer group member writing messages to storage.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use vigil_ingest::{
+    decode_remote_write, now_nanos, parse_line_protocol, remote_write_points, Precision,
+    WriteRequest,
+};
+use vigil_model::{LineError, Point};
+use vigil_storage::Storage;
+
+use crate::format::MessageFormat;
+use crate::{Error, KafkaConfig, KafkaMetrics, PartitionLabels};
+
+/// Exports consumer lag from librdkafka's statistics and the assignment size.
+struct IngestContext {
+    metrics: KafkaMetrics,
+}
+
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: Statistics) {
+        let lag = &self.metrics.consumer_lag;
+        lag.clear();
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a lag of -1
+                // means "not known yet" (no position or watermark).
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    lag.get_or_create(&PartitionLabels {
+                        topic: topic.clone(),
+                        partition: partition.into(),
+                    })
+                    .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                info!(partitions = ?partitions(tpl), "Kafka partitions assigned");
+                self.metrics.assigned.set(tpl.count() as i64);
+            }
+            Rebalance::Revoke(tpl) => {
+                info!(partitions = ?partitions(tpl), "Kafka partitions revoked");
+                self.metrics.assigned.set(0);
+                self.metrics.consumer_lag.clear();
+            }
+            Rebalance::Error(e) => warn!(error = %e, "Kafka rebalance failed"),
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// A joined consumer, ready to run.
+pub struct KafkaIngest {
+    consumer: StreamConsumer<IngestContext>,
+    dead_letters: Option<FutureProducer>,
+    storage: Arc<Storage>,
+    config: KafkaConfig,
+    metrics: KafkaMetrics,
+}
+
+/// Offsets (next to read, per partition) of messages written with WAL sequence
+/// `seq`, waiting for that sequence to be persisted.
+struct Pending {
+    seq: u64,
+    offsets: BTreeMap<i32, i64>,
+}
+
+/// One message of a batch, copied out of the consumer's buffer.
+struct Received {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    headers: Option<OwnedHeaders>,
+    format: Result<MessageFormat, String>,
+    payload: Vec<u8>,
+}
+
+/// A message read for writing: its text or request, once decoded.
+enum Decoded<'a> {
+    Lines(&'a str, Precision),
+    Request(WriteRequest),
+    Unreadable,
+}
+
+impl KafkaIngest {
+    /// Creates the consumer and subscribes to the topic (the group assigns
+    /// partitions once [`KafkaIngest::run`] polls).
+    pub fn new(
+        storage: Arc<Storage>,
+        config: KafkaConfig,
+        metrics: KafkaMetrics,
+    ) -> Result<Self, Error> {
+        let consumer: StreamConsumer<IngestContext> = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("statistics.interval.ms", "2000")
+            // What librdkafka prefetches per partition: the memory a paused or slow
+            // node holds beyond its buffer.
+            .set("queued.max.messages.kbytes", "16384")
+            .set("client.id", "vigil")
+            .create_with_context(IngestContext {
+                metrics: metrics.clone(),
+            })
+            .map_err(|e| Error::client(&config, e))?;
+        consumer
+            .subscribe(&[&config.topic])
+            .map_err(|e| Error::client(&config, e))?;
+        let dead_letters = match &config.dead_letter_topic {
+            Some(_) => Some(
+                crate::forwarder::producer_config(&config.brokers)
+                    .create()
+                    .map_err(|e| Error::client(&config, e))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            consumer,
+            dead_letters,
+            storage,
+            config,
+            metrics,
+        })
+    }
+
+    /// Consumes until `stop` turns true; then waits (up to 60 s) for the data already
+    /// written to be persisted by the shutdown flush, and commits its offsets.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        info!(topic = %self.config.topic, group = %self.config.group, brokers = %self.config.brokers, "consuming from Kafka");
+        let mut persisted = self.storage.persisted_seq();
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut paused = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            paused = self.apply_backpressure(paused);
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tick.tick() => {}
+                _ = persisted.changed() => {
+                    let upto = *persisted.borrow_and_update();
+                    self.commit_persisted(&mut pending, upto, CommitMode::Async);
+                }
+                first = self.consumer.recv() => match first {
+                    Ok(m) => {
+                        if let Some(p) = self.ingest_batch(m).await {
+                            pending.push_back(p);
+                            let upto = *persisted.borrow();
+                            self.commit_persisted(&mut pending, upto, CommitMode::Async);
+                        }
+                    }
+                    Err(e) => {
+                        // The client reconnects by itself; back off so a dead broker
+                        // is not polled in a tight loop.
+                        warn!(error = %e, "Kafka receive failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let upto = *persisted.borrow_and_update();
+            // Synchronous: the commit must reach the broker before the consumer
+            // leaves the group, or the next owner re-reads what is stored here.
+            self.commit_persisted(&mut pending, upto, CommitMode::Sync);
+            if pending.is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, persisted.changed())
+                .await
+                .is_err()
+            {
+                warn!(
+                    batches = pending.len(),
+                    "stopping with Kafka offsets uncommitted (data not flushed); they will be re-read"
+                );
+                break;
+            }
+        }
+    }
+
+    /// Pauses every assigned partition while the buffer is over twice its flush
+    /// limits (flushing behind), resumes once it is not. Returns the new state.
+    fn apply_backpressure(&self, paused: bool) -> bool {
+        let over = self.storage.over_capacity();
+        if !over && !paused {
+            return false;
+        }
+        let assignment = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "reading the Kafka assignment failed");
+                return paused;
+            }
+        };
+        if over {
+            // Again on every tick: partitions assigned by a rebalance start unpaused.
+            if let Err(e) = self.consumer.pause(&assignment) {
+                warn!(error = %e, "pausing Kafka partitions failed");
+            }
+            if !paused {
+                info!("buffer over twice its flush limits: pausing Kafka consumption");
+                self.metrics.pauses.inc();
+                self.metrics.paused.set(1);
+            }
+            true
+        } else {
+            if let Err(e) = self.consumer.resume(&assignment) {
+                warn!(error = %e, "resuming Kafka partitions failed");
+                return true;
+            }
+            info!("buffer drained: resuming Kafka consumption");
+            self.metrics.paused.set(0);
+            false
+        }
+    }
+
+    /// Reads more messages (up to the batch size or 50 ms) after `first`, writes
+    /// them in one storage commit, and returns the offsets to commit once persisted.
+    async fn ingest_batch(&self, first: BorrowedMessage<'_>) -> Option<Pending> {
+        let mut batch = vec![received(&first)];
+        drop(first);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        while batch.len() < self.config.max_batch {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(received(&m)),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "Kafka receive failed");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.metrics.messages.inc_by(batch.len() as u64);
+        let mut offsets = BTreeMap::new();
+        for m in &batch {
+            offsets.insert(m.partition, m.offset + 1);
+        }
+
+        // Every message's lines (or remote-write series) get numbers in one space,
+        // `bases[i]` being the first of message i, so errors lead back to it.
+        let mut problems: Vec<Vec<LineError>> = vec![Vec::new(); batch.len()];
+        let decoded: Vec<Decoded<'_>> = batch
+            .iter()
+            .zip(problems.iter_mut())
+            .map(|(m, problems)| decode(m, problems))
+            .collect();
+        let now = now_nanos();
+        let mut bases = Vec::with_capacity(batch.len());
+        let mut next = 1usize;
+        let mut points: Vec<(usize, Point<'_>)> = Vec::new();
+        for (i, d) in decoded.iter().enumerate() {
+            bases.push(next);
+            let (parsed, span) = match d {
+                Decoded::Lines(text, precision) => (
+                    parse_line_protocol(text, *precision, now),
+                    text.split('\n').count(),
+                ),
+                Decoded::Request(r) => (remote_write_points(r), r.timeseries.len()),
+                Decoded::Unreadable => {
+                    next += 1;
+                    continue;
+                }
+            };
+            problems[i].extend(parsed.errors);
+            points.extend(parsed.points.into_iter().map(|(n, p)| (next + n - 1, p)));
+            next += span.max(1);
+        }
+        let w = self.storage.validate(points);
+        for e in w.rejected {
+            let i = bases.partition_point(|b| *b <= e.line) - 1;
+            problems[i].push(LineError {
+                line: e.line + 1 - bases[i],
+                reason: e.reason,
+            });
+        }
+        drop(decoded);
+        self.report_problems(&batch, &problems).await;
+        match self.storage.commit(w.tables).await {
+            Ok(seq) => {
+                self.metrics.rows.inc_by(w.accepted as u64);
+                Some(Pending { seq, offsets })
+            }
+            Err(e) => {
+                // Not acknowledged to Kafka: seek back so the batch is read again.
+                warn!(error = %e, "could not write Kafka messages; re-reading them");
+                let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+                for m in &batch {
+                    first.entry(m.partition).or_insert(m.offset);
+                }
+                for (partition, offset) in first {
+                    let _ = self.consumer.seek(
+                        &self.config.topic,
+                        partition,
+                        Offset::Offset(offset),
+                        Duration::from_secs(5),
+                    );
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                None
+            }
+        }
+    }
+
+    /// Logs and counts each rejected line with the message it came from, and copies
+    /// those messages to the dead-letter topic (awaited, so a message is in the
+    /// dead-letter topic before its offset can be committed).
+    async fn report_problems(&self, batch: &[Received], problems: &[Vec<LineError>]) {
+        let mut deliveries = Vec::new();
+        for (m, errors) in batch.iter().zip(problems) {
+            if errors.is_empty() {
+                continue;
+            }
+            self.metrics.lines_rejected.inc_by(errors.len() as u64);
+            for e in errors.iter().take(10) {
+                warn!(topic = %self.config.topic, partition = m.partition, offset = m.offset, line = e.line, reason = %e.reason, "line of a Kafka message rejected");
+            }
+            let (Some(producer), Some(topic)) =
+                (&self.dead_letters, &self.config.dead_letter_topic)
+            else {
+                continue;
+            };
+            let lines: Vec<String> = errors.iter().map(|e| e.line.to_string()).collect();
+            let reason = truncate(&errors[0].reason, 1000);
+            let partition = m.partition.to_string();
+            let offset = m.offset.to_string();
+            let mut headers = m.headers.clone().unwrap_or_default();
+            for (key, value) in [
+                ("vigil-error", reason.as_str()),
+                ("vigil-rejected-lines", lines.join(",").as_str()),
+                ("vigil-source-topic", self.config.topic.as_str()),
+                ("vigil-source-partition", partition.as_str()),
+                ("vigil-source-offset", offset.as_str()),
+            ] {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            let mut record = FutureRecord::to(topic).payload(&m.payload).headers(headers);
+            if let Some(key) = &m.key {
+                record = record.key(key);
+            }
+            match producer.send_result(record) {
+                Ok(d) => deliveries.push((m, d)),
+                Err((e, _)) => {
+                    self.metrics.produce_errors.inc();
+                    warn!(partition = m.partition, offset = m.offset, error = %e, "could not copy a rejected Kafka message to the dead-letter topic");
+                }
+            }
+        }
+        for (m, delivery) in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {
+                    self.metrics.dead_lettered.inc();
+                }
+                Ok(Err((e, _))) => {
+                    self.metrics.produce_errors.inc();
+                    warn!(partition = m.partition, offset = m.offset, error = %e, "could not copy a rejected Kafka message to the dead-letter topic");
+                }
+                Err(_) => {
+                    self.metrics.produce_errors.inc();
+                    warn!(
+                        partition = m.partition,
+                        offset = m.offset,
+                        "dead-letter delivery canceled"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Commits the offsets of every batch whose data is persisted.
+    fn commit_persisted(&self, pending: &mut VecDeque<Pending>, persisted: u64, mode: CommitMode) {
+        let mut done: BTreeMap<i32, i64> = BTreeMap::new();
+        while pending.front().is_some_and(|p| p.seq <= persisted) {
+            let p = pending.pop_front().expect("checked");
+            for (partition, next) in p.offsets {
+                let e = done.entry(partition).or_insert(next);
+                *e = (*e).max(next);
+            }
+        }
+        if done.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, next) in &done {
+            if let Err(e) =
+                tpl.add_partition_offset(&self.config.topic, *partition, Offset::Offset(*next))
+            {
+                warn!(error = %e, partition, "bad offset");
+            }
+        }
+        match self.consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                self.metrics.commits.inc();
+                debug!(?done, "committed Kafka offsets of persisted data");
+            }
+            // After a rebalance the partition may belong to another member, which
+            // re-reads from the last commit; the dedupe absorbs the overlap.
+            Err(e) => warn!(error = %e, "committing Kafka offsets failed"),
+        }
+    }
+}
+
+fn received(m: &BorrowedMessage<'_>) -> Received {
+    Received {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        headers: m.headers().map(|h| h.detach()),
+        format: MessageFormat::of(m),
+        payload: m.payload().unwrap_or_default().to_vec(),
+    }
+}
+
+/// Reads a message's payload as its headers say; a message that cannot be read at
+/// all is one problem, at line 1.
+fn decode<'a>(m: &'a Received, problems: &mut Vec<LineError>) -> Decoded<'a> {
+    let problem = |reason: String| LineError { line: 1, reason };
+    match &m.format {
+        Err(e) => problems.push(problem(e.clone())),
+        Ok(MessageFormat::LineProtocol(precision)) => match std::str::from_utf8(&m.payload) {
+            Ok(text) => return Decoded::Lines(text, *precision),
+            Err(e) => problems.push(problem(format!(
+                "message is not UTF-8 line protocol (bad byte at {})",
+                e.valid_up_to()
+            ))),
+        },
+        Ok(MessageFormat::RemoteWrite) => match decode_remote_write(&m.payload) {
+            Ok(r) => return Decoded::Request(r),
+            Err(e) => problems.push(problem(e.to_string())),
+        },
+    }
+    Decoded::Unreadable
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
