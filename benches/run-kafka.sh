@@ -53,9 +53,10 @@ for p in $PARTITIONS; do
     --flight-addr "127.0.0.1:$(free_port)" --pg-addr "127.0.0.1:$(free_port)" \
     --kafka-brokers "$broker" --kafka-topic metrics --kafka-group bench &
   pid=$!
+  until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.05; done
   first="" first_rows=0
   while true; do
-    rows=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^vigil_kafka_rows_total/ {print $2}')
+    rows=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^vigil_kafka_rows_total/ {print $2}' || true)
     rows=${rows:-0}
     if [ -z "$first" ] && [ "$rows" -gt 0 ]; then first=$(now); first_rows=$rows; fi
     [ "$rows" -ge "$lines" ] && break
