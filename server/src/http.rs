@@ -247,19 +247,26 @@ async fn write(s: Arc<AppState>, p: WriteParams, headers: HeaderMap, body: Bytes
             }
         };
         let parsed = parse_line_protocol(text, precision, now_nanos());
-        let lines: Vec<&str> = if parsed.errors.is_empty() && state.forwarder.is_some() {
-            Vec::new()
-        } else {
-            text.lines().collect()
-        };
+        // Split into lines only when an error needs its original line.
+        let lines = std::cell::OnceCell::new();
         Ok(state.prepare(parsed.points, parsed.errors, |n| {
             lines
+                .get_or_init(|| text.lines().collect::<Vec<&str>>())
                 .get(n.wrapping_sub(1))
                 .map(|l| truncate(l, 256))
                 .unwrap_or_default()
         }))
     })
     .await;
+    finish_write(&s, parsed).await
+}
+
+/// Stores or forwards a parsed write and replies; a body that could not be read at
+/// all gets 400 with the reason.
+async fn finish_write(
+    s: &AppState,
+    parsed: Result<Result<ParsedWrite, String>, tokio::task::JoinError>,
+) -> Response {
     let parsed = match parsed {
         Ok(Ok(x)) => x,
         Ok(Err(msg)) => {
@@ -277,7 +284,7 @@ async fn write(s: Arc<AppState>, p: WriteParams, headers: HeaderMap, body: Bytes
     if let Err(r) = s.apply(parsed.prepared).await {
         return r;
     }
-    write_reply(&s, parsed.accepted, parsed.total, parsed.errors)
+    write_reply(s, parsed.accepted, parsed.total, parsed.errors)
 }
 
 /// Prometheus remote write (`POST /api/v1/write`, snappy protobuf): each metric is a
@@ -325,24 +332,7 @@ async fn remote_write(State(s): State<Arc<AppState>>, headers: HeaderMap, body: 
         })
     })
     .await;
-    let parsed = match parsed {
-        Ok(Ok(x)) => x,
-        Ok(Err(msg)) => {
-            s.metrics.write_errors.inc();
-            return error(StatusCode::BAD_REQUEST, msg);
-        }
-        Err(e) => {
-            s.metrics.write_errors.inc();
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("write task failed: {e}"),
-            );
-        }
-    };
-    if let Err(r) = s.apply(parsed.prepared).await {
-        return r;
-    }
-    write_reply(&s, parsed.accepted, parsed.total, parsed.errors)
+    finish_write(&s, parsed).await
 }
 
 fn truncate(s: &str, n: usize) -> String {
