@@ -606,10 +606,6 @@ fn ingest_resumes_after_the_broker_restarts_and_pauses_while_flushing_is_behind(
     assert_eq!(stored(&vigil).0, (N / 2) as i64);
     let health = reqwest::blocking::get(format!("{}/health", vigil.url)).unwrap();
     assert!(health.status().is_success());
-    // And it starts while Kafka is unavailable (after a SIGKILL: what was not yet
-    // in Parquet comes back from the WAL, and again from Kafka later, deduplicated).
-    vigil.restart();
-    assert_eq!(stored(&vigil).0, (N / 2) as i64);
 
     broker.restart();
     produce(&rt, &producer, batch(N / 2, N));
