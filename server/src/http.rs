@@ -130,6 +130,17 @@ struct ParsedWrite {
 }
 
 impl AppState {
+    /// The decompressed, bounded body of a write, counted in the write metrics.
+    // The error is the reply itself, returned to the client at once.
+    #[allow(clippy::result_large_err)]
+    fn write_body(&self, headers: &HeaderMap, body: Bytes) -> Result<Bytes, Response> {
+        let body = read_body(headers, body, self.max_body_bytes).inspect_err(|_| {
+            self.metrics.write_errors.inc();
+        })?;
+        self.metrics.bytes_received.inc_by(body.len() as u64);
+        Ok(body)
+    }
+
     /// Stores (standalone) or validates for forwarding (collector) the points of a
     /// body, collecting every error as the JSON the client gets.
     fn prepare(
@@ -226,14 +237,10 @@ async fn write(s: Arc<AppState>, p: WriteParams, headers: HeaderMap, body: Bytes
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let body = match read_body(&headers, body, s.max_body_bytes) {
+    let body = match s.write_body(&headers, body) {
         Ok(b) => b,
-        Err(r) => {
-            s.metrics.write_errors.inc();
-            return r;
-        }
+        Err(r) => return r,
     };
-    s.metrics.bytes_received.inc_by(body.len() as u64);
     let state = Arc::clone(&s);
     let parsed = tokio::task::spawn_blocking(move || {
         let text = match std::str::from_utf8(&body) {
@@ -293,14 +300,10 @@ async fn finish_write(
 /// them); Prometheus does not retry a 4xx, so the rest is stored regardless.
 async fn remote_write(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     s.metrics.write_requests.inc();
-    let body = match read_body(&headers, body, s.max_body_bytes) {
+    let body = match s.write_body(&headers, body) {
         Ok(b) => b,
-        Err(r) => {
-            s.metrics.write_errors.inc();
-            return r;
-        }
+        Err(r) => return r,
     };
-    s.metrics.bytes_received.inc_by(body.len() as u64);
     let state = Arc::clone(&s);
     let parsed = tokio::task::spawn_blocking(move || {
         let mut request = decode_remote_write(&body).map_err(|e| e.to_string())?;
