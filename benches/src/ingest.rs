@@ -28,21 +28,8 @@ pub struct IngestArgs {
 
 pub async fn run(a: IngestArgs) -> anyhow::Result<()> {
     let data = std::fs::read(&a.file)?;
-    let mut batches: Vec<Bytes> = Vec::new();
-    let mut start = 0;
-    let mut lines = 0;
-    for (i, b) in data.iter().enumerate() {
-        if *b == b'\n' {
-            lines += 1;
-            if lines % a.batch_lines == 0 {
-                batches.push(Bytes::copy_from_slice(&data[start..=i]));
-                start = i + 1;
-            }
-        }
-    }
-    if start < data.len() {
-        batches.push(Bytes::copy_from_slice(&data[start..]));
-    }
+    let (chunks, lines) = crate::chunk_lines(&data, a.batch_lines);
+    let batches: Vec<Bytes> = chunks.into_iter().map(Bytes::copy_from_slice).collect();
     let batches = Arc::new(batches);
     let next = Arc::new(AtomicUsize::new(0));
     let client = reqwest::Client::new();

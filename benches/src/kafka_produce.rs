@@ -55,21 +55,7 @@ pub async fn run(a: KafkaProduceArgs) -> anyhow::Result<()> {
         .set("linger.ms", "20")
         .create()?;
     let data = std::fs::read(&a.file)?;
-    let mut messages = Vec::new();
-    let mut start = 0;
-    let mut lines = 0;
-    for (i, b) in data.iter().enumerate() {
-        if *b == b'\n' {
-            lines += 1;
-            if lines % a.lines_per_message == 0 {
-                messages.push(&data[start..=i]);
-                start = i + 1;
-            }
-        }
-    }
-    if start < data.len() {
-        messages.push(&data[start..]);
-    }
+    let (messages, lines) = crate::chunk_lines(&data, a.lines_per_message);
     let bar = ProgressBar::new(messages.len() as u64).with_style(
         ProgressStyle::with_template("producing {bar:40} {pos}/{len} messages {per_sec}")
             .expect("valid template"),

@@ -25,6 +25,27 @@ enum Command {
     KafkaProduce(kafka_produce::KafkaProduceArgs),
 }
 
+/// Splits a line protocol file into chunks of `lines` lines (the last may be
+/// shorter); returns them with the total number of lines.
+fn chunk_lines(data: &[u8], lines: usize) -> (Vec<&[u8]>, usize) {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut count = 0;
+    for (i, b) in data.iter().enumerate() {
+        if *b == b'\n' {
+            count += 1;
+            if count % lines == 0 {
+                chunks.push(&data[start..=i]);
+                start = i + 1;
+            }
+        }
+    }
+    if start < data.len() {
+        chunks.push(&data[start..]);
+    }
+    (chunks, count)
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Generate(a) => generate::run(a),

@@ -148,23 +148,10 @@ fn produce(
     });
 }
 
+/// (rows, sum of v) over the tables of [`batch`].
 fn stored(server: &TestServer) -> (i64, f64) {
-    let mut n = 0;
-    let mut sum = 0.0;
-    for table in ["m0", "m1", "m2"] {
-        let r = reqwest::blocking::Client::new()
-            .post(format!("{}/api/v1/sql", server.url))
-            .json(&serde_json::json!({"sql": format!("SELECT count(*) AS n, sum(v) AS s FROM {table}"), "format": "json"}))
-            .send()
-            .unwrap();
-        if !r.status().is_success() {
-            continue; // table not created yet
-        }
-        let rows: Vec<serde_json::Value> = r.json().unwrap();
-        n += rows[0]["n"].as_i64().unwrap_or(0);
-        sum += rows[0]["s"].as_f64().unwrap_or(0.0);
-    }
-    (n, sum)
+    let tables: Vec<String> = (0..3).map(|t| format!("m{t}")).collect();
+    totals(server, &tables, "v")
 }
 
 fn wait_for(server: &TestServer, at_least: i64) -> (i64, f64) {
