@@ -1,130 +1,71 @@
-//! Who may use the Flight SQL service: a bearer token, a user and password (sent as
-//! HTTP basic auth on each call, or exchanged for a session token in the Flight
-//! handshake, as the JDBC driver does), or anyone when neither is configured.
+//! Who may use the Flight SQL service: the server's tokens ([`TokenStore`]), sent as
+//! `authorization: Bearer <secret>` or basic auth (token name and secret) on each
+//! call, or exchanged in the Flight handshake for a session token (as the JDBC
+//! driver does); anyone when no token is configured (loopback only).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use base64::Engine;
-use parking_lot::Mutex;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
+use vigil_auth::{AuthError, Credentials, Permission, Principal, TokenStore};
 
 #[derive(Debug, Clone, Default)]
 pub struct FlightAuth {
-    /// Clients send `authorization: Bearer <token>`.
-    pub token: Option<String>,
-    /// Clients send basic auth, per call or in the handshake.
-    pub basic: Option<(String, String)>,
-    /// Tokens handed out by the handshake, valid until the server restarts.
-    sessions: Arc<Mutex<HashSet<String>>>,
+    tokens: Arc<TokenStore>,
 }
 
 impl FlightAuth {
-    pub fn new(token: Option<String>, basic: Option<(String, String)>) -> Self {
-        Self {
-            token,
-            basic,
-            sessions: Arc::default(),
-        }
+    pub fn new(tokens: Arc<TokenStore>) -> Self {
+        Self { tokens }
     }
 
-    fn enabled(&self) -> bool {
-        self.token.is_some() || self.basic.is_some()
+    /// Checks the `authorization` header of a call: who it is, and that they may
+    /// query.
+    pub(crate) fn check(&self, metadata: &MetadataMap) -> Result<Arc<Principal>, Status> {
+        let principal = self
+            .tokens
+            .authenticate(credentials(metadata)?.as_ref())
+            .map_err(status)?;
+        principal.require(Permission::Query).map_err(status)?;
+        Ok(principal)
     }
 
-    /// Checks the `authorization` header of a call.
-    pub(crate) fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
-        if !self.enabled() {
-            return Ok(());
-        }
-        match credentials(metadata)? {
-            Credentials::Bearer(t) => {
-                if self.token.as_deref() == Some(t.as_str()) || self.sessions.lock().contains(&t) {
-                    Ok(())
-                } else {
-                    Err(Status::unauthenticated("invalid bearer token"))
-                }
-            }
-            Credentials::Basic(user, password) => self.check_basic(&user, &password),
-            Credentials::Missing => Err(Status::unauthenticated(
-                "authentication required: send 'authorization: Bearer <token>' or basic auth",
-            )),
-        }
-    }
-
-    fn check_basic(&self, user: &str, password: &str) -> Result<(), Status> {
-        match &self.basic {
-            Some((u, p)) if u == user && p == password => Ok(()),
-            _ => Err(Status::unauthenticated(format!(
-                "invalid user name or password for user '{user}'"
-            ))),
-        }
-    }
-
-    /// The handshake: basic credentials in, a bearer token out (the configured token
-    /// when there is one, a new session token otherwise).
+    /// The handshake: credentials in, a session token out (valid for
+    /// `vigil_auth::SESSION_TTL`, at most `MAX_SESSIONS` kept).
     pub(crate) fn handshake(&self, metadata: &MetadataMap) -> Result<String, Status> {
-        if !self.enabled() {
+        if !self.tokens.enabled() {
             return Ok(String::new());
         }
-        match credentials(metadata)? {
-            Credentials::Basic(user, password) => {
-                self.check_basic(&user, &password)?;
-                if let Some(t) = &self.token {
-                    return Ok(t.clone());
-                }
-                let token = format!("{:032x}", rand::random::<u128>());
-                self.sessions.lock().insert(token.clone());
-                Ok(token)
-            }
-            Credentials::Bearer(_) => {
-                self.check(metadata)?;
-                Ok(String::new())
-            }
-            Credentials::Missing => Err(Status::unauthenticated(
-                "handshake needs basic auth (user name and password)",
-            )),
-        }
+        let principal = self.check(metadata)?;
+        Ok(self.tokens.new_session(principal))
     }
 }
 
-enum Credentials {
-    Bearer(String),
-    Basic(String, String),
-    Missing,
+fn status(e: AuthError) -> Status {
+    match e {
+        AuthError::Forbidden { .. } => Status::permission_denied(e.to_string()),
+        _ => Status::unauthenticated(e.to_string()),
+    }
 }
 
-fn credentials(metadata: &MetadataMap) -> Result<Credentials, Status> {
+fn credentials(metadata: &MetadataMap) -> Result<Option<Credentials>, Status> {
     let Some(value) = metadata.get("authorization") else {
-        return Ok(Credentials::Missing);
+        return Ok(None);
     };
     let value = value
         .to_str()
         .map_err(|_| Status::unauthenticated("authorization header is not ASCII"))?;
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    if scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(Credentials::Bearer(rest.trim().to_string()));
-    }
-    if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest.trim())
-            .map_err(|_| Status::unauthenticated("basic auth is not valid base64"))?;
-        let text = String::from_utf8(decoded)
-            .map_err(|_| Status::unauthenticated("basic auth is not UTF-8"))?;
-        let (user, password) = text
-            .split_once(':')
-            .ok_or_else(|| Status::unauthenticated("basic auth must be 'user:password'"))?;
-        return Ok(Credentials::Basic(user.to_string(), password.to_string()));
-    }
-    Err(Status::unauthenticated(format!(
-        "unsupported authorization scheme '{scheme}' (use Bearer or Basic)"
-    )))
+    Credentials::from_authorization(value)
+        .map(Some)
+        .map_err(status)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use vigil_auth::{SecretHash, Token};
+    use vigil_model::TableAccess;
 
     fn header(v: &str) -> MetadataMap {
         let mut m = MetadataMap::new();
@@ -139,6 +80,17 @@ mod tests {
         ))
     }
 
+    fn token(name: &str, secret: &str, permissions: Vec<Permission>) -> Token {
+        Token {
+            principal: Arc::new(Principal {
+                name: name.into(),
+                permissions,
+                tables: TableAccess::all(),
+            }),
+            secret: SecretHash::new(secret),
+        }
+    }
+
     #[test]
     fn open_when_nothing_is_configured() {
         let a = FlightAuth::default();
@@ -146,25 +98,27 @@ mod tests {
     }
 
     #[test]
-    fn token_and_basic_and_handshake_sessions() {
-        let a = FlightAuth::new(None, Some(("ann".into(), "pw".into())));
+    fn tokens_basic_handshake_and_permissions() {
+        let a = FlightAuth::new(Arc::new(TokenStore::new(vec![
+            token("ann", "pw", vec![Permission::Query]),
+            token("w", "wpw", vec![Permission::Write]),
+        ])));
         assert_eq!(
             a.check(&MetadataMap::new()).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
         assert!(a.check(&basic("ann", "pw")).is_ok());
-        let e = a.check(&basic("ann", "nope")).unwrap_err();
-        assert!(e.message().contains("invalid user name or password"), "{e}");
-        let token = a.handshake(&basic("ann", "pw")).unwrap();
-        assert_eq!(token.len(), 32);
-        assert!(a.check(&header(&format!("Bearer {token}"))).is_ok());
-        assert!(a.check(&header("Bearer other")).is_err());
+        assert!(a.check(&header("Bearer pw")).is_ok());
+        assert!(a.check(&basic("ann", "nope")).is_err());
+        assert_eq!(
+            a.check(&header("Bearer wpw")).unwrap_err().code(),
+            tonic::Code::PermissionDenied,
+            "a write-only token may not query"
+        );
+        let session = a.handshake(&basic("ann", "pw")).unwrap();
+        assert!(a.check(&header(&format!("Bearer {session}"))).is_ok());
+        assert!(a.check(&header("Bearer vs_0000")).is_err());
         assert!(a.handshake(&basic("bob", "pw")).is_err());
-
-        let t = FlightAuth::new(Some("s3cret".into()), None);
-        assert!(t.check(&header("Bearer s3cret")).is_ok());
-        assert!(t.check(&header("bearer s3cret")).is_ok());
-        assert!(t.check(&header("Bearer wrong")).is_err());
-        assert!(t.check(&header("Digest x")).is_err());
+        assert!(a.check(&header("Digest x")).is_err());
     }
 }

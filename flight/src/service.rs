@@ -32,6 +32,7 @@ use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
+use vigil_model::TableAccess;
 use vigil_sql::QueryEngine;
 
 use crate::auth::FlightAuth;
@@ -128,10 +129,11 @@ impl VigilFlightSqlService {
         &self,
         sql: &str,
         params: Option<Vec<ScalarValue>>,
+        access: &TableAccess,
     ) -> Result<SchemaRef, Status> {
         let planned = self
             .engine
-            .plan(sql, params.map(Into::into))
+            .plan(sql, params.map(Into::into), access)
             .await
             .map_err(|e| query_error(sql, e))?;
         Ok(flight_schema(&planned.schema()))
@@ -142,10 +144,11 @@ impl VigilFlightSqlService {
         &self,
         sql: &str,
         params: Option<Vec<ScalarValue>>,
+        access: &TableAccess,
     ) -> Result<DoGetStream, Status> {
         let planned = self
             .engine
-            .plan(sql, params.map(Into::into))
+            .plan(sql, params.map(Into::into), access)
             .await
             .map_err(|e| query_error(sql, e))?;
         let schema = flight_schema(&planned.schema());
@@ -283,6 +286,10 @@ fn query_error(sql: &str, e: vigil_sql::Error) -> Status {
             Status::deadline_exceeded(format!("query timed out after {d:?}: {sql}"))
         }
         vigil_sql::Error::DataFusion(e) => df_status(e),
+        vigil_sql::Error::ReadOnly(_) | vigil_sql::Error::Forbidden(_) => {
+            Status::permission_denied(e.to_string())
+        }
+        vigil_sql::Error::Busy { .. } => Status::resource_exhausted(e.to_string()),
     }
 }
 
@@ -330,9 +337,9 @@ impl FlightSqlService for VigilFlightSqlService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(request.metadata())?;
+        let principal = self.auth.check(request.metadata())?;
         debug!(sql = %query.query, "Flight SQL statement");
-        let schema = self.result_schema(&query.query, None).await?;
+        let schema = self.result_schema(&query.query, None, &principal.tables).await?;
         let ticket = TicketStatementQuery {
             statement_handle: query.query.into_bytes().into(),
         };
@@ -348,10 +355,10 @@ impl FlightSqlService for VigilFlightSqlService {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.auth.check(request.metadata())?;
+        let principal = self.auth.check(request.metadata())?;
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("statement ticket is not UTF-8 SQL"))?;
-        Ok(Response::new(self.stream(&sql, None).await?))
+        Ok(Response::new(self.stream(&sql, None, &principal.tables).await?))
     }
 
     async fn do_action_create_prepared_statement(
@@ -359,16 +366,16 @@ impl FlightSqlService for VigilFlightSqlService {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        self.auth.check(request.metadata())?;
+        let principal = self.auth.check(request.metadata())?;
         let (param_types, logical_schema) = self
             .engine
-            .describe(&query.query)
+            .describe(&query.query, &principal.tables)
             .await
             .map_err(|e| query_error(&query.query, e))?;
         // Without parameters the result schema is the planned one (as DoGet sends it);
         // with parameters it is known only once they are bound.
         let dataset_schema = if param_types.is_empty() {
-            self.result_schema(&query.query, None).await?
+            self.result_schema(&query.query, None, &principal.tables).await?
         } else {
             flight_schema(&logical_schema)
         };
@@ -474,7 +481,7 @@ impl FlightSqlService for VigilFlightSqlService {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(request.metadata())?;
+        let principal = self.auth.check(request.metadata())?;
         let statement = self.prepared(&query.prepared_statement_handle)?;
         if statement.params.is_none() && !statement.param_types.is_empty() {
             return Err(Status::invalid_argument(format!(
@@ -482,7 +489,7 @@ impl FlightSqlService for VigilFlightSqlService {
                 statement.param_types.len()
             )));
         }
-        let schema = self.result_schema(&statement.sql, statement.params).await?;
+        let schema = self.result_schema(&statement.sql, statement.params, &principal.tables).await?;
         ticket_info(
             request.into_inner(),
             query.as_any().encode_to_vec(),
@@ -495,10 +502,10 @@ impl FlightSqlService for VigilFlightSqlService {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.auth.check(request.metadata())?;
+        let principal = self.auth.check(request.metadata())?;
         let statement = self.prepared(&query.prepared_statement_handle)?;
         Ok(Response::new(
-            self.stream(&statement.sql, statement.params).await?,
+            self.stream(&statement.sql, statement.params, &principal.tables).await?,
         ))
     }
 

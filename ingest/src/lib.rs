@@ -4,16 +4,25 @@
 //! adds what vigil needs around it: 1-based line numbers for errors, timestamp
 //! precision, default timestamps, and duplicate-field handling. Prometheus remote
 //! write (snappy protobuf) maps each metric to a table with one `value` field.
+//! [`WritePipeline`] is the one path from a body to stored points that every input
+//! uses, with the write limits.
 
 mod line_protocol;
+mod pipeline;
 mod remote_write;
 
 pub use line_protocol::{
-    encode_line_protocol, parse_line_protocol, ParsedBody, Precision, PrecisionError,
+    encode_line_protocol, parse_line_protocol, parse_line_protocol_limited, LineLimits,
+    ParsedBody, Precision, PrecisionError,
+};
+pub use pipeline::{
+    ParsedWrite, PreparedWrite, RejectedLine, WriteError, WriteFormat, WriteLimits, WritePipeline,
+    WriteReport,
 };
 pub use remote_write::{
-    decode_remote_write, encode_remote_write, remote_write_points, split_by_metric, Label,
-    RemoteWriteError, Sample, TimeSeries, WriteRequest,
+    decode_remote_write, decode_remote_write_limited, encode_remote_write, remote_write_points,
+    remote_write_points_limited, split_by_metric, Label, RemoteWriteError, Sample, TimeSeries,
+    WriteRequest,
 };
 
 /// The current time in nanoseconds since the Unix epoch: the timestamp of lines

@@ -52,7 +52,101 @@ impl Precision {
 #[derive(Debug, Default)]
 pub struct ParsedBody<'a> {
     pub points: Vec<(usize, Point<'a>)>,
+    /// The first rejected lines (up to the limit's `max_errors`), in line order.
     pub errors: Vec<LineError>,
+    /// How many lines were rejected in all.
+    pub error_count: usize,
+}
+
+impl ParsedBody<'_> {
+    pub(crate) fn reject(&mut self, max_errors: usize, line: usize, reason: impl FnOnce() -> String) {
+        self.error_count += 1;
+        if self.errors.len() < max_errors {
+            self.errors.push(LineError {
+                line,
+                reason: reason(),
+            });
+        }
+    }
+}
+
+/// Per-line limits of a write: a line over any of them is rejected on its own, with
+/// the limit named in its error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineLimits {
+    /// Longest line, in bytes.
+    pub max_line_bytes: usize,
+    /// Most tags in one line (labels of one remote-write series).
+    pub max_tags_per_line: usize,
+    /// Most fields in one line.
+    pub max_fields_per_line: usize,
+    /// Longest tag (label) value, in bytes.
+    pub max_tag_value_bytes: usize,
+    /// Reasons kept for this many rejected lines; the others are only counted.
+    pub max_errors: usize,
+}
+
+impl LineLimits {
+    /// No limits: for tools reading trusted files and for tests.
+    pub fn unlimited() -> Self {
+        Self {
+            max_line_bytes: usize::MAX,
+            max_tags_per_line: usize::MAX,
+            max_fields_per_line: usize::MAX,
+            max_tag_value_bytes: usize::MAX,
+            max_errors: usize::MAX,
+        }
+    }
+
+    /// The reason a point breaks a limit, if it does.
+    pub fn check(&self, p: &Point<'_>) -> Option<String> {
+        if p.tags.len() > self.max_tags_per_line {
+            return Some(format!(
+                "{} tags, over the limit of {} per line (write.max_tags_per_line)",
+                p.tags.len(),
+                self.max_tags_per_line
+            ));
+        }
+        if p.fields.len() > self.max_fields_per_line {
+            return Some(format!(
+                "{} fields, over the limit of {} per line (write.max_fields_per_line)",
+                p.fields.len(),
+                self.max_fields_per_line
+            ));
+        }
+        if let Some((k, v)) = p
+            .tags
+            .iter()
+            .find(|(_, v)| v.len() > self.max_tag_value_bytes)
+        {
+            return Some(format!(
+                "value of tag '{}' is {} bytes, over the limit of {} (write.max_tag_value_bytes)",
+                truncate_chars(k, 64),
+                v.len(),
+                self.max_tag_value_bytes
+            ));
+        }
+        None
+    }
+}
+
+impl Default for LineLimits {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: 1 << 20,
+            max_tags_per_line: 250,
+            max_fields_per_line: 500,
+            max_tag_value_bytes: 16 << 10,
+            max_errors: 100,
+        }
+    }
+}
+
+pub(crate) fn truncate_chars(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 fn cow(s: EscapedStr<'_>) -> Cow<'_, str> {
@@ -77,7 +171,20 @@ fn trim_end(line: &str) -> &str {
 /// `default_time` (ns). Each bad line is reported with its 1-based line number and
 /// does not affect the others.
 pub fn parse_line_protocol(body: &str, precision: Precision, default_time: i64) -> ParsedBody<'_> {
+    parse_line_protocol_limited(body, precision, default_time, &LineLimits::unlimited())
+}
+
+/// [`parse_line_protocol`] with per-line limits. A key given twice in one line (two
+/// tags, two fields, or a tag and a field of one name) rejects the line: which value
+/// was meant cannot be known, and keeping either would store something not written.
+pub fn parse_line_protocol_limited<'a>(
+    body: &'a str,
+    precision: Precision,
+    default_time: i64,
+    limits: &LineLimits,
+) -> ParsedBody<'a> {
     let mut out = ParsedBody::default();
+    let max_errors = limits.max_errors;
     let base = body.as_ptr() as usize;
     let mut line_no = 1usize;
     let mut counted_to = 0usize;
@@ -92,13 +199,20 @@ pub fn parse_line_protocol(body: &str, precision: Precision, default_time: i64) 
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
+        if raw.len() > limits.max_line_bytes {
+            out.reject(max_errors, line_no, || {
+                format!(
+                    "line is {} bytes, over the limit of {} (write.max_line_bytes)",
+                    raw.len(),
+                    limits.max_line_bytes
+                )
+            });
+            continue;
+        }
         let parsed = match influxdb_line_protocol::parse_lines(trim_end(raw)).next() {
             Some(Ok(l)) => l,
             Some(Err(e)) => {
-                out.errors.push(LineError {
-                    line: line_no,
-                    reason: e.to_string(),
-                });
+                out.reject(max_errors, line_no, || e.to_string());
                 continue;
             }
             None => continue,
@@ -108,11 +222,8 @@ pub fn parse_line_protocol(body: &str, precision: Precision, default_time: i64) 
             Some(t) => match t.checked_mul(precision.nanos()) {
                 Some(t) => t,
                 None => {
-                    out.errors.push(LineError {
-                        line: line_no,
-                        reason: format!(
-                            "timestamp {t} is out of range for precision {precision:?}"
-                        ),
+                    out.reject(max_errors, line_no, || {
+                        format!("timestamp {t} is out of range for precision {precision:?}")
                     });
                     continue;
                 }
@@ -123,34 +234,55 @@ pub fn parse_line_protocol(body: &str, precision: Precision, default_time: i64) 
             .tag_set
             .map(|ts| ts.into_iter().map(|(k, v)| (cow(k), cow(v))).collect())
             .unwrap_or_default();
-        let mut fields: Vec<(Cow<'_, str>, FieldValue<'_>)> =
-            Vec::with_capacity(parsed.field_set.len());
-        for (k, v) in parsed.field_set {
-            let v = match v {
-                LpValue::F64(x) => FieldValue::F64(x),
-                LpValue::I64(x) => FieldValue::I64(x),
-                LpValue::U64(x) => FieldValue::U64(x),
-                LpValue::Boolean(x) => FieldValue::Bool(x),
-                LpValue::String(s) => FieldValue::Str(cow(s)),
-            };
-            let k = cow(k);
-            // As in InfluxDB, the last value of a repeated field key wins.
-            match fields.iter_mut().find(|(f, _)| *f == k) {
-                Some(slot) => slot.1 = v,
-                None => fields.push((k, v)),
-            }
+        let fields: Vec<(Cow<'_, str>, FieldValue<'_>)> = parsed
+            .field_set
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    LpValue::F64(x) => FieldValue::F64(x),
+                    LpValue::I64(x) => FieldValue::I64(x),
+                    LpValue::U64(x) => FieldValue::U64(x),
+                    LpValue::Boolean(x) => FieldValue::Bool(x),
+                    LpValue::String(s) => FieldValue::Str(cow(s)),
+                };
+                (cow(k), v)
+            })
+            .collect();
+        let point = Point {
+            table: cow(parsed.series.measurement),
+            tags,
+            fields,
+            time,
+        };
+        if let Some(reason) = limits.check(&point).or_else(|| repeated_key(&point)) {
+            out.reject(max_errors, line_no, || reason);
+            continue;
         }
-        out.points.push((
-            line_no,
-            Point {
-                table: cow(parsed.series.measurement),
-                tags,
-                fields,
-                time,
-            },
-        ));
+        out.points.push((line_no, point));
     }
     out
+}
+
+/// Why a point names one key twice, if it does; keys are few per line (bounded by the
+/// limits), so comparing each with those before it is cheap.
+pub(crate) fn repeated_key(p: &Point<'_>) -> Option<String> {
+    for (i, (k, _)) in p.tags.iter().enumerate() {
+        if p.tags[..i].iter().any(|(e, _)| e == k) {
+            return Some(format!("tag '{}' is given more than once", truncate_chars(k, 64)));
+        }
+    }
+    for (i, (k, _)) in p.fields.iter().enumerate() {
+        if p.fields[..i].iter().any(|(e, _)| e == k) {
+            return Some(format!("field '{}' is given more than once", truncate_chars(k, 64)));
+        }
+        if p.tags.iter().any(|(t, _)| t == k) {
+            return Some(format!(
+                "'{}' is given as both a tag and a field",
+                truncate_chars(k, 64)
+            ));
+        }
+    }
+    None
 }
 
 /// Writes points as line protocol with nanosecond timestamps, the canonical form
@@ -228,18 +360,43 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_field_last_wins_and_overflow() {
+    fn repeated_keys_reject_the_line_and_overflow() {
         let p = parse_line_protocol(
-            "m f=1,f=2 1\nm f=1 9223372036854775807",
+            "m f=1,f=2 1\nm f=1 9223372036854775807\nm,a=1,a=2 f=1 1\nm,a=1 a=2 1\nm,a=1 f=1 1",
             Precision::Millisecond,
             0,
         );
-        assert_eq!(
-            p.points[0].1.fields,
-            vec![("f".into(), FieldValue::F64(2.0))]
+        let lines: Vec<usize> = p.errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![1, 2, 3, 4], "{:?}", p.errors);
+        assert!(p.errors[0].reason.contains("field 'f' is given more than once"));
+        assert!(p.errors[1].reason.contains("out of range"));
+        assert!(p.errors[2].reason.contains("tag 'a' is given more than once"));
+        assert!(p.errors[3].reason.contains("both a tag and a field"));
+        assert_eq!(p.points.len(), 1);
+        assert_eq!(p.points[0].0, 5);
+    }
+
+    #[test]
+    fn limits_reject_lines_and_cap_the_error_list() {
+        let limits = LineLimits {
+            max_line_bytes: 40,
+            max_tags_per_line: 2,
+            max_fields_per_line: 2,
+            max_tag_value_bytes: 3,
+            max_errors: 3,
+        };
+        let long = format!("m f=\"{}\" 1", "x".repeat(50));
+        let body = format!(
+            "{long}\nm,a=1,b=2,c=3 f=1 1\nm f=1,g=2,h=3 1\nm,a=abcd f=1 1\nm,a=abc f=1 1\nbad"
         );
-        assert_eq!(p.errors[0].line, 2);
-        assert!(p.errors[0].reason.contains("out of range"));
+        let p = parse_line_protocol_limited(&body, Precision::Nanosecond, 0, &limits);
+        assert_eq!(p.error_count, 5);
+        assert_eq!(p.errors.len(), 3, "only the first reasons are kept");
+        assert!(p.errors[0].reason.contains("write.max_line_bytes"), "{:?}", p.errors);
+        assert!(p.errors[1].reason.contains("write.max_tags_per_line"));
+        assert!(p.errors[2].reason.contains("write.max_fields_per_line"));
+        assert_eq!(p.points.len(), 1);
+        assert_eq!(p.points[0].0, 5);
     }
 
     #[test]

@@ -10,8 +10,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use prost::Message;
-use vigil_model::{FieldValue, LineError, Point};
+use vigil_model::{FieldValue, Point};
 
+use crate::line_protocol::{repeated_key, truncate_chars, LineLimits};
 use crate::ParsedBody;
 
 /// `prometheus.WriteRequest`.
@@ -55,6 +56,10 @@ pub enum RemoteWriteError {
     Snappy(#[from] snap::Error),
     #[error("remote-write body is not a prometheus.WriteRequest protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
+    #[error("remote-write body decompresses to {size} bytes, over the limit of {limit} (http.max_body_bytes)")]
+    TooLarge { size: usize, limit: usize },
+    #[error("remote-write request has {count} time series, over the limit of {limit} (write.max_series_per_request)")]
+    TooManySeries { count: usize, limit: usize },
 }
 
 /// Prometheus marks a series that went away with this NaN; it is not a value.
@@ -62,8 +67,33 @@ const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
 
 /// Snappy-decompresses and decodes a remote-write body.
 pub fn decode_remote_write(body: &[u8]) -> Result<WriteRequest, RemoteWriteError> {
+    decode_remote_write_limited(body, usize::MAX, usize::MAX)
+}
+
+/// [`decode_remote_write`] that checks the length the snappy header announces
+/// against `max_bytes` before allocating anything (a few bytes can announce 4 GiB),
+/// and the number of series against `max_series`.
+pub fn decode_remote_write_limited(
+    body: &[u8],
+    max_bytes: usize,
+    max_series: usize,
+) -> Result<WriteRequest, RemoteWriteError> {
+    let size = snap::raw::decompress_len(body)?;
+    if size > max_bytes {
+        return Err(RemoteWriteError::TooLarge {
+            size,
+            limit: max_bytes,
+        });
+    }
     let raw = snap::raw::Decoder::new().decompress_vec(body)?;
-    Ok(WriteRequest::decode(raw.as_slice())?)
+    let request = WriteRequest::decode(raw.as_slice())?;
+    if request.timeseries.len() > max_series {
+        return Err(RemoteWriteError::TooManySeries {
+            count: request.timeseries.len(),
+            limit: max_series,
+        });
+    }
+    Ok(request)
 }
 
 /// Encodes a request the way Prometheus sends it (protobuf, then snappy).
@@ -77,7 +107,17 @@ pub fn encode_remote_write(request: &WriteRequest) -> Vec<u8> {
 /// Points of a request. Errors are per series, numbered from 1 in request order
 /// (the "line" of a remote-write body); a bad series rejects only itself.
 pub fn remote_write_points(request: &WriteRequest) -> ParsedBody<'_> {
+    remote_write_points_limited(request, &LineLimits::unlimited())
+}
+
+/// [`remote_write_points`] with the per-line limits applied to each series (its
+/// labels are the tags of a line).
+pub fn remote_write_points_limited<'a>(
+    request: &'a WriteRequest,
+    limits: &LineLimits,
+) -> ParsedBody<'a> {
     let mut out = ParsedBody::default();
+    let max_errors = limits.max_errors;
     for (i, series) in request.timeseries.iter().enumerate() {
         let number = i + 1;
         let mut name = None;
@@ -94,22 +134,32 @@ pub fn remote_write_points(request: &WriteRequest) -> ParsedBody<'_> {
             }
         }
         let Some(name) = name.filter(|n| !n.is_empty()) else {
-            out.errors.push(LineError {
-                line: number,
-                reason: format!(
+            out.reject(max_errors, number, || {
+                format!(
                     "time series {number} has no __name__ label (labels: {})",
-                    label_text(series)
-                ),
+                    truncate_chars(&label_text(series), 1024)
+                )
             });
             continue;
         };
         if let Some(t) = tags.iter().find(|(k, _)| k == "value" || k == "time") {
-            out.errors.push(LineError {
-                line: number,
-                reason: format!(
+            out.reject(max_errors, number, || {
+                format!(
                     "time series {number} ({name}) has a label named '{}', which is a column of every metric table",
                     t.0
-                ),
+                )
+            });
+            continue;
+        }
+        let probe = Point {
+            table: Cow::Borrowed(name),
+            tags: tags.clone(),
+            fields: Vec::new(),
+            time: 0,
+        };
+        if let Some(reason) = limits.check(&probe).or_else(|| repeated_key(&probe)) {
+            out.reject(max_errors, number, || {
+                format!("time series {number} ({}): {reason}", truncate_chars(name, 200))
             });
             continue;
         }
@@ -118,12 +168,11 @@ pub fn remote_write_points(request: &WriteRequest) -> ParsedBody<'_> {
                 continue;
             }
             let Some(time) = s.timestamp.checked_mul(1_000_000) else {
-                out.errors.push(LineError {
-                    line: number,
-                    reason: format!(
+                out.reject(max_errors, number, || {
+                    format!(
                         "time series {number} ({name}): timestamp {} ms is out of range",
                         s.timestamp
-                    ),
+                    )
                 });
                 continue;
             };

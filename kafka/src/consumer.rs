@@ -15,12 +15,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use vigil_ingest::{
-    decode_remote_write, now_nanos, parse_line_protocol, remote_write_points, Precision,
-    WriteRequest,
-};
+use vigil_ingest::{now_nanos, Precision, WritePipeline, WriteRequest};
 use vigil_model::{LineError, Point};
-use vigil_storage::Storage;
 
 use crate::format::MessageFormat;
 use crate::{Error, KafkaConfig, KafkaMetrics, PartitionLabels};
@@ -75,7 +71,7 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
 pub struct KafkaIngest {
     consumer: StreamConsumer<IngestContext>,
     dead_letters: Option<FutureProducer>,
-    storage: Arc<Storage>,
+    pipeline: Arc<WritePipeline>,
     config: KafkaConfig,
     metrics: KafkaMetrics,
 }
@@ -108,11 +104,12 @@ impl KafkaIngest {
     /// Creates the consumer and subscribes to the topic (the group assigns
     /// partitions once [`KafkaIngest::run`] polls).
     pub fn new(
-        storage: Arc<Storage>,
+        pipeline: Arc<WritePipeline>,
         config: KafkaConfig,
         metrics: KafkaMetrics,
     ) -> Result<Self, Error> {
-        let consumer: StreamConsumer<IngestContext> = ClientConfig::new()
+        let mut client = ClientConfig::new();
+        client
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group)
             .set("enable.auto.commit", "false")
@@ -123,7 +120,9 @@ impl KafkaIngest {
             // What librdkafka prefetches per partition: the memory a paused or slow
             // node holds beyond its buffer.
             .set("queued.max.messages.kbytes", "16384")
-            .set("client.id", "vigil")
+            .set("client.id", "vigil");
+        config.apply_properties(&mut client);
+        let consumer: StreamConsumer<IngestContext> = client
             .create_with_context(IngestContext {
                 metrics: metrics.clone(),
             })
@@ -133,7 +132,7 @@ impl KafkaIngest {
             .map_err(|e| Error::client(&config, e))?;
         let dead_letters = match &config.dead_letter_topic {
             Some(_) => Some(
-                crate::forwarder::producer_config(&config.brokers)
+                crate::forwarder::producer_config(&config)
                     .create()
                     .map_err(|e| Error::client(&config, e))?,
             ),
@@ -142,7 +141,7 @@ impl KafkaIngest {
         Ok(Self {
             consumer,
             dead_letters,
-            storage,
+            pipeline,
             config,
             metrics,
         })
@@ -150,9 +149,12 @@ impl KafkaIngest {
 
     /// Consumes until `stop` turns true; then waits (up to 60 s) for the data already
     /// written to be persisted by the shutdown flush, and commits its offsets.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Returns an error when consuming cannot go on without risking that a later
+    /// commit skips data (a batch that could not be re-read): the caller reports
+    /// it, and the uncommitted messages are read again after a restart.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
         info!(topic = %self.config.topic, group = %self.config.group, brokers = %self.config.brokers, "consuming from Kafka");
-        let mut persisted = self.storage.persisted_seq();
+        let mut persisted = self.pipeline.storage().persisted_seq();
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut paused = false;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -167,7 +169,7 @@ impl KafkaIngest {
                 }
                 first = self.consumer.recv() => match first {
                     Ok(m) => {
-                        if let Some(p) = self.ingest_batch(m).await {
+                        if let Some(p) = self.ingest_batch(m).await? {
                             pending.push_back(p);
                             let upto = *persisted.borrow();
                             self.commit_persisted(&mut pending, upto, CommitMode::Async);
@@ -202,12 +204,13 @@ impl KafkaIngest {
                 break;
             }
         }
+        Ok(())
     }
 
     /// Pauses every assigned partition while the buffer is over twice its flush
     /// limits (flushing behind), resumes once it is not. Returns the new state.
     fn apply_backpressure(&self, paused: bool) -> bool {
-        let over = self.storage.over_capacity();
+        let over = self.pipeline.storage().over_capacity();
         if !over && !paused {
             return false;
         }
@@ -241,8 +244,9 @@ impl KafkaIngest {
     }
 
     /// Reads more messages (up to the batch size or 50 ms) after `first`, writes
-    /// them in one storage commit, and returns the offsets to commit once persisted.
-    async fn ingest_batch(&self, first: BorrowedMessage<'_>) -> Option<Pending> {
+    /// them in one storage commit, and returns the offsets to commit once persisted
+    /// (None when the batch is to be read again).
+    async fn ingest_batch(&self, first: BorrowedMessage<'_>) -> Result<Option<Pending>, Error> {
         let mut batch = vec![received(&first)];
         drop(first);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -265,10 +269,11 @@ impl KafkaIngest {
         // Every message's lines (or remote-write series) get numbers in one space,
         // `bases[i]` being the first of message i, so errors lead back to it.
         let mut problems: Vec<Vec<LineError>> = vec![Vec::new(); batch.len()];
+        let mut rejected = 0usize;
         let decoded: Vec<Decoded<'_>> = batch
             .iter()
             .zip(problems.iter_mut())
-            .map(|(m, problems)| decode(m, problems))
+            .map(|(m, problems)| decode(&self.pipeline, m, problems))
             .collect();
         let now = now_nanos();
         let mut bases = Vec::with_capacity(batch.len());
@@ -276,67 +281,99 @@ impl KafkaIngest {
         let mut points: Vec<(usize, Point<'_>)> = Vec::new();
         for (i, d) in decoded.iter().enumerate() {
             bases.push(next);
-            let (parsed, span) = match d {
+            let (mut parsed, span) = match d {
                 Decoded::Lines(text, precision) => (
-                    parse_line_protocol(text, *precision, now),
+                    self.pipeline.parse_lines(text, *precision, now),
                     text.split('\n').count(),
                 ),
-                Decoded::Request(r) => (remote_write_points(r), r.timeseries.len()),
+                Decoded::Request(r) => (
+                    self.pipeline.remote_write_points(r),
+                    r.timeseries.len(),
+                ),
                 Decoded::Unreadable => {
+                    rejected += 1;
                     next += 1;
                     continue;
                 }
             };
+            self.pipeline.limit_days(&mut parsed);
+            rejected += parsed.error_count;
             problems[i].extend(parsed.errors);
             points.extend(parsed.points.into_iter().map(|(n, p)| (next + n - 1, p)));
             next += span.max(1);
         }
-        let w = self.storage.validate(points);
+        let w = self.pipeline.validate(points);
+        rejected += w.rejected_count;
         for e in w.rejected {
-            let i = bases.partition_point(|b| *b <= e.line) - 1;
+            // Line 0 (a failure of the whole write) belongs to the first message.
+            let i = bases.partition_point(|b| *b <= e.line).saturating_sub(1);
             problems[i].push(LineError {
-                line: e.line + 1 - bases[i],
+                line: (e.line + 1).saturating_sub(bases[i]).max(1),
                 reason: e.reason,
             });
         }
         drop(decoded);
-        self.report_problems(&batch, &problems).await;
-        match self.storage.commit(w.tables).await {
+        self.metrics.lines_rejected.inc_by(rejected as u64);
+        if !self.report_problems(&batch, &problems).await {
+            // A rejected message that did not reach the dead-letter topic must not
+            // have its offset committed: read the batch again.
+            warn!("a rejected message could not be dead-lettered; re-reading the batch");
+            self.seek_back(&batch)?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Ok(None);
+        }
+        match self.pipeline.commit(w.tables).await {
             Ok(seq) => {
                 self.metrics.rows.inc_by(w.accepted as u64);
-                Some(Pending { seq, offsets })
+                Ok(Some(Pending { seq, offsets }))
             }
             Err(e) => {
                 // Not acknowledged to Kafka: seek back so the batch is read again.
                 warn!(error = %e, "could not write Kafka messages; re-reading them");
-                let mut first: BTreeMap<i32, i64> = BTreeMap::new();
-                for m in &batch {
-                    first.entry(m.partition).or_insert(m.offset);
-                }
-                for (partition, offset) in first {
-                    let _ = self.consumer.seek(
-                        &self.config.topic,
-                        partition,
-                        Offset::Offset(offset),
-                        Duration::from_secs(5),
-                    );
-                }
+                self.seek_back(&batch)?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                None
+                Ok(None)
             }
         }
+    }
+
+    /// Moves each partition of a batch back to the batch's first message. If that
+    /// fails the consumer's position is past data that is not stored, and any later
+    /// commit would skip it: consumption stops instead.
+    fn seek_back(&self, batch: &[Received]) -> Result<(), Error> {
+        let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+        for m in batch {
+            first.entry(m.partition).or_insert(m.offset);
+        }
+        for (partition, offset) in first {
+            self.consumer
+                .seek(
+                    &self.config.topic,
+                    partition,
+                    Offset::Offset(offset),
+                    Duration::from_secs(5),
+                )
+                .map_err(|e| Error::Seek {
+                    topic: self.config.topic.clone(),
+                    partition,
+                    offset,
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
     }
 
     /// Logs and counts each rejected line with the message it came from, and copies
     /// those messages to the dead-letter topic (awaited, so a message is in the
     /// dead-letter topic before its offset can be committed).
-    async fn report_problems(&self, batch: &[Received], problems: &[Vec<LineError>]) {
+    /// Returns false when a message could not be copied (the batch must be re-read).
+    async fn report_problems(&self, batch: &[Received], problems: &[Vec<LineError>]) -> bool {
+        let mut delivered_all = true;
         let mut deliveries = Vec::new();
         for (m, errors) in batch.iter().zip(problems) {
             if errors.is_empty() {
                 continue;
             }
-            self.metrics.lines_rejected.inc_by(errors.len() as u64);
             for e in errors.iter().take(10) {
                 warn!(topic = %self.config.topic, partition = m.partition, offset = m.offset, line = e.line, reason = %e.reason, "line of a Kafka message rejected");
             }
@@ -345,7 +382,12 @@ impl KafkaIngest {
             else {
                 continue;
             };
-            let lines: Vec<String> = errors.iter().map(|e| e.line.to_string()).collect();
+            // Headers stay far below the broker's message size: the first rejected
+            // lines are named, and the count says whether there were more.
+            let mut lines: Vec<String> = errors.iter().take(100).map(|e| e.line.to_string()).collect();
+            if errors.len() > 100 {
+                lines.push(format!("... ({} in all)", errors.len()));
+            }
             let reason = truncate(&errors[0].reason, 1000);
             let partition = m.partition.to_string();
             let offset = m.offset.to_string();
@@ -370,6 +412,7 @@ impl KafkaIngest {
                 Ok(d) => deliveries.push((m, d)),
                 Err((e, _)) => {
                     self.metrics.produce_errors.inc();
+                    delivered_all = false;
                     warn!(partition = m.partition, offset = m.offset, error = %e, "could not copy a rejected Kafka message to the dead-letter topic");
                 }
             }
@@ -381,10 +424,12 @@ impl KafkaIngest {
                 }
                 Ok(Err((e, _))) => {
                     self.metrics.produce_errors.inc();
+                    delivered_all = false;
                     warn!(partition = m.partition, offset = m.offset, error = %e, "could not copy a rejected Kafka message to the dead-letter topic");
                 }
                 Err(_) => {
                     self.metrics.produce_errors.inc();
+                    delivered_all = false;
                     warn!(
                         partition = m.partition,
                         offset = m.offset,
@@ -393,6 +438,7 @@ impl KafkaIngest {
                 }
             }
         }
+        delivered_all
     }
 
     /// Commits the offsets of every batch whose data is persisted.
@@ -441,7 +487,11 @@ fn received(m: &BorrowedMessage<'_>) -> Received {
 
 /// Reads a message's payload as its headers say; a message that cannot be read at
 /// all is one problem, at line 1.
-fn decode<'a>(m: &'a Received, problems: &mut Vec<LineError>) -> Decoded<'a> {
+fn decode<'a>(
+    pipeline: &WritePipeline,
+    m: &'a Received,
+    problems: &mut Vec<LineError>,
+) -> Decoded<'a> {
     let problem = |reason: String| LineError { line: 1, reason };
     match &m.format {
         Err(e) => problems.push(problem(e.clone())),
@@ -452,7 +502,7 @@ fn decode<'a>(m: &'a Received, problems: &mut Vec<LineError>) -> Decoded<'a> {
                 e.valid_up_to()
             ))),
         },
-        Ok(MessageFormat::RemoteWrite) => match decode_remote_write(&m.payload) {
+        Ok(MessageFormat::RemoteWrite) => match pipeline.decode_remote_write(&m.payload) {
             Ok(r) => return Decoded::Request(r),
             Err(e) => problems.push(problem(e.to_string())),
         },

@@ -9,7 +9,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use tracing::info;
-use vigil_ingest::{encode_line_protocol, encode_remote_write, split_by_metric, WriteRequest};
+use vigil_ingest::{
+    encode_line_protocol, encode_remote_write, split_by_metric, TimeSeries, WriteRequest,
+};
 use vigil_model::Point;
 
 use crate::format::{CONTENT_TYPE_HEADER, REMOTE_WRITE_CONTENT_TYPE};
@@ -29,9 +31,9 @@ pub struct ForwardError {
 
 /// The settings every vigil producer shares: acks from all in-sync replicas and
 /// idempotence, so a retried send is neither lost nor written twice.
-pub(crate) fn producer_config(brokers: &str) -> ClientConfig {
+pub(crate) fn producer_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
+    c.set("bootstrap.servers", &config.brokers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("compression.type", "lz4")
@@ -39,6 +41,7 @@ pub(crate) fn producer_config(brokers: &str) -> ClientConfig {
         // A write waits at most this long for Kafka before its client gets an error.
         .set("message.timeout.ms", "30000")
         .set("client.id", "vigil-collector");
+    config.apply_properties(&mut c);
     c
 }
 
@@ -60,11 +63,11 @@ impl ForwardBatch {
         let mut messages = Vec::new();
         for (table, points) in by_table {
             for chunk in points.chunks(POINTS_PER_MESSAGE) {
-                messages.push((
-                    table.to_string(),
-                    encode_line_protocol(chunk.iter().copied()),
-                    None,
-                ));
+                for payload in encode_within(chunk, MAX_MESSAGE_BYTES, &|c: &[&Point<'_>]| {
+                    encode_line_protocol(c.iter().copied())
+                }) {
+                    messages.push((table.to_string(), payload, None));
+                }
             }
         }
         Self { messages }
@@ -73,16 +76,21 @@ impl ForwardBatch {
     /// A remote-write request as one remote-write message per metric, keyed by the
     /// metric name and marked `content-type: application/x-protobuf`.
     pub fn remote_write(request: WriteRequest) -> Self {
-        let messages = split_by_metric(request)
-            .into_iter()
-            .map(|(metric, part)| {
+        let mut messages = Vec::new();
+        for (metric, part) in split_by_metric(request) {
+            let encode = |series: &[TimeSeries]| {
+                encode_remote_write(&WriteRequest {
+                    timeseries: series.to_vec(),
+                })
+            };
+            for payload in encode_within(&part.timeseries, MAX_MESSAGE_BYTES, &encode) {
                 let headers = OwnedHeaders::new().insert(Header {
                     key: CONTENT_TYPE_HEADER,
                     value: Some(REMOTE_WRITE_CONTENT_TYPE),
                 });
-                (metric, encode_remote_write(&part), Some(headers))
-            })
-            .collect();
+                messages.push((metric.clone(), payload, Some(headers)));
+            }
+        }
         Self { messages }
     }
 
@@ -95,6 +103,24 @@ impl ForwardBatch {
     }
 }
 
+/// Largest message the collector produces, below Kafka's default `message.max.bytes`
+/// (1 MB) with room for the key and headers.
+pub const MAX_MESSAGE_BYTES: usize = 900 << 10;
+
+/// Encodes `items` as one payload, or, if that is over `max`, as payloads of halves
+/// (recursively), so every message fits the broker's limit. A single item over the
+/// limit is sent alone (and the broker's refusal reaches the client).
+fn encode_within<T>(items: &[T], max: usize, encode: &dyn Fn(&[T]) -> Vec<u8>) -> Vec<Vec<u8>> {
+    let payload = encode(items);
+    if payload.len() <= max || items.len() <= 1 {
+        return vec![payload];
+    }
+    let (a, b) = items.split_at(items.len() / 2);
+    let mut out = encode_within(a, max, encode);
+    out.extend(encode_within(b, max, encode));
+    out
+}
+
 /// Produces writes to the topic (collector mode).
 pub struct KafkaForwarder {
     producer: FutureProducer,
@@ -104,7 +130,7 @@ pub struct KafkaForwarder {
 
 impl KafkaForwarder {
     pub fn new(config: &KafkaConfig, metrics: KafkaMetrics) -> Result<Self, Error> {
-        let producer = producer_config(&config.brokers)
+        let producer = producer_config(config)
             .create()
             .map_err(|e| Error::client(config, e))?;
         info!(topic = %config.topic, brokers = %config.brokers, "collector mode: writes go to Kafka");

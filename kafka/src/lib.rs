@@ -38,6 +38,17 @@ pub struct KafkaConfig {
     /// Where messages with rejected lines (or that cannot be read at all) are
     /// copied, with the reason and their origin in headers.
     pub dead_letter_topic: Option<String>,
+    /// librdkafka properties set on every client (TLS, SASL: `security.protocol`,
+    /// `sasl.mechanisms`, `ssl.ca.location`, ...), over vigil's own settings.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    pub(crate) fn apply_properties(&self, c: &mut rdkafka::config::ClientConfig) {
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+    }
 }
 
 /// Errors of creating a Kafka client.
@@ -48,6 +59,13 @@ pub enum Error {
         topic: String,
         brokers: String,
         source: Box<KafkaError>,
+    },
+    #[error("cannot seek {topic} partition {partition} back to offset {offset} to re-read a batch that was not stored: {message}")]
+    Seek {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        message: String,
     },
 }
 

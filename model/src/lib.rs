@@ -30,3 +30,35 @@ pub struct LineError {
     pub line: usize,
     pub reason: String,
 }
+
+/// Which tables a client may read or write: all, or those whose names start with
+/// one of the given prefixes (a token limited to `team_a_` sees only its tables).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableAccess {
+    prefixes: Option<Vec<String>>,
+}
+
+impl TableAccess {
+    /// Every table.
+    pub fn all() -> Self {
+        Self { prefixes: None }
+    }
+
+    /// Tables whose names start with one of `prefixes`.
+    pub fn prefixes(prefixes: Vec<String>) -> Self {
+        Self {
+            prefixes: Some(prefixes),
+        }
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.prefixes.is_none()
+    }
+
+    pub fn allows(&self, table: &str) -> bool {
+        match &self.prefixes {
+            None => true,
+            Some(p) => p.iter().any(|p| table.starts_with(p.as_str())),
+        }
+    }
+}

@@ -7,6 +7,7 @@
 //! connection cancellation, and the engine's shared session (every table, every
 //! time-series function) so that pgwire sees exactly what HTTP and Flight see.
 
+mod query;
 mod session;
 
 use std::net::SocketAddr;
@@ -19,8 +20,9 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
-use datafusion_postgres::pgwire::api::auth::cleartext::CleartextPasswordAuthStartupHandler;
 use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
+use datafusion_postgres::pgwire::api::auth::sasl::scram::ScramAuth;
+use datafusion_postgres::pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use datafusion_postgres::pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
@@ -29,25 +31,31 @@ use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryH
 use datafusion_postgres::pgwire::api::{
     ClientInfo, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
 };
-use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::pgwire::tokio::tokio_rustls::rustls;
 use datafusion_postgres::pgwire::tokio::{process_socket, TlsAcceptor};
-use datafusion_postgres::DfSessionService;
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::{DfSessionService, QueryHook};
 use futures::Sink;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
+use vigil_auth::{Permission, Principal, SecretHash, TokenStore};
 use vigil_sql::QueryEngine;
 
 /// What the Postgres front end listens on and whom it lets in.
 #[derive(Debug, Clone)]
 pub struct PgConfig {
     pub addr: SocketAddr,
-    /// When set, clients must log in with this user and password.
-    pub credentials: Option<(String, String)>,
-    /// PEM certificate chain and private key; both set turns TLS on.
+    /// When tokens are configured, clients log in with SCRAM-SHA-256 as a token's
+    /// name, with its secret as the password, and need the `query` permission.
+    pub tokens: Arc<TokenStore>,
+    /// PEM certificate chain and private key; both set turns TLS on, and then a
+    /// client that does not start TLS is refused.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -92,27 +100,32 @@ impl PgServer {
             })?;
         let connections = Arc::new(ConnectionManager::new());
         let cancels = Arc::new(session::Connections::default());
-        let session = Arc::new(session::VigilSession {
-            inner: Arc::new(DfSessionService::new(Arc::new(engine.context().clone()))),
-            engine: Arc::clone(&engine),
-        });
-        let startup = Arc::new(VigilStartup {
-            password: config.credentials.as_ref().map(|(user, password)| {
-                CleartextPasswordAuthStartupHandler::new(
-                    FixedPassword {
-                        user: user.clone(),
-                        password: password.clone(),
-                    },
-                    server_parameters(),
-                )
-                .with_connection_manager(Arc::clone(&connections))
+        // vigil's hook first: it runs every query on the engine and refuses shared
+        // SETs; datafusion-postgres's own hooks answer the per-session statements.
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(query::EngineHook {
+                engine: Arc::clone(&engine),
             }),
-            connections: Arc::clone(&connections),
-            cancels: Arc::clone(&cancels),
+            Arc::new(CursorStatementHook),
+            Arc::new(SetShowHook),
+            Arc::new(TransactionStatementHook),
+        ];
+        let session = Arc::new(session::VigilSession {
+            inner: Arc::new(DfSessionService::new_with_hooks(
+                Arc::new(engine.context().clone()),
+                hooks,
+            )),
+            engine: Arc::clone(&engine),
         });
         let handlers = Arc::new(VigilPgHandlers {
             session,
-            startup,
+            login: Arc::new(Login {
+                tokens: Arc::clone(&config.tokens),
+                secrets: Arc::new(ScramSecrets::new(Arc::clone(&config.tokens))),
+                tls_required: tls.is_some(),
+                connections: Arc::clone(&connections),
+                cancels: Arc::clone(&cancels),
+            }),
             cancel: Arc::new(session::VigilCancel {
                 connections: cancels,
                 planning: DefaultCancelHandler::new(connections),
@@ -277,34 +290,54 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, Error> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The one user vigil knows when a password is configured.
-#[derive(Debug)]
-struct FixedPassword {
-    user: String,
-    password: String,
+/// SCRAM-SHA-256 secrets: each token's salted hash, by token name. An unknown user
+/// gets a made-up salt and hash, so the exchange fails exactly as for a wrong
+/// password and says nothing about which names exist.
+struct ScramSecrets {
+    tokens: Arc<TokenStore>,
+    unknown: SecretHash,
 }
 
-#[async_trait]
-impl AuthSource for FixedPassword {
-    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
-        if login.user() != Some(self.user.as_str()) {
-            // An unknown user gets the same answer as a wrong password: no hint
-            // about which user names exist.
-            return Err(PgWireError::InvalidPassword(
-                login.user().unwrap_or_default().to_string(),
-            ));
-        }
-        Ok(Password::new(None, self.password.as_bytes().to_vec()))
+impl std::fmt::Debug for ScramSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramSecrets").finish_non_exhaustive()
     }
 }
 
-/// Password authentication when configured, none otherwise; both register the
-/// connection so that a client's cancel request reaches its running query.
-struct VigilStartup {
-    password:
-        Option<CleartextPasswordAuthStartupHandler<FixedPassword, DefaultServerParameterProvider>>,
+impl ScramSecrets {
+    fn new(tokens: Arc<TokenStore>) -> Self {
+        let unknown = SecretHash::new(&format!("{:032x}", rand::random::<u128>()));
+        Self { tokens, unknown }
+    }
+}
+
+#[async_trait]
+impl AuthSource for ScramSecrets {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        let secret = login
+            .user()
+            .and_then(|u| self.tokens.by_name(u))
+            .map(|t| &t.secret)
+            .unwrap_or(&self.unknown);
+        Ok(Password::new(Some(secret.salt.clone()), secret.hash.clone()))
+    }
+}
+
+/// Logging in: TLS when configured (a plaintext startup is refused), SCRAM-SHA-256
+/// when tokens are configured, then the token's `query` permission. Every
+/// connection gets a handler of its own (SCRAM keeps its exchange's state in it);
+/// the login registers the connection so that a cancel request reaches its query.
+struct Login {
+    tokens: Arc<TokenStore>,
+    secrets: Arc<ScramSecrets>,
+    tls_required: bool,
     connections: Arc<ConnectionManager>,
     cancels: Arc<session::Connections>,
+}
+
+struct VigilStartup {
+    login: Arc<Login>,
+    scram: Option<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
 }
 
 struct OpenStartup(Arc<ConnectionManager>);
@@ -313,6 +346,14 @@ impl NoopStartupHandler for OpenStartup {
     fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
         Some(Arc::clone(&self.0))
     }
+}
+
+fn fatal(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_string(),
+        code.to_string(),
+        message,
+    )))
 }
 
 #[async_trait]
@@ -327,16 +368,40 @@ impl StartupHandler for VigilStartup {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        match &self.password {
+        if self.login.tls_required
+            && matches!(message, PgWireFrontendMessage::Startup(_))
+            && !client.is_secure()
+        {
+            // FATAL closes the connection; a lesser error would let the client in.
+            return Err(fatal(
+                "28000",
+                "this server requires TLS: connect with sslmode=require (or verify-full)".into(),
+            ));
+        }
+        match &self.scram {
             Some(handler) => handler.on_startup(client, message).await?,
             None => {
-                OpenStartup(Arc::clone(&self.connections))
+                OpenStartup(Arc::clone(&self.login.connections))
                     .on_startup(client, message)
                     .await?
             }
         }
-        if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
-            self.cancels.register(client);
+        if matches!(client.state(), PgWireConnectionState::ReadyForQuery)
+            && client.session_extensions().get::<Principal>().is_none()
+        {
+            let principal = match client.metadata().get("user").map(String::as_str) {
+                _ if !self.login.tokens.enabled() => Principal::anonymous(),
+                Some(user) => match self.login.tokens.by_name(user) {
+                    Some(t) => t.principal.as_ref().clone(),
+                    None => return Err(fatal("28P01", "authentication failed".into())),
+                },
+                None => return Err(fatal("28P01", "authentication failed".into())),
+            };
+            if let Err(e) = principal.require(Permission::Query) {
+                return Err(fatal("42501", e.to_string()));
+            }
+            client.session_extensions().insert(principal);
+            self.login.cancels.register(client);
         }
         Ok(())
     }
@@ -344,7 +409,7 @@ impl StartupHandler for VigilStartup {
 
 struct VigilPgHandlers {
     session: Arc<session::VigilSession>,
-    startup: Arc<VigilStartup>,
+    login: Arc<Login>,
     cancel: Arc<session::VigilCancel>,
 }
 
@@ -358,7 +423,17 @@ impl PgWireServerHandlers for VigilPgHandlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::clone(&self.startup)
+        let scram = self.login.tokens.enabled().then(|| {
+            let mut scram = ScramAuth::new(Arc::clone(&self.login.secrets) as Arc<dyn AuthSource>);
+            scram.set_iterations(vigil_auth::ITERATIONS as usize);
+            SASLAuthStartupHandler::new(Arc::new(server_parameters()))
+                .with_scram(scram)
+                .with_connection_manager(Arc::clone(&self.login.connections))
+        });
+        Arc::new(VigilStartup {
+            login: Arc::clone(&self.login),
+            scram,
+        })
     }
 
     fn cancel_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::cancel::CancelHandler> {

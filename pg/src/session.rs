@@ -20,6 +20,10 @@ use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
+use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::{DfSessionService, Parser};
 use futures::{Sink, StreamExt};
 use parking_lot::Mutex;
@@ -95,6 +99,41 @@ pub(crate) struct VigilSession {
 }
 
 impl VigilSession {
+    /// Executes a prepared query on the engine with the portal's parameters, in the
+    /// result format the portal asks for (text or binary per column).
+    async fn run_portal<C: ClientInfo>(
+        &self,
+        client: &C,
+        portal: &Portal<<DfSessionService as ExtendedQueryHandler>::Statement>,
+        plan: &LogicalPlan,
+    ) -> PgWireResult<Response> {
+        let types = plan
+            .get_parameter_types()
+            .map_err(|e| crate::query::engine_error(e.into()))?;
+        let mut ordered: Vec<(usize, Option<DataType>)> = types
+            .into_iter()
+            .map(|(id, t)| {
+                let n = id.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX);
+                // Clients bind plain values to tag (dictionary) parameters.
+                let t = match t {
+                    Some(DataType::Dictionary(_, value)) => Some(*value),
+                    other => other,
+                };
+                (n, t)
+            })
+            .collect();
+        ordered.sort_by_key(|(n, _)| *n);
+        let refs: Vec<Option<&DataType>> = ordered.iter().map(|(_, t)| t.as_ref()).collect();
+        let params = deserialize_parameters(portal, &refs)?;
+        let planned = self
+            .engine
+            .plan_logical(plan.clone(), Some(params), &crate::query::access(client))
+            .await
+            .map_err(crate::query::engine_error)?;
+        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        crate::query::respond(&self.engine, planned, &portal.result_column_format, options)
+    }
+
     fn guard<C: ClientInfo>(&self, client: &C, response: Response) -> Response {
         let Response::Query(query) = response else {
             return response;
@@ -190,6 +229,12 @@ impl ExtendedQueryHandler for VigilSession {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let (_, Some((statement, plan))) = &portal.statement.statement {
+            if crate::query::runs_on_engine(statement) {
+                let response = self.run_portal(client, portal, plan).await?;
+                return Ok(self.guard(client, response));
+            }
+        }
         let response =
             ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows).await?;
         Ok(self.guard(client, response))

@@ -17,6 +17,9 @@ pub(crate) struct QueryArgs {
     /// The server's HTTP address.
     #[arg(long, env = "VIGIL_URL", default_value = "http://127.0.0.1:8181")]
     pub url: String,
+    /// Token secret (needs `query`); prefer the environment variable.
+    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Arguments of `vigil write`.
@@ -33,6 +36,16 @@ pub(crate) struct WriteArgs {
     /// Size of each request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     pub batch_bytes: usize,
+    /// Token secret (needs `write`); prefer the environment variable.
+    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+fn with_token(r: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::RequestBuilder {
+    match token {
+        Some(t) => r.bearer_auth(t),
+        None => r,
+    }
 }
 
 fn server_error(status: reqwest::StatusCode, body: &str) -> String {
@@ -49,8 +62,7 @@ pub(crate) async fn query(args: QueryArgs) -> anyhow::Result<()> {
         args.format.as_str()
     };
     let url = format!("{}/api/v1/sql", args.url.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .post(&url)
+    let resp = with_token(reqwest::Client::new().post(&url), &args.token)
         .json(&serde_json::json!({"sql": args.sql, "format": wire}))
         .send()
         .await
@@ -128,12 +140,24 @@ pub(crate) async fn write(args: WriteArgs) -> anyhow::Result<()> {
             let lines = chunk.iter().filter(|b| **b == b'\n').count()
                 + usize::from(!chunk.ends_with(b"\n"));
             let sent = chunk.len() as u64;
-            let resp = client
-                .post(&url)
-                .body(chunk)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach vigil at {}", args.url))?;
+            // The server answers 503 while its buffer is full: wait as it asks.
+            let resp = loop {
+                let resp = with_token(client.post(&url), &args.token)
+                    .body(chunk.clone())
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach vigil at {}", args.url))?;
+                if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                    break resp;
+                }
+                let wait = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(std::time::Duration::from_secs(wait.min(30))).await;
+            };
             let status = resp.status();
             let text = resp.text().await?;
             if status.is_success() {

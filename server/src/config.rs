@@ -21,8 +21,39 @@ pub(crate) struct Config {
     pub tls: TlsSection,
     pub kafka: KafkaSection,
     pub storage: StorageSection,
+    pub write: WriteSection,
     pub query: QuerySection,
     pub log: LogSection,
+}
+
+/// Limits of one write (HTTP, Kafka message); a line over a per-line limit is
+/// rejected alone, naming the limit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct WriteSection {
+    pub max_line_bytes: usize,
+    pub max_tags_per_line: usize,
+    pub max_fields_per_line: usize,
+    pub max_tag_value_bytes: usize,
+    /// Rejected lines listed in a reply (the rest are counted).
+    pub max_reported_errors: usize,
+    pub max_days_per_write: usize,
+    pub max_series_per_request: usize,
+}
+
+impl Default for WriteSection {
+    fn default() -> Self {
+        let w = vigil_ingest::WriteLimits::default();
+        Self {
+            max_line_bytes: w.line.max_line_bytes,
+            max_tags_per_line: w.line.max_tags_per_line,
+            max_fields_per_line: w.line.max_fields_per_line,
+            max_tag_value_bytes: w.line.max_tag_value_bytes,
+            max_reported_errors: w.line.max_errors,
+            max_days_per_write: w.max_days_per_write,
+            max_series_per_request: w.max_series_per_request,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,16 +78,40 @@ pub(crate) struct PgSection {
     pub addr: SocketAddr,
 }
 
-/// Credentials for the query front ends; none set means no authentication (the
-/// default listens on loopback only).
+/// Who may use vigil. No token configured means no authentication, and then vigil
+/// listens on loopback only unless `insecure` is set.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct AuthSection {
-    /// Flight SQL bearer token.
+    /// Tokens with permissions (`[[auth.tokens]]`).
+    pub tokens: Vec<TokenSection>,
+    /// Shortcut: one token (named `token`) with every permission.
     pub token: Option<String>,
-    /// User name for pgwire and Flight SQL basic auth.
+    /// Shortcut: one token named `username` with secret `password` and every
+    /// permission.
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Listen on non-loopback addresses without authentication.
+    pub insecure: bool,
+}
+
+/// One `[[auth.tokens]]` entry. The secret is given as a hash (`vigil auth hash`),
+/// or read from a file or an environment variable, never written here in clear.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct TokenSection {
+    /// The token's name: the user name for basic auth, Flight SQL and Postgres.
+    pub name: String,
+    /// `pbkdf2-sha256$4096$<salt>$<hash>`, as `vigil auth hash` prints.
+    pub secret_hash: Option<String>,
+    /// A file holding the secret (first line).
+    pub secret_file: Option<PathBuf>,
+    /// An environment variable holding the secret.
+    pub secret_env: Option<String>,
+    /// `write`, `query`, `admin`.
+    pub permissions: Vec<vigil_auth::Permission>,
+    /// Table name prefixes the token is limited to (all tables when absent).
+    pub tables: Option<Vec<String>>,
 }
 
 /// What `vigil serve` does with the writes it receives.
@@ -82,6 +137,9 @@ pub(crate) struct KafkaSection {
     pub max_batch: usize,
     /// Topic that receives a copy of each message with rejected lines.
     pub dead_letter_topic: Option<String>,
+    /// librdkafka properties passed through to every Kafka client, e.g.
+    /// `"security.protocol" = "SASL_SSL"`, `"sasl.mechanisms" = "SCRAM-SHA-512"`.
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaSection {
@@ -92,6 +150,7 @@ impl Default for KafkaSection {
             group: "vigil".into(),
             max_batch: 1000,
             dead_letter_topic: None,
+            properties: Default::default(),
         }
     }
 }
@@ -130,12 +189,38 @@ pub(crate) struct StorageSection {
     #[serde(with = "humantime_serde")]
     pub compaction_interval: Duration,
     pub compaction_min_files: usize,
+    /// Most tables; a line creating one more is rejected.
+    pub max_tables: usize,
+    /// Most tag + field columns per table.
+    pub max_columns_per_table: usize,
+    /// Largest write once encoded for the WAL (at most 1 GiB).
+    pub max_wal_record_bytes: usize,
+    /// What start-up does with a damaged WAL record that is not a torn tail.
+    pub wal_recovery: WalRecovery,
+}
+
+/// `refuse` (default): stop start-up, naming segment and offset; `truncate`: drop the
+/// damaged record and the rest of its segment, and start.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum WalRecovery {
+    #[default]
+    Refuse,
+    Truncate,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct QuerySection {
+    /// Memory all running queries together may reserve.
     pub memory_limit_bytes: usize,
+    /// Memory one query may reserve (out of `memory_limit_bytes`).
+    pub max_query_memory_bytes: usize,
+    /// Queries running at once; more wait in line.
+    pub max_concurrent: usize,
+    /// How long a query waits in line before it is refused.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub result_cache_bytes: usize,
@@ -162,6 +247,7 @@ impl Default for Config {
             tls: TlsSection::default(),
             kafka: KafkaSection::default(),
             storage: StorageSection::default(),
+            write: WriteSection::default(),
             query: QuerySection::default(),
             log: LogSection::default(),
         }
@@ -186,6 +272,10 @@ impl Default for StorageSection {
             flush_max_bytes: s.flush_max_bytes,
             compaction_interval: Duration::from_secs(60),
             compaction_min_files: s.compaction_min_files,
+            max_tables: s.max_tables,
+            max_columns_per_table: s.max_columns_per_table,
+            max_wal_record_bytes: s.max_wal_record_bytes,
+            wal_recovery: WalRecovery::Refuse,
         }
     }
 }
@@ -195,6 +285,9 @@ impl Default for QuerySection {
         let q = vigil_sql::QueryConfig::default();
         Self {
             memory_limit_bytes: q.memory_limit_bytes,
+            max_query_memory_bytes: q.max_query_memory_bytes,
+            max_concurrent: q.max_concurrent,
+            queue_timeout: q.queue_timeout,
             timeout: q.timeout,
             result_cache_bytes: q.result_cache_bytes,
         }
@@ -268,6 +361,22 @@ impl Config {
                 "tls.cert and tls.key must be set together".into(),
             ));
         }
+        for (name, v) in [
+            ("write.max_line_bytes", self.write.max_line_bytes),
+            ("write.max_fields_per_line", self.write.max_fields_per_line),
+            ("write.max_tag_value_bytes", self.write.max_tag_value_bytes),
+            ("write.max_days_per_write", self.write.max_days_per_write),
+            ("write.max_series_per_request", self.write.max_series_per_request),
+            ("storage.max_tables", self.storage.max_tables),
+            ("storage.max_columns_per_table", self.storage.max_columns_per_table),
+            ("storage.max_wal_record_bytes", self.storage.max_wal_record_bytes),
+            ("query.max_concurrent", self.query.max_concurrent),
+            ("query.max_query_memory_bytes", self.query.max_query_memory_bytes),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be > 0")));
+            }
+        }
         if self.storage.flush_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "storage.flush_interval must be > 0".into(),
@@ -282,7 +391,30 @@ impl Config {
         s.flush_max_rows = self.storage.flush_max_rows;
         s.flush_max_bytes = self.storage.flush_max_bytes;
         s.compaction_min_files = self.storage.compaction_min_files;
+        s.max_tables = self.storage.max_tables;
+        s.max_columns_per_table = self.storage.max_columns_per_table;
+        s.max_wal_record_bytes = self.storage.max_wal_record_bytes;
+        s.wal_recovery = match self.storage.wal_recovery {
+            WalRecovery::Refuse => vigil_storage::wal::WalRecovery::Refuse,
+            WalRecovery::Truncate => vigil_storage::wal::WalRecovery::Truncate,
+        };
         s
+    }
+
+    pub(crate) fn write_limits(&self) -> vigil_ingest::WriteLimits {
+        let w = &self.write;
+        vigil_ingest::WriteLimits {
+            max_body_bytes: self.http.max_body_bytes,
+            line: vigil_ingest::LineLimits {
+                max_line_bytes: w.max_line_bytes,
+                max_tags_per_line: w.max_tags_per_line,
+                max_fields_per_line: w.max_fields_per_line,
+                max_tag_value_bytes: w.max_tag_value_bytes,
+                max_errors: w.max_reported_errors,
+            },
+            max_days_per_write: w.max_days_per_write,
+            max_series_per_request: w.max_series_per_request,
+        }
     }
 
     pub(crate) fn kafka_config(&self) -> vigil_kafka::KafkaConfig {
@@ -292,15 +424,117 @@ impl Config {
             group: self.kafka.group.clone(),
             max_batch: self.kafka.max_batch,
             dead_letter_topic: self.kafka.dead_letter_topic.clone(),
+            properties: self.kafka.properties.clone(),
         }
     }
 
-    /// User and password, when configured.
-    pub(crate) fn credentials(&self) -> Option<(String, String)> {
-        match (&self.auth.username, &self.auth.password) {
-            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
-            _ => None,
+    /// The configured tokens (secrets read from files and variables now, hashed).
+    pub(crate) fn token_store(&self) -> Result<vigil_auth::TokenStore, ConfigError> {
+        use vigil_auth::{Permission, Principal, SecretHash, Token};
+        let all = |name: &str, secret: &str| Token {
+            principal: std::sync::Arc::new(Principal {
+                name: name.to_string(),
+                permissions: vec![Permission::Admin],
+                tables: vigil_model::TableAccess::all(),
+            }),
+            secret: SecretHash::new(secret),
+        };
+        let mut tokens = Vec::new();
+        if let Some(t) = &self.auth.token {
+            tokens.push(all("token", t));
         }
+        if let (Some(u), Some(p)) = (&self.auth.username, &self.auth.password) {
+            tokens.push(all(u, p));
+        }
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            let what = format!("auth.tokens[{i}] ('{}')", t.name);
+            if t.name.is_empty() {
+                return Err(ConfigError::Invalid(format!("{what}: name must be set")));
+            }
+            if t.permissions.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "{what}: permissions must list at least one of write, query, admin"
+                )));
+            }
+            let secret = match (&t.secret_hash, &t.secret_file, &t.secret_env) {
+                (Some(h), None, None) => {
+                    let h = SecretHash::parse(h)
+                        .map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))?;
+                    if h.iterations != vigil_auth::ITERATIONS {
+                        return Err(ConfigError::Invalid(format!(
+                            "{what}: the hash uses {} iterations; Postgres logins (SCRAM) need {} (make it with `vigil auth hash`)",
+                            h.iterations,
+                            vigil_auth::ITERATIONS
+                        )));
+                    }
+                    h
+                }
+                (None, Some(f), None) => {
+                    let text = std::fs::read_to_string(f).map_err(|source| ConfigError::Read {
+                        path: f.clone(),
+                        source,
+                    })?;
+                    let secret = text.lines().next().unwrap_or("").trim();
+                    if secret.is_empty() {
+                        return Err(ConfigError::Invalid(format!(
+                            "{what}: {} is empty",
+                            f.display()
+                        )));
+                    }
+                    SecretHash::new(secret)
+                }
+                (None, None, Some(var)) => match std::env::var(var) {
+                    Ok(v) if !v.trim().is_empty() => SecretHash::new(v.trim()),
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "{what}: environment variable {var} is not set"
+                        )))
+                    }
+                },
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{what}: set exactly one of secret_hash, secret_file, secret_env"
+                    )))
+                }
+            };
+            if tokens.iter().any(|x: &Token| x.principal.name == t.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "{what}: another token has the same name"
+                )));
+            }
+            tokens.push(Token {
+                principal: std::sync::Arc::new(Principal {
+                    name: t.name.clone(),
+                    permissions: t.permissions.clone(),
+                    tables: match &t.tables {
+                        Some(p) => vigil_model::TableAccess::prefixes(p.clone()),
+                        None => vigil_model::TableAccess::all(),
+                    },
+                }),
+                secret,
+            });
+        }
+        Ok(vigil_auth::TokenStore::new(tokens))
+    }
+
+    /// Without authentication vigil serves loopback clients only: a public address
+    /// needs tokens, or `--insecure` to say that this is meant.
+    pub(crate) fn check_exposure(&self, auth_enabled: bool) -> Result<(), ConfigError> {
+        if auth_enabled || self.auth.insecure {
+            return Ok(());
+        }
+        for (name, addr) in [
+            ("http.addr", self.http.addr),
+            ("flight.addr", self.flight.addr),
+            ("pg.addr", self.pg.addr),
+        ] {
+            if !addr.ip().is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} {addr} is not a loopback address and no authentication is configured: add [[auth.tokens]] (see README, Authentication), or pass --insecure to serve without it"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Certificate and key, when TLS is configured.
@@ -314,6 +548,13 @@ impl Config {
     pub(crate) fn query_config(&self) -> vigil_sql::QueryConfig {
         vigil_sql::QueryConfig {
             memory_limit_bytes: self.query.memory_limit_bytes,
+            // A per-query cap above the total is the total.
+            max_query_memory_bytes: self
+                .query
+                .max_query_memory_bytes
+                .min(self.query.memory_limit_bytes),
+            max_concurrent: self.query.max_concurrent,
+            queue_timeout: self.query.queue_timeout,
             timeout: self.query.timeout,
             target_partitions: 0,
             result_cache_bytes: self.query.result_cache_bytes,
@@ -339,16 +580,21 @@ pub(crate) struct ServeArgs {
     /// Postgres wire protocol listen address [default: 127.0.0.1:8183].
     #[arg(long, env = "VIGIL_PG_ADDR")]
     pub pg_addr: Option<SocketAddr>,
-    /// Bearer token Flight SQL clients must send [default: none].
+    /// A token with every permission, for all listeners (prefer [[auth.tokens]] or
+    /// the environment variable: a flag is visible in `ps`) [default: none].
     #[arg(long, env = "VIGIL_AUTH_TOKEN")]
     pub auth_token: Option<String>,
-    /// User name for pgwire and Flight SQL basic auth [default: none].
+    /// User name of a token with every permission (its secret: --auth-password or,
+    /// better, VIGIL_AUTH_PASSWORD) [default: none].
     #[arg(long, env = "VIGIL_AUTH_USERNAME")]
     pub auth_username: Option<String>,
     /// Password for --auth-username.
     #[arg(long, env = "VIGIL_AUTH_PASSWORD")]
     pub auth_password: Option<String>,
-    /// PEM certificate chain: TLS for Flight SQL and pgwire (with --tls-key).
+    /// Serve on non-loopback addresses without authentication (not recommended).
+    #[arg(long, env = "VIGIL_INSECURE")]
+    pub insecure: bool,
+    /// PEM certificate chain: TLS for HTTP, Flight SQL and pgwire (with --tls-key).
     #[arg(long, env = "VIGIL_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
@@ -374,6 +620,10 @@ pub(crate) struct ServeArgs {
     /// Largest accepted request body in bytes [default: 67108864].
     #[arg(long, env = "VIGIL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Damaged WAL record (not a torn tail) at start-up: refuse to start, or truncate
+    /// the segment there and start [default: refuse].
+    #[arg(long, env = "VIGIL_WAL_RECOVERY", value_enum)]
+    pub wal_recovery: Option<WalRecovery>,
     /// Flush the buffer to Parquet at least this often [default: 5m].
     #[arg(long, env = "VIGIL_FLUSH_INTERVAL")]
     pub flush_interval: Option<humantime::Duration>,
@@ -389,12 +639,21 @@ pub(crate) struct ServeArgs {
     /// Merge a day's small files once there are this many [default: 4].
     #[arg(long, env = "VIGIL_COMPACTION_MIN_FILES")]
     pub compaction_min_files: Option<usize>,
-    /// Memory one query may use, in bytes [default: 4294967296].
+    /// Memory all queries together may use, in bytes [default: 4294967296].
     #[arg(long, env = "VIGIL_QUERY_MEMORY_LIMIT")]
     pub query_memory_limit: Option<usize>,
     /// Memory for cached results of queries over flushed data, 0 = off [default: 67108864].
     #[arg(long, env = "VIGIL_QUERY_RESULT_CACHE_BYTES")]
     pub query_result_cache_bytes: Option<usize>,
+    /// Memory one query may use, in bytes [default: 2147483648].
+    #[arg(long, env = "VIGIL_QUERY_MAX_MEMORY")]
+    pub query_max_memory: Option<usize>,
+    /// Queries running at once; more wait in line [default: 16].
+    #[arg(long, env = "VIGIL_QUERY_MAX_CONCURRENT")]
+    pub query_max_concurrent: Option<usize>,
+    /// How long a query waits for a slot before it is refused [default: 30s].
+    #[arg(long, env = "VIGIL_QUERY_QUEUE_TIMEOUT")]
+    pub query_queue_timeout: Option<humantime::Duration>,
     /// Query timeout [default: 5m].
     #[arg(long, env = "VIGIL_QUERY_TIMEOUT")]
     pub query_timeout: Option<humantime::Duration>,
@@ -434,6 +693,9 @@ impl ServeArgs {
         if let Some(v) = &self.auth_password {
             c.auth.password = Some(v.clone());
         }
+        if self.insecure {
+            c.auth.insecure = true;
+        }
         if let Some(v) = &self.tls_cert {
             c.tls.cert = Some(v.clone());
         }
@@ -458,6 +720,9 @@ impl ServeArgs {
         if let Some(v) = self.max_body_bytes {
             c.http.max_body_bytes = v;
         }
+        if let Some(v) = self.wal_recovery {
+            c.storage.wal_recovery = v;
+        }
         if let Some(v) = self.flush_interval {
             c.storage.flush_interval = v.into();
         }
@@ -478,6 +743,15 @@ impl ServeArgs {
         }
         if let Some(v) = self.query_result_cache_bytes {
             c.query.result_cache_bytes = v;
+        }
+        if let Some(v) = self.query_max_memory {
+            c.query.max_query_memory_bytes = v;
+        }
+        if let Some(v) = self.query_max_concurrent {
+            c.query.max_concurrent = v;
+        }
+        if let Some(v) = self.query_queue_timeout {
+            c.query.queue_timeout = v.into();
         }
         if let Some(v) = self.query_timeout {
             c.query.timeout = v.into();

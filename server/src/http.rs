@@ -1,29 +1,33 @@
 //! The HTTP API: InfluxDB-compatible writes, SQL, health and metrics.
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::Extension;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use vigil_ingest::{
-    decode_remote_write, now_nanos, parse_line_protocol, remote_write_points, Precision,
-};
+use vigil_ingest::{now_nanos, Precision, WriteError, WriteFormat, WritePipeline, WriteReport};
+use vigil_auth::{AuthError, Credentials, Permission, Principal, TokenStore};
 use vigil_kafka::{ForwardBatch, KafkaForwarder};
+use vigil_model::TableAccess;
 use vigil_sql::QueryEngine;
-use vigil_storage::{LineError, Storage};
+use vigil_storage::Storage;
 
 use crate::metrics::ServerMetrics;
 
 pub(crate) struct AppState {
     pub storage: Arc<Storage>,
+    pub tokens: Arc<TokenStore>,
+    pub health: Arc<crate::health::Health>,
+    pub pipeline: Arc<WritePipeline>,
     pub engine: Arc<QueryEngine>,
     pub metrics: Arc<ServerMetrics>,
     pub max_body_bytes: usize,
@@ -46,11 +50,133 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/ping", get(health))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(raw_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authenticate,
+        ))
         .with_state(state)
 }
 
-async fn health() -> impl IntoResponse {
-    Json(json!({"status": "pass"}))
+/// What each path needs: writes `write`, SQL `query`; `/health` and `/ping` are
+/// open (load balancers probe them); anything else needs a valid token.
+fn required_permission(path: &str) -> Option<Option<Permission>> {
+    match path {
+        "/health" | "/ping" => None,
+        "/api/v3/write_lp" | "/api/v2/write" | "/write" | "/api/v1/write" => {
+            Some(Some(Permission::Write))
+        }
+        "/api/v1/sql" | "/api/v3/query_sql" => Some(Some(Permission::Query)),
+        _ => Some(None),
+    }
+}
+
+/// Host names a browser on this machine uses for a loopback server.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        // `[::1]:8181`, `localhost:8181`; a bare `::1` has colons but no port.
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// The credentials of a request, as each kind of client sends them: `Authorization`
+/// (`Bearer`, InfluxDB's `Token`, basic auth with the secret as password, as
+/// Prometheus' `basic_auth` and Telegraf send it), or InfluxDB v1's `u`/`p`
+/// parameters (the secret in `p`).
+fn request_credentials(
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<Credentials>, AuthError> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v
+            .to_str()
+            .map_err(|_| AuthError::Malformed("Authorization is not ASCII".into()))?;
+        return Ok(Some(match Credentials::from_authorization(v)? {
+            // Over HTTP the secret alone names the token; clients put any user.
+            Credentials::User(_, secret) => Credentials::Secret(secret),
+            c => c,
+        }));
+    }
+    let secret = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "p")
+            .map(|(_, v)| v.into_owned())
+    });
+    Ok(secret.map(Credentials::Secret))
+}
+
+fn unauthorized(e: &AuthError) -> Response {
+    let status = match e {
+        AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let mut r = error(status, e.to_string());
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"vigil\", Basic realm=\"vigil\""),
+        );
+    }
+    r
+}
+
+/// Lets a request in (with its [`Principal`] in the request's extensions) or
+/// answers 401/403. Without tokens every client is trusted, which is safe only for
+/// loopback clients: then the `Host` header must name a loopback host, so that a web
+/// page cannot reach vigil through DNS rebinding.
+async fn authenticate(
+    State(s): State<Arc<AppState>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !s.tokens.enabled() {
+        if let Some(host) = req.headers().get(header::HOST) {
+            let host = host.to_str().unwrap_or("");
+            if !is_loopback_host(host) {
+                s.metrics.auth_failures.inc();
+                return error(
+                    StatusCode::FORBIDDEN,
+                    format!("Host '{}' is not a loopback name: without authentication vigil only answers requests addressed to localhost (configure [[auth.tokens]] to serve other hosts)", host.chars().take(100).collect::<String>()),
+                );
+            }
+        }
+    }
+    let Some(needed) = required_permission(req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let principal = request_credentials(req.headers(), req.uri().query())
+        .and_then(|c| s.tokens.authenticate(c.as_ref()))
+        .and_then(|p| match needed {
+            Some(n) => p.require(n).map(|_| p),
+            None => Ok(p),
+        });
+    match principal {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => {
+            s.metrics.auth_failures.inc();
+            unauthorized(&e)
+        }
+    }
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> Response {
+    s.health.sync_storage(&s.storage.problems());
+    let status = if s.health.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(s.health.report())).into_response()
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
@@ -77,272 +203,164 @@ struct WriteParams {
 /// All three write endpoints (v3, v2, v1) take the same parameters.
 async fn write_lp(
     State(s): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     Query(p): Query<WriteParams>,
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    write(s, p, h, body).await
-}
-
-/// Decompresses (gzip) and bounds the body.
-// The error is the reply itself, returned to the client at once; boxing buys nothing.
-#[allow(clippy::result_large_err)]
-fn read_body(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, Response> {
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than the limit of {limit} bytes"),
-        )
-    };
-    let gzip = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.eq_ignore_ascii_case("gzip"))
-        .unwrap_or(false);
-    if body.len() > limit {
-        return Err(too_large());
-    }
-    if !gzip {
-        return Ok(body);
-    }
-    let mut out = Vec::new();
-    let mut dec = flate2::read::GzDecoder::new(&body[..]).take(limit as u64 + 1);
-    dec.read_to_end(&mut out)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}")))?;
-    if out.len() > limit {
-        return Err(too_large());
-    }
-    Ok(out.into())
-}
-
-/// A parsed write, ready to be stored here or produced to Kafka.
-enum Prepared {
-    Local(Vec<(String, arrow::record_batch::RecordBatch)>),
-    Forward(ForwardBatch),
-}
-
-/// What parsing a write body produced: the accepted part and the per-line errors.
-struct ParsedWrite {
-    prepared: Prepared,
-    accepted: usize,
-    total: usize,
-    errors: Vec<serde_json::Value>,
-}
-
-impl AppState {
-    /// The decompressed, bounded body of a write, counted in the write metrics.
-    // The error is the reply itself, returned to the client at once.
-    #[allow(clippy::result_large_err)]
-    fn write_body(&self, headers: &HeaderMap, body: Bytes) -> Result<Bytes, Response> {
-        let body = read_body(headers, body, self.max_body_bytes).inspect_err(|_| {
-            self.metrics.write_errors.inc();
-        })?;
-        self.metrics.bytes_received.inc_by(body.len() as u64);
-        Ok(body)
-    }
-
-    /// Stores (standalone) or validates for forwarding (collector) the points of a
-    /// body, collecting every error as the JSON the client gets.
-    fn prepare(
-        &self,
-        points: Vec<(usize, vigil_model::Point<'_>)>,
-        mut errors: Vec<LineError>,
-        original: impl Fn(usize) -> String,
-    ) -> ParsedWrite {
-        let total = points.len() + errors.len();
-        let (prepared, accepted) = if self.forwarder.is_some() {
-            // The storage nodes check column types; here only the syntax is known.
-            let accepted = points.len();
-            (
-                Prepared::Forward(ForwardBatch::line_protocol(&points)),
-                accepted,
-            )
-        } else {
-            let w = self.storage.validate(points);
-            errors.extend(w.rejected.iter().cloned());
-            (Prepared::Local(w.tables), w.accepted)
-        };
-        errors.sort_by_key(|e| e.line);
-        let errors = errors
-            .iter()
-            .map(|e| {
-                json!({
-                    "line_number": e.line,
-                    "error_message": e.reason,
-                    "original_line": original(e.line),
-                })
-            })
-            .collect();
-        ParsedWrite {
-            prepared,
-            accepted,
-            total,
-            errors,
-        }
-    }
-
-    /// Makes a parsed write durable: the WAL, or Kafka's acknowledgement.
-    async fn apply(&self, prepared: Prepared) -> Result<(), Response> {
-        let result = match (prepared, &self.forwarder) {
-            (Prepared::Local(tables), _) => {
-                self.storage.commit(tables).await.map(|_| ()).map_err(|e| {
-                    tracing::error!(error = %e, "write could not be made durable");
-                    error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("write could not be made durable: {e}"),
-                    )
-                })
-            }
-            (Prepared::Forward(batch), Some(f)) => f.send(batch).await.map_err(|e| {
-                tracing::error!(error = %e, "write not acknowledged by Kafka");
-                error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-            }),
-            (Prepared::Forward(_), None) => unreachable!("forwarding needs a forwarder"),
-        };
-        if result.is_err() {
-            self.metrics.write_errors.inc();
-        }
-        result
-    }
-}
-
-/// The reply to a write: 204, or 400 naming each rejected line.
-fn write_reply(
-    s: &AppState,
-    accepted: usize,
-    total: usize,
-    errors: Vec<serde_json::Value>,
-) -> Response {
-    s.metrics.rows_written.inc_by(accepted as u64);
-    if errors.is_empty() {
-        return StatusCode::NO_CONTENT.into_response();
-    }
-    s.metrics.lines_rejected.inc_by(errors.len() as u64);
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({
-            "error": format!("partial write: {} of {} lines rejected", errors.len(), total),
-            "lines_written": accepted,
-            "lines_rejected": errors.len(),
-            "data": errors,
-        })),
-    )
-        .into_response()
-}
-
-async fn write(s: Arc<AppState>, p: WriteParams, headers: HeaderMap, body: Bytes) -> Response {
-    s.metrics.write_requests.inc();
     let _db = p.db.or(p.bucket);
     let precision: Precision = match p.precision.as_deref().unwrap_or("ns").parse() {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let body = match s.write_body(&headers, body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let state = Arc::clone(&s);
-    let parsed = tokio::task::spawn_blocking(move || {
-        let text = match std::str::from_utf8(&body) {
-            Ok(t) => t,
-            Err(e) => {
-                let at = e.valid_up_to();
-                let line = body[..at].iter().filter(|b| **b == b'\n').count() + 1;
-                return Err(format!(
-                    "body is not valid UTF-8 at byte {at} (line {line})"
-                ));
-            }
-        };
-        let parsed = parse_line_protocol(text, precision, now_nanos());
-        // Split into lines only when an error needs its original line.
-        let lines = std::cell::OnceCell::new();
-        Ok(state.prepare(parsed.points, parsed.errors, |n| {
-            lines
-                .get_or_init(|| text.lines().collect::<Vec<&str>>())
-                .get(n.wrapping_sub(1))
-                .map(|l| truncate(l, 256))
-                .unwrap_or_default()
-        }))
-    })
-    .await;
-    finish_write(&s, parsed).await
-}
-
-/// Stores or forwards a parsed write and replies; a body that could not be read at
-/// all gets 400 with the reason.
-async fn finish_write(
-    s: &AppState,
-    parsed: Result<Result<ParsedWrite, String>, tokio::task::JoinError>,
-) -> Response {
-    let parsed = match parsed {
-        Ok(Ok(x)) => x,
-        Ok(Err(msg)) => {
-            s.metrics.write_errors.inc();
-            return error(StatusCode::BAD_REQUEST, msg);
-        }
         Err(e) => {
+            s.metrics.write_requests.inc();
             s.metrics.write_errors.inc();
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("write task failed: {e}"),
-            );
+            return error(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
-    if let Err(r) = s.apply(parsed.prepared).await {
-        return r;
-    }
-    write_reply(s, parsed.accepted, parsed.total, parsed.errors)
+    write(s, &principal, h, body, WriteFormat::LineProtocol(precision)).await
 }
 
 /// Prometheus remote write (`POST /api/v1/write`, snappy protobuf): each metric is a
 /// table with its labels as tags and a `value` field. Series that cannot be stored
 /// (no `__name__`, a label named like a column) are rejected one by one (400 names
 /// them); Prometheus does not retry a 4xx, so the rest is stored regardless.
-async fn remote_write(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    s.metrics.write_requests.inc();
-    let body = match s.write_body(&headers, body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let state = Arc::clone(&s);
-    let parsed = tokio::task::spawn_blocking(move || {
-        let mut request = decode_remote_write(&body).map_err(|e| e.to_string())?;
-        let parsed = remote_write_points(&request);
-        if state.forwarder.is_none() {
-            return Ok::<_, String>(state.prepare(parsed.points, parsed.errors, |_| String::new()));
-        }
-        // Forwarded as remote write (so NaN and every float survive), without the
-        // series that cannot be stored.
-        let bad: std::collections::HashSet<usize> = parsed.errors.iter().map(|e| e.line).collect();
-        let total = request.timeseries.len();
-        let accepted = parsed.points.len();
-        let errors = parsed
-            .errors
-            .iter()
-            .map(|e| json!({"line_number": e.line, "error_message": e.reason}))
-            .collect();
-        drop(parsed);
-        let mut n = 0;
-        request.timeseries.retain(|_| {
-            n += 1;
-            !bad.contains(&n)
-        });
-        Ok(ParsedWrite {
-            prepared: Prepared::Forward(ForwardBatch::remote_write(request)),
-            accepted,
-            total,
-            errors,
-        })
-    })
-    .await;
-    finish_write(&s, parsed).await
+async fn remote_write(
+    State(s): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    write(s, &principal, headers, body, WriteFormat::RemoteWrite).await
 }
 
-fn truncate(s: &str, n: usize) -> String {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_string(),
+fn is_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().eq_ignore_ascii_case("gzip"))
+        .unwrap_or(false)
+}
+
+/// Every write endpoint: the write pipeline stores the body (or, in collector mode,
+/// checks it and hands it to Kafka) and the reply reports it line by line.
+async fn write(
+    s: Arc<AppState>,
+    principal: &Principal,
+    headers: HeaderMap,
+    body: Bytes,
+    format: WriteFormat,
+) -> Response {
+    s.metrics.write_requests.inc();
+    s.metrics.bytes_received.inc_by(body.len() as u64);
+    let gzip = is_gzip(&headers);
+    let access = principal.tables.clone();
+    let result = match &s.forwarder {
+        None => s.pipeline.write(body, gzip, format, now_nanos(), access).await,
+        Some(f) => forward(&s.pipeline, f, body, gzip, format, access).await,
+    };
+    match result {
+        Ok(report) => write_reply(&s, report),
+        Err(e) => {
+            s.metrics.write_errors.inc();
+            s.metrics.count_refused_write(&e);
+            let status =
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if status.is_server_error() {
+                tracing::warn!(error = %e, "write refused");
+            }
+            let mut r = error(status, e.to_string());
+            if matches!(e, WriteError::Backpressure) {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            r
+        }
     }
+}
+
+/// Collector mode: the body is parsed and checked under the same limits, then
+/// produced to Kafka (the storage nodes check column types); acknowledged once
+/// Kafka has it.
+async fn forward(
+    pipeline: &Arc<WritePipeline>,
+    forwarder: &Arc<KafkaForwarder>,
+    body: Bytes,
+    gzip: bool,
+    format: WriteFormat,
+    access: TableAccess,
+) -> Result<WriteReport, WriteError> {
+    let p = Arc::clone(pipeline);
+    let prepared = tokio::task::spawn_blocking(move || {
+        let body = p.decode_body(&body, gzip)?;
+        p.parse_with(&body, format, now_nanos(), &access, |parsed| {
+            let accepted = parsed.points.len();
+            let batch = match parsed.request {
+                // Forwarded as remote write (so NaN and every float survive),
+                // without the series that cannot be stored.
+                Some(request) => {
+                    let bad: std::collections::HashSet<usize> =
+                        parsed.errors.iter().map(|e| e.line).collect();
+                    let mut request = request.clone();
+                    let mut n = 0;
+                    request.timeseries.retain(|_| {
+                        n += 1;
+                        !bad.contains(&n)
+                    });
+                    ForwardBatch::remote_write(request)
+                }
+                None => ForwardBatch::line_protocol(&parsed.points),
+            };
+            let report = p.report(
+                parsed.lines,
+                accepted,
+                parsed.error_count,
+                parsed.errors,
+                parsed.text,
+            );
+            (batch, report)
+        })
+    })
+    .await
+    .map_err(|e| {
+        WriteError::Storage(vigil_storage::Error::Io {
+            path: "write task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })??;
+    let (batch, report) = prepared;
+    forwarder.send(batch).await.map_err(|e| {
+        tracing::error!(error = %e, "write not acknowledged by Kafka");
+        WriteError::Backpressure
+    })?;
+    Ok(report)
+}
+
+/// The reply to a write: 204, or 400 naming the first rejected lines (the count
+/// says how many there were in all).
+fn write_reply(s: &AppState, report: WriteReport) -> Response {
+    s.metrics.rows_written.inc_by(report.accepted as u64);
+    if report.rejected == 0 {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    s.metrics.lines_rejected.inc_by(report.rejected as u64);
+    let shown = report.errors.len();
+    let mut message = format!(
+        "partial write: {} of {} lines rejected",
+        report.rejected, report.lines
+    );
+    if shown < report.rejected {
+        message.push_str(&format!(" (the first {shown} are listed)"));
+    }
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({
+            "error": message,
+            "lines_written": report.accepted,
+            "lines_rejected": report.rejected,
+            "data": report.errors,
+        })),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -352,15 +370,20 @@ struct SqlParams {
     format: Option<String>,
 }
 
-async fn sql_get(State(s): State<Arc<AppState>>, Query(p): Query<SqlParams>) -> Response {
+async fn sql_get(
+    State(s): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Query(p): Query<SqlParams>,
+) -> Response {
     let Some(q) = p.q.or(p.sql) else {
         return error(StatusCode::BAD_REQUEST, "missing query: pass it as ?q=");
     };
-    run_sql(s, q, p.format).await
+    run_sql(s, &principal, q, p.format).await
 }
 
 async fn sql_post(
     State(s): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     Query(p): Query<SqlParams>,
     headers: HeaderMap,
     body: Bytes,
@@ -386,97 +409,267 @@ async fn sql_post(
             "missing query: send {\"sql\": \"...\"}",
         );
     };
-    run_sql(s, q, format).await
+    run_sql(s, &principal, q, format).await
 }
 
-async fn run_sql(s: Arc<AppState>, q: String, format: Option<String>) -> Response {
-    let format = format.unwrap_or_else(|| "json".into());
-    if !matches!(format.as_str(), "json" | "jsonl" | "csv" | "arrow") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("unknown format '{format}': use json, jsonl, csv or arrow"),
-        );
-    }
+async fn run_sql(
+    s: Arc<AppState>,
+    principal: &Principal,
+    q: String,
+    format: Option<String>,
+) -> Response {
+    let format = match format.as_deref().unwrap_or("json") {
+        "json" => ResultFormat::Json,
+        "jsonl" => ResultFormat::JsonLines,
+        "csv" => ResultFormat::Csv,
+        "arrow" => ResultFormat::Arrow,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown format '{other}': use json, jsonl, csv or arrow"),
+            )
+        }
+    };
     s.metrics.queries.inc();
     let started = Instant::now();
-    let result = s.engine.sql(&q).await;
+    let planned = match s.engine.plan(&q, None, &principal.tables).await {
+        Ok(p) => p,
+        Err(e) => return query_failed(&s, e),
+    };
+    let schema = planned.schema();
+    let mut batches = match s.engine.execute(planned) {
+        Ok(b) => b,
+        Err(e) => return query_failed(&s, e),
+    };
+    // The first batch is awaited before the status is sent, so that a query failing
+    // at once (memory, timeout, a bad cast) gets an error status, not a cut body.
+    let first = match batches.next().await {
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => return query_failed(&s, sql_error(e)),
+        None => None,
+    };
     s.metrics
         .query_duration
         .observe(started.elapsed().as_secs_f64());
-    let (schema, batches) = match result {
-        Ok(r) => r,
+    let mut encoder = match ResultEncoder::new(format, &schema) {
+        Ok(e) => e,
         Err(e) => {
-            s.metrics.query_errors.inc();
-            let status = match e {
-                vigil_sql::Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            return error(status, e.to_string());
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding result: {e}"),
+            )
         }
     };
-    match encode(&format, &schema, &batches) {
-        Ok((ct, body)) => ([(header::CONTENT_TYPE, ct)], Body::from(body)).into_response(),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding result: {e}"),
-        ),
+    let content_type = format.content_type();
+    let rest = futures::stream::iter(first.map(Ok)).chain(batches);
+    // Each batch is encoded as it arrives; an error after the first batch ends the
+    // body abruptly (the client sees a broken transfer, never a truncated result
+    // that looks whole).
+    let metrics = Arc::clone(&s.metrics);
+    let body = futures::stream::unfold(
+        (Box::pin(rest), Some(encoder.take()), encoder, false),
+        move |(mut rest, mut pending, mut encoder, finished)| {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                if let Some(bytes) = pending.take() {
+                    if !bytes.is_empty() {
+                        return Some((Ok(bytes), (rest, None, encoder, finished)));
+                    }
+                }
+                if finished {
+                    return None;
+                }
+                match rest.next().await {
+                    Some(Ok(batch)) => {
+                        let out = encoder.write(&batch).map_err(std::io::Error::other);
+                        let finished = out.is_err();
+                        Some((out, (rest, None, encoder, finished)))
+                    }
+                    Some(Err(e)) => {
+                        metrics.query_errors.inc();
+                        tracing::warn!(error = %e, "query failed while streaming its result");
+                        Some((
+                            Err(std::io::Error::other(e.to_string())),
+                            (rest, None, encoder, true),
+                        ))
+                    }
+                    None => {
+                        let out = encoder.finish().map_err(std::io::Error::other);
+                        Some((out, (rest, None, encoder, true)))
+                    }
+                }
+            }
+        },
+    );
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Unwraps vigil's own errors (timeout) that DataFusion carried through a stream.
+fn sql_error(e: datafusion::error::DataFusionError) -> vigil_sql::Error {
+    match e {
+        datafusion::error::DataFusionError::External(inner) => {
+            match inner.downcast::<vigil_sql::Error>() {
+                Ok(e) => *e,
+                Err(other) => datafusion::error::DataFusionError::External(other).into(),
+            }
+        }
+        other => other.into(),
     }
 }
 
-fn encode(
-    format: &str,
-    schema: &arrow::datatypes::SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<(&'static str, Vec<u8>), arrow::error::ArrowError> {
-    let mut out = Vec::new();
-    let refs: Vec<&RecordBatch> = batches.iter().collect();
-    match format {
-        "json" => {
-            let mut w = arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, arrow::json::writer::JsonArray>(&mut out);
-            w.write_batches(&refs)?;
-            w.finish()?;
-            drop(w);
-            if out.is_empty() {
-                out.extend_from_slice(b"[]");
-            }
-            Ok(("application/json", out))
+fn query_failed(s: &AppState, e: vigil_sql::Error) -> Response {
+    s.metrics.query_errors.inc();
+    let status = match &e {
+        vigil_sql::Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+        vigil_sql::Error::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        vigil_sql::Error::ReadOnly(_) | vigil_sql::Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut r = error(status, e.to_string());
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    r
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResultFormat {
+    Json,
+    JsonLines,
+    Csv,
+    Arrow,
+}
+
+impl ResultFormat {
+    fn content_type(self) -> &'static str {
+        match self {
+            ResultFormat::Json => "application/json",
+            ResultFormat::JsonLines => "application/jsonl",
+            ResultFormat::Csv => "text/csv",
+            ResultFormat::Arrow => "application/vnd.apache.arrow.stream",
         }
-        "jsonl" => {
-            let mut w = arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, arrow::json::writer::LineDelimited>(&mut out);
-            w.write_batches(&refs)?;
-            w.finish()?;
-            drop(w);
-            Ok(("application/jsonl", out))
-        }
-        "csv" => {
-            let mut w = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut out);
-            if batches.is_empty() {
+    }
+}
+
+/// Encodes a result batch by batch, so that the server holds one batch's worth of
+/// output at a time whatever the size of the result.
+enum ResultEncoder {
+    Json { rows: usize },
+    JsonLines,
+    Csv { header: Option<Vec<u8>> },
+    Arrow(Box<arrow::ipc::writer::StreamWriter<Vec<u8>>>),
+}
+
+impl ResultEncoder {
+    fn new(
+        format: ResultFormat,
+        schema: &arrow::datatypes::SchemaRef,
+    ) -> Result<Self, arrow::error::ArrowError> {
+        Ok(match format {
+            ResultFormat::Json => ResultEncoder::Json { rows: 0 },
+            ResultFormat::JsonLines => ResultEncoder::JsonLines,
+            ResultFormat::Csv => {
                 let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                let mut header = Vec::new();
+                let mut w = arrow::csv::WriterBuilder::new().build(&mut header);
+                // The header row alone, quoted as the writer quotes values.
+                let empty = arrow::record_batch::RecordBatch::try_new(
+                    Arc::new(arrow::datatypes::Schema::new(
+                        names
+                            .iter()
+                            .map(|n| arrow::datatypes::Field::new(*n, arrow::datatypes::DataType::Utf8, true))
+                            .collect::<Vec<_>>(),
+                    )),
+                    names
+                        .iter()
+                        .map(|_| Arc::new(arrow::array::StringArray::from(Vec::<Option<&str>>::new())) as _)
+                        .collect(),
+                )?;
+                w.write(&empty)?;
                 drop(w);
-                out.extend_from_slice(names.join(",").as_bytes());
-                out.push(b'\n');
-                return Ok(("text/csv", out));
+                ResultEncoder::Csv {
+                    header: Some(header),
+                }
             }
-            for b in batches {
-                w.write(b)?;
-            }
-            drop(w);
-            Ok(("text/csv", out))
+            ResultFormat::Arrow => ResultEncoder::Arrow(Box::new(
+                arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?,
+            )),
+        })
+    }
+
+    /// Bytes ready before any batch (the Arrow schema message).
+    fn take(&mut self) -> Bytes {
+        match self {
+            ResultEncoder::Arrow(w) => Bytes::from(std::mem::take(w.get_mut())),
+            _ => Bytes::new(),
         }
-        _ => {
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, schema)?;
-            for b in batches {
-                w.write(b)?;
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<Bytes, arrow::error::ArrowError> {
+        match self {
+            ResultEncoder::Json { rows } => {
+                if batch.num_rows() == 0 {
+                    return Ok(Bytes::new());
+                }
+                let mut out = Vec::new();
+                let mut w = arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, arrow::json::writer::JsonArray>(&mut out);
+                w.write(batch)?;
+                w.finish()?;
+                drop(w);
+                // `[{..},{..}]` per batch: joined into one array across batches.
+                let inner = &out[1..out.len() - 1];
+                let mut chunk = Vec::with_capacity(inner.len() + 1);
+                chunk.push(if *rows == 0 { b'[' } else { b',' });
+                chunk.extend_from_slice(inner);
+                *rows += batch.num_rows();
+                Ok(Bytes::from(chunk))
             }
-            w.finish()?;
-            drop(w);
-            Ok(("application/vnd.apache.arrow.stream", out))
+            ResultEncoder::JsonLines => {
+                let mut out = Vec::new();
+                let mut w = arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, arrow::json::writer::LineDelimited>(&mut out);
+                w.write(batch)?;
+                w.finish()?;
+                drop(w);
+                Ok(Bytes::from(out))
+            }
+            ResultEncoder::Csv { header } => {
+                let mut out = header.take().unwrap_or_default();
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(false)
+                    .build(&mut out);
+                w.write(batch)?;
+                drop(w);
+                Ok(Bytes::from(out))
+            }
+            ResultEncoder::Arrow(w) => {
+                w.write(batch)?;
+                Ok(Bytes::from(std::mem::take(w.get_mut())))
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<Bytes, arrow::error::ArrowError> {
+        match self {
+            ResultEncoder::Json { rows } => Ok(Bytes::from_static(if *rows == 0 {
+                b"[]"
+            } else {
+                b"]"
+            })),
+            ResultEncoder::JsonLines => Ok(Bytes::new()),
+            ResultEncoder::Csv { header } => Ok(Bytes::from(header.take().unwrap_or_default())),
+            ResultEncoder::Arrow(w) => {
+                w.finish()?;
+                Ok(Bytes::from(std::mem::take(w.get_mut())))
+            }
         }
     }
 }

@@ -3,8 +3,10 @@
 
 mod cli;
 mod config;
+mod health;
 mod http;
 mod metrics;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +37,18 @@ enum Command {
     Query(cli::QueryArgs),
     /// Send line protocol from a file (or `-` for stdin) to a running server.
     Write(cli::WriteArgs),
+    /// Tokens: `vigil auth hash` reads a secret on stdin and prints the hash to put
+    /// in `[[auth.tokens]] secret_hash`.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// Hash a secret (read from stdin, first line) for `secret_hash`.
+    Hash,
+    /// Make a new random secret and print it with its hash.
+    New,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +64,20 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Query(args) => rt.block_on(cli::query(args)),
         Command::Write(args) => rt.block_on(cli::write(args)),
+        Command::Auth(AuthCommand::Hash) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let secret = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
+            println!("{}", vigil_auth::SecretHash::new(secret).encode());
+            Ok(())
+        }
+        Command::Auth(AuthCommand::New) => {
+            let secret = format!("vt_{:032x}", rand::random::<u128>());
+            println!("secret:      {secret}");
+            println!("secret_hash: {}", vigil_auth::SecretHash::new(&secret).encode());
+            Ok(())
+        }
     }
 }
 
@@ -66,6 +94,11 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let tokens = Arc::new(config.token_store()?);
+    config.check_exposure(tokens.enabled())?;
+    if !tokens.enabled() {
+        info!("no tokens configured: authentication is off and vigil serves loopback clients only");
+    }
     let storage = vigil_storage::Storage::open(config.storage_config())
         .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
     let engine = Arc::new(vigil_sql::QueryEngine::new(
@@ -80,8 +113,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )?)),
         _ => None,
     };
+    let pipeline = Arc::new(vigil_ingest::WritePipeline::new(
+        Arc::clone(&storage),
+        config.write_limits(),
+    ));
+    let health = Arc::new(health::Health::default());
     let state = Arc::new(http::AppState {
         storage: Arc::clone(&storage),
+        tokens: Arc::clone(&tokens),
+        health: Arc::clone(&health),
+        pipeline: Arc::clone(&pipeline),
         engine,
         metrics,
         max_body_bytes: config.http.max_body_bytes,
@@ -91,7 +132,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Arc::clone(&state.engine),
         &vigil_flight::FlightConfig {
             addr: config.flight.addr,
-            auth: vigil_flight::FlightAuth::new(config.auth.token.clone(), config.credentials()),
+            auth: vigil_flight::FlightAuth::new(Arc::clone(&tokens)),
             tls: config.tls_files(),
         },
     )
@@ -100,7 +141,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Arc::clone(&state.engine),
         &vigil_pg::PgConfig {
             addr: config.pg.addr,
-            credentials: config.credentials(),
+            tokens: Arc::clone(&tokens),
             tls: config.tls_files(),
         },
     )
@@ -108,6 +149,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http.addr)
         .await
         .with_context(|| format!("binding HTTP address {}", config.http.addr))?;
+    let https = match config.tls_files() {
+        Some((cert, key)) => Some(tls::acceptor(&cert, &key)?),
+        None => None,
+    };
     info!(
         http = %listener.local_addr()?,
         flight = %flight.local_addr()?,
@@ -116,9 +161,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         mode = ?config.mode,
         "vigil is serving"
     );
+    let flight_health = Arc::clone(&health);
     let flight_task = tokio::spawn(async move {
         if let Err(e) = flight.serve().await {
             error!(error = %e, "Flight SQL server stopped");
+            flight_health.fail("flight", format!("Flight SQL server stopped: {e}"));
         }
     });
     let pg_task = tokio::spawn(pg.serve());
@@ -126,11 +173,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let kafka_task = match (config.mode, &config.kafka.brokers) {
         (config::Mode::Standalone, Some(_)) => {
             let ingest = vigil_kafka::KafkaIngest::new(
-                Arc::clone(&storage),
+                Arc::clone(&pipeline),
                 config.kafka_config(),
                 state.metrics.kafka.clone(),
             )?;
-            Some(tokio::spawn(ingest.run(kafka_stop_rx)))
+            let run = tokio::spawn(ingest.run(kafka_stop_rx));
+            let kafka_health = Arc::clone(&health);
+            // A consumer that stops (or panics) on its own is reported, never lost.
+            Some(tokio::spawn(async move {
+                let reason = match run.await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => format!("Kafka consumer task failed: {e}"),
+                };
+                error!(error = %reason, "Kafka consumption stopped");
+                kafka_health.fail("kafka", reason);
+            }))
         }
         _ => None,
     };
@@ -138,12 +196,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = tokio::spawn(background_tasks(
         Arc::clone(&storage),
+        Arc::clone(&health),
         config.storage.compaction_interval,
         stop_rx,
     ));
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let watched = Arc::clone(&health);
+    let background = tokio::spawn(async move {
+        if let Err(e) = background.await {
+            error!(error = %e, "flusher and compactor stopped");
+            watched.fail("flusher", format!("flusher and compactor stopped: {e}"));
+        }
+    });
+    let app = http::router(state);
+    match https {
+        Some(acceptor) => {
+            axum::serve(tls::TlsListener::new(listener, acceptor)?, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?
+        }
+    }
     flight_task.abort();
     pg_task.abort();
     // Let a running flush or compaction finish rather than abandoning it halfway.
@@ -164,6 +240,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// Flushes when the buffer is full or old, compacts on an interval.
 async fn background_tasks(
     storage: Arc<vigil_storage::Storage>,
+    health: Arc<health::Health>,
     compaction_interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -176,14 +253,22 @@ async fn background_tasks(
             _ = stop.changed() => return,
         }
         if storage.should_flush() {
-            if let Err(e) = storage.flush().await {
-                error!(error = %e, "flush failed");
+            match storage.flush().await {
+                Ok(_) => health.recover("flush"),
+                Err(e) => {
+                    error!(error = %e, "flush failed");
+                    health.fail("flush", format!("flush failed (data stays in the WAL and is retried): {e}"));
+                }
             }
         }
         if last_compaction.elapsed() >= compaction_interval {
             last_compaction = tokio::time::Instant::now();
-            if let Err(e) = storage.compact().await {
-                error!(error = %e, "compaction failed");
+            match storage.compact().await {
+                Ok(_) => health.recover("compaction"),
+                Err(e) => {
+                    error!(error = %e, "compaction failed");
+                    health.fail("compaction", format!("compaction failed: {e}"));
+                }
             }
         }
     }

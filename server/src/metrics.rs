@@ -2,6 +2,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -9,6 +10,10 @@ pub(crate) struct ServerMetrics {
     registry: Registry,
     pub write_requests: Counter,
     pub write_errors: Counter,
+    /// HTTP requests refused for missing, wrong or insufficient credentials.
+    pub auth_failures: Counter,
+    /// Whole writes refused, by the limit or failure that refused them.
+    pub writes_refused: Family<Vec<(&'static str, &'static str)>, Counter>,
     pub rows_written: Counter,
     pub lines_rejected: Counter,
     pub bytes_received: Counter,
@@ -27,6 +32,8 @@ impl ServerMetrics {
         let m = Self {
             write_requests: Counter::default(),
             write_errors: Counter::default(),
+            auth_failures: Counter::default(),
+            writes_refused: Family::default(),
             rows_written: Counter::default(),
             lines_rejected: Counter::default(),
             bytes_received: Counter::default(),
@@ -47,6 +54,16 @@ impl ServerMetrics {
             m.write_errors.clone(),
         );
         registry.register(
+            "vigil_http_auth_failures",
+            "HTTP requests refused for missing, wrong or insufficient credentials (or a non-loopback Host without authentication)",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "vigil_writes_refused",
+            "Write requests refused whole, by reason (body_too_large, bad_gzip, bad_utf8, bad_remote_write, backpressure, storage)",
+            m.writes_refused.clone(),
+        );
+        registry.register(
             "vigil_rows_written",
             "Rows acknowledged to writers",
             m.rows_written.clone(),
@@ -58,7 +75,7 @@ impl ServerMetrics {
         );
         registry.register(
             "vigil_write_bytes",
-            "Bytes of write request bodies (decompressed)",
+            "Bytes of write request bodies as received (before decompression)",
             m.bytes_received.clone(),
         );
         registry.register("vigil_queries", "SQL queries run", m.queries.clone());
@@ -76,6 +93,23 @@ impl ServerMetrics {
         engine.register_metrics(&mut registry);
         m.kafka.register(&mut registry);
         Self { registry, ..m }
+    }
+
+    pub(crate) fn count_refused_write(&self, e: &vigil_ingest::WriteError) {
+        use vigil_ingest::{RemoteWriteError, WriteError};
+        let reason = match e {
+            WriteError::TooLarge { .. } | WriteError::RemoteWrite(RemoteWriteError::TooLarge { .. }) => {
+                "body_too_large"
+            }
+            WriteError::Gzip(_) => "bad_gzip",
+            WriteError::NotUtf8 { .. } => "bad_utf8",
+            WriteError::RemoteWrite(_) => "bad_remote_write",
+            WriteError::Backpressure => "backpressure",
+            WriteError::Storage(_) => "storage",
+        };
+        self.writes_refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
     }
 
     pub(crate) fn render(&self) -> String {

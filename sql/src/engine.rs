@@ -1,36 +1,50 @@
-//! The shared query engine: session configuration, memory limit, timeout.
+//! The one query path: session configuration, read-only check, admission, memory
+//! pool, timeout, streaming and the result cache, shared by every front end.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
-use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use vigil_model::TableAccess;
 use vigil_storage::Storage;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::error::{Error, Result};
-use crate::result_cache::{ResultCache, ResultCacheMetrics};
+use crate::memory::QueryMemoryPool;
+use crate::result_cache::{Fingerprint, ResultCache, ResultCacheMetrics};
 use crate::table::VigilSchema;
 
 /// Limits every query runs under.
 #[derive(Debug, Clone)]
 pub struct QueryConfig {
-    /// Memory one query may use (sorts, joins and aggregates spill to disk before
-    /// failing); a query over it fails alone, the others keep running.
+    /// Memory all running queries together may reserve (sorts, joins, aggregates
+    /// and dedupe spill to disk before failing): one pool for the server.
     pub memory_limit_bytes: usize,
-    /// A query running longer than this is cancelled.
+    /// Memory one query may reserve out of that pool; a query over it fails alone.
+    pub max_query_memory_bytes: usize,
+    /// Queries running at once; the next ones wait in line.
+    pub max_concurrent: usize,
+    /// How long a query waits for a free slot before it is refused.
+    pub queue_timeout: Duration,
+    /// A query planning or running longer than this is cancelled.
     pub timeout: Duration,
     /// DataFusion target partitions (parallelism); 0 means one per core.
     pub target_partitions: usize,
@@ -42,6 +56,9 @@ impl Default for QueryConfig {
     fn default() -> Self {
         Self {
             memory_limit_bytes: 4 << 30,
+            max_query_memory_bytes: 2 << 30,
+            max_concurrent: 16,
+            queue_timeout: Duration::from_secs(30),
             timeout: Duration::from_secs(300),
             target_partitions: 0,
             result_cache_bytes: 64 << 20,
@@ -49,26 +66,60 @@ impl Default for QueryConfig {
     }
 }
 
-/// Owns the DataFusion context every front end queries through.
+/// Gauges and counters of the query path, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+struct QueryMetrics {
+    running: Gauge,
+    queued: Gauge,
+    refused_busy: Counter,
+    timeouts: Counter,
+    result_bytes: Counter,
+    result_rows: Counter,
+}
+
+/// Owns the DataFusion context every front end queries through, and the one path
+/// every query takes: admission (concurrency limit), read-only check, planning and
+/// streaming under the deadline, in the shared memory pool, via the result cache.
 pub struct QueryEngine {
     ctx: SessionContext,
     config: QueryConfig,
     storage: Arc<Storage>,
-    result_cache: ResultCache,
-    running: Gauge,
+    result_cache: Arc<ResultCache>,
+    /// The server-wide pool every query's own pool draws from.
+    memory: Arc<dyn MemoryPool>,
+    slots: Arc<Semaphore>,
+    metrics: QueryMetrics,
+}
+
+/// A query's place among the running ones: its slot, its deadline, and its count
+/// in `vigil_queries_running`, all held until its results are read or dropped.
+struct Admission {
+    _slot: OwnedSemaphorePermit,
+    _running: RunningQuery,
+    deadline: tokio::time::Instant,
+}
+
+enum Source {
+    Plan(Arc<dyn ExecutionPlan>),
+    /// Answered from the result cache.
+    Cached(Vec<RecordBatch>),
 }
 
 /// A query planned in its own context (memory pool), ready to run or describe.
 pub struct PlannedQuery {
     ctx: SessionContext,
-    physical: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+    source: Source,
+    admission: Admission,
+    /// Where to store the results once they have all been streamed.
+    cache_key: Option<(String, Fingerprint)>,
 }
 
 impl PlannedQuery {
     /// The schema the results will have (after rewrites such as gap filling, which
     /// change nullability), the one a front end must announce before streaming.
-    pub fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
-        self.physical.schema()
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
     }
 }
 
@@ -85,6 +136,58 @@ pub const CATALOG: &str = "vigil";
 /// The schema every table lives in.
 pub const SCHEMA: &str = "public";
 
+/// Refuses anything but reading: DDL (CREATE/DROP of tables, views, schemas,
+/// external tables), DML (INSERT, UPDATE, DELETE, COPY ... TO) and statements (SET,
+/// transactions, PREPARE), anywhere in the plan, including subqueries and EXPLAIN.
+pub fn check_read_only(plan: &LogicalPlan) -> Result<()> {
+    let mut refused: Option<String> = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        let what = match node {
+            LogicalPlan::Ddl(d) => Some(format!("{} (DDL)", d.name())),
+            LogicalPlan::Dml(d) => Some(format!("{} (DML)", d.op)),
+            LogicalPlan::Copy(_) => Some("COPY (writes files)".to_string()),
+            LogicalPlan::Statement(s) => Some(format!("{} (statement)", s.name())),
+            _ => None,
+        };
+        match what {
+            Some(w) => {
+                refused = Some(w);
+                Ok(TreeNodeRecursion::Stop)
+            }
+            None => Ok(TreeNodeRecursion::Continue),
+        }
+    });
+    match refused {
+        Some(what) => Err(Error::ReadOnly(what)),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a plan that reads a table the client's token does not cover (system
+/// schemas such as `information_schema` and `pg_catalog` are open to every client).
+pub fn check_access(plan: &LogicalPlan, access: &TableAccess) -> Result<()> {
+    if access.is_all() {
+        return Ok(());
+    }
+    let mut refused: Option<String> = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let t = &scan.table_name;
+            let vigil_table = matches!(t.schema(), None | Some(SCHEMA))
+                && matches!(t.catalog(), None | Some(CATALOG));
+            if vigil_table && !access.allows(t.table()) {
+                refused = Some(t.table().to_string());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    match refused {
+        Some(table) => Err(Error::Forbidden(table)),
+        None => Ok(()),
+    }
+}
+
 impl QueryEngine {
     pub fn new(storage: Arc<Storage>, config: QueryConfig) -> Result<Self> {
         let mut session = SessionConfig::new()
@@ -94,8 +197,12 @@ impl QueryEngine {
         if config.target_partitions > 0 {
             session = session.with_target_partitions(config.target_partitions);
         }
+        let memory: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
+            FairSpillPool::new(config.memory_limit_bytes),
+            NonZeroUsize::new(3).expect("3 > 0"),
+        ));
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit_bytes)))
+            .with_memory_pool(Arc::clone(&memory))
             .build_arc()?;
         let state = crate::functions::with_planner(
             SessionStateBuilder::new()
@@ -115,29 +222,31 @@ impl QueryEngine {
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(SCHEMA, Arc::new(VigilSchema::new(Arc::clone(&storage))))?;
         ctx.register_catalog(CATALOG, Arc::new(catalog));
-        let result_cache = ResultCache::new(config.result_cache_bytes);
+        let result_cache = Arc::new(ResultCache::new(config.result_cache_bytes));
+        let slots = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
         Ok(Self {
             ctx,
             config,
             storage,
             result_cache,
-            running: Gauge::default(),
+            memory,
+            slots,
+            metrics: QueryMetrics::default(),
         })
     }
 
-    /// The shared context (catalog, functions, settings). Front ends that drive
-    /// DataFusion themselves run each query in [`QueryEngine::query_context`].
+    /// The shared context (catalog, functions, settings), for catalog listings. Every
+    /// query runs in a context of its own ([`QueryEngine::plan`]).
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
 
     /// A context for one query: the shared catalog and functions with a memory pool
-    /// of its own, so that one heavy query cannot starve the others. The pool names
-    /// its largest consumers when a query runs out.
-    pub fn query_context(&self) -> Result<SessionContext> {
-        let pool = TrackConsumersPool::new(
-            FairSpillPool::new(self.config.memory_limit_bytes),
-            NonZeroUsize::new(3).expect("3 > 0"),
+    /// of its own, capped, drawing from the server's pool.
+    fn query_context(&self) -> Result<SessionContext> {
+        let pool = QueryMemoryPool::new(
+            Arc::clone(&self.memory),
+            self.config.max_query_memory_bytes,
         );
         let runtime = RuntimeEnvBuilder::from_runtime_env(self.ctx.runtime_env().as_ref())
             .with_memory_pool(Arc::new(pool))
@@ -153,10 +262,10 @@ impl QueryEngine {
         &self.result_cache.metrics
     }
 
-    /// Counts a query that a front end runs itself (pgwire) as running until the
-    /// returned guard is dropped.
+    /// Counts a query that a front end runs itself as running until the returned
+    /// guard is dropped.
     pub fn running_query(&self) -> RunningQuery {
-        RunningQuery::start(&self.running)
+        RunningQuery::start(&self.metrics.running)
     }
 
     /// How long a query may run.
@@ -164,38 +273,176 @@ impl QueryEngine {
         self.config.timeout
     }
 
-    /// Registers the engine's own gauges (queries running now) for `/metrics`.
+    /// Registers the engine's own gauges and counters for `/metrics`.
     pub fn register_metrics(&self, registry: &mut Registry) {
+        let m = &self.metrics;
         registry.register(
             "vigil_queries_running",
-            "Queries executing or streaming results right now",
-            self.running.clone(),
+            "Queries planning, executing or streaming results right now",
+            m.running.clone(),
+        );
+        registry.register(
+            "vigil_queries_queued",
+            "Queries waiting for a free slot (query.max_concurrent)",
+            m.queued.clone(),
+        );
+        registry.register(
+            "vigil_queries_refused_busy",
+            "Queries refused after waiting query.queue_timeout for a slot",
+            m.refused_busy.clone(),
+        );
+        registry.register(
+            "vigil_queries_timed_out",
+            "Queries cancelled at query.timeout",
+            m.timeouts.clone(),
+        );
+        registry.register(
+            "vigil_query_result_bytes",
+            "Bytes of query results produced (Arrow, before encoding)",
+            m.result_bytes.clone(),
+        );
+        registry.register(
+            "vigil_query_result_rows",
+            "Rows of query results produced",
+            m.result_rows.clone(),
         );
         self.result_cache.metrics.register(registry);
     }
 
+    /// Waits (up to the queue timeout) for a slot among the running queries.
+    async fn admit(&self) -> Result<Admission> {
+        let slot = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                self.metrics.queued.inc();
+                let waited = tokio::time::timeout(
+                    self.config.queue_timeout,
+                    Arc::clone(&self.slots).acquire_owned(),
+                )
+                .await;
+                self.metrics.queued.dec();
+                match waited {
+                    Ok(Ok(slot)) => slot,
+                    _ => {
+                        self.metrics.refused_busy.inc();
+                        return Err(Error::Busy {
+                            running: self.config.max_concurrent,
+                            waited: self.config.queue_timeout,
+                        });
+                    }
+                }
+            }
+        };
+        Ok(Admission {
+            _slot: slot,
+            _running: RunningQuery::start(&self.metrics.running),
+            // The deadline runs from admission: planning counts, queueing does not.
+            deadline: tokio::time::Instant::now() + self.config.timeout,
+        })
+    }
+
+    /// The logical plan of one SQL statement, refused unless it only reads tables
+    /// the client may read.
+    pub async fn logical_plan(&self, query: &str, access: &TableAccess) -> Result<LogicalPlan> {
+        let logical = self.ctx.state().create_logical_plan(query).await?;
+        check_read_only(&logical)?;
+        check_access(&logical, access)?;
+        Ok(logical)
+    }
+
     /// Plans one SQL statement (with `$1`-style parameters bound to `params`, for
-    /// prepared statements) in a context of its own.
-    pub async fn plan(&self, query: &str, params: Option<ParamValues>) -> Result<PlannedQuery> {
-        let ctx = self.query_context()?;
-        let state = ctx.state();
-        let mut logical = state.create_logical_plan(query).await?;
+    /// prepared statements) in a context of its own. The query takes a slot among
+    /// the running ones (waiting in line if need be) until its results are read.
+    pub async fn plan(
+        &self,
+        query: &str,
+        params: Option<ParamValues>,
+        access: &TableAccess,
+    ) -> Result<PlannedQuery> {
+        let admission = self.admit().await?;
+        let deadline = admission.deadline;
+        let planning = async {
+            let ctx = self.query_context()?;
+            let logical = ctx.state().create_logical_plan(query).await?;
+            check_read_only(&logical)?;
+            check_access(&logical, access)?;
+            self.plan_admitted(ctx, logical, params, admission).await
+        };
+        self.before_deadline(deadline, planning).await
+    }
+
+    /// Plans an already built logical plan (a front end that parsed the SQL itself,
+    /// as pgwire's extended protocol does) exactly as [`QueryEngine::plan`] does.
+    pub async fn plan_logical(
+        &self,
+        logical: LogicalPlan,
+        params: Option<ParamValues>,
+        access: &TableAccess,
+    ) -> Result<PlannedQuery> {
+        check_read_only(&logical)?;
+        check_access(&logical, access)?;
+        let admission = self.admit().await?;
+        let deadline = admission.deadline;
+        let planning = async {
+            let ctx = self.query_context()?;
+            self.plan_admitted(ctx, logical, params, admission).await
+        };
+        self.before_deadline(deadline, planning).await
+    }
+
+    async fn before_deadline<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.metrics.timeouts.inc();
+                Err(Error::Timeout(self.config.timeout))
+            }
+        }
+    }
+
+    async fn plan_admitted(
+        &self,
+        ctx: SessionContext,
+        mut logical: LogicalPlan,
+        params: Option<ParamValues>,
+        admission: Admission,
+    ) -> Result<PlannedQuery> {
         if let Some(params) = params {
             logical = logical.with_param_values(params)?;
         }
-        self.plan_logical(ctx, logical).await
-    }
-
-    async fn plan_logical(
-        &self,
-        ctx: SessionContext,
-        logical: LogicalPlan,
-    ) -> Result<PlannedQuery> {
-        // DDL/DML-like statements (SET, CREATE VIEW, ...) run through the DataFrame
-        // API, which executes them; queries go through the optimizer and planner.
-        let df = ctx.execute_logical_plan(logical).await?;
-        let physical = df.create_physical_plan().await?;
-        Ok(PlannedQuery { ctx, physical })
+        let state = ctx.state();
+        let optimized = state.optimize(&logical)?;
+        let fingerprint = self.result_cache.fingerprint(&optimized, &self.storage);
+        let cache_key = fingerprint
+            .map(|fp| (optimized.display_indent_schema().to_string(), fp));
+        if let Some((key, fp)) = &cache_key {
+            if let Some((schema, batches)) = self.result_cache.get(key, fp) {
+                return Ok(PlannedQuery {
+                    ctx,
+                    schema,
+                    source: Source::Cached(batches),
+                    admission,
+                    cache_key: None,
+                });
+            }
+        }
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&optimized, &state)
+            .await?;
+        Ok(PlannedQuery {
+            ctx,
+            // The schema of the planned query, not of the SQL as written: rewrites
+            // such as gap filling make columns nullable.
+            schema: physical.schema(),
+            source: Source::Plan(physical),
+            admission,
+            cache_key,
+        })
     }
 
     /// The parameter types of a statement with `$1`-style placeholders, in order,
@@ -203,14 +450,11 @@ impl QueryEngine {
     pub async fn describe(
         &self,
         query: &str,
-    ) -> Result<(
-        Vec<Option<datafusion::arrow::datatypes::DataType>>,
-        datafusion::arrow::datatypes::SchemaRef,
-    )> {
-        let ctx = self.query_context()?;
-        let logical = ctx.state().create_logical_plan(query).await?;
+        access: &TableAccess,
+    ) -> Result<(Vec<Option<DataType>>, SchemaRef)> {
+        let logical = self.logical_plan(query, access).await?;
         let types = logical.get_parameter_types()?;
-        let mut ids: Vec<(usize, Option<datafusion::arrow::datatypes::DataType>)> = types
+        let mut ids: Vec<(usize, Option<DataType>)> = types
             .into_iter()
             .map(|(id, t)| {
                 let n = id
@@ -226,77 +470,124 @@ impl QueryEngine {
     }
 
     /// Runs a planned query as a stream of batches: results are produced as the
-    /// client reads them (a large result is never held whole), the query counts as
-    /// running until the stream is dropped (a client that disconnects frees it),
-    /// and it fails with a timeout error once it has run longer than the limit.
+    /// client reads them (a large result is never held whole), the query keeps its
+    /// slot until the stream is dropped (a client that disconnects frees it), and it
+    /// fails with a timeout error once the deadline set at admission has passed.
+    /// A cacheable result is kept for the next identical query once fully read.
     pub fn execute(&self, planned: PlannedQuery) -> Result<SendableRecordBatchStream> {
-        let schema = planned.physical.schema();
-        let inner = datafusion::physical_plan::execute_stream(
-            Arc::clone(&planned.physical),
-            planned.ctx.task_ctx(),
-        )?;
-        let guard = RunningQuery::start(&self.running);
+        let PlannedQuery {
+            ctx,
+            schema,
+            source,
+            admission,
+            cache_key,
+        } = planned;
+        let inner: SendableRecordBatchStream = match source {
+            Source::Plan(physical) => {
+                datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())?
+            }
+            Source::Cached(batches) => Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&schema),
+                futures::stream::iter(batches.into_iter().map(Ok)),
+            )),
+        };
         let timeout = self.config.timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let stream = futures::stream::unfold(
-            (inner, guard, false),
-            move |(mut inner, guard, done)| async move {
-                if done {
+        let metrics = self.metrics.clone();
+        let cache = Arc::clone(&self.result_cache);
+        let fill = cache_key.map(|(key, fp)| CacheFill {
+            key,
+            fingerprint: fp,
+            batches: Vec::new(),
+            bytes: 0,
+            max_bytes: cache.max_entry_bytes(),
+        });
+        let out_schema = Arc::clone(&schema);
+        let state = StreamState {
+            inner,
+            admission,
+            fill,
+            done: false,
+        };
+        let stream = futures::stream::unfold(state, move |mut st| {
+            let metrics = metrics.clone();
+            let cache = Arc::clone(&cache);
+            let schema = Arc::clone(&schema);
+            async move {
+                if st.done {
                     return None;
                 }
-                match tokio::time::timeout_at(deadline, inner.next()).await {
-                    Ok(Some(item)) => Some((item, (inner, guard, false))),
-                    Ok(None) => None,
-                    Err(_) => Some((
-                        Err(DataFusionError::External(Box::new(Error::Timeout(timeout)))),
-                        (inner, guard, true),
-                    )),
+                match tokio::time::timeout_at(st.admission.deadline, st.inner.next()).await {
+                    Ok(Some(Ok(batch))) => {
+                        let bytes = batch.get_array_memory_size();
+                        metrics.result_bytes.inc_by(bytes as u64);
+                        metrics.result_rows.inc_by(batch.num_rows() as u64);
+                        if let Some(f) = &mut st.fill {
+                            f.bytes += bytes;
+                            if f.bytes > f.max_bytes {
+                                st.fill = None;
+                            } else {
+                                f.batches.push(batch.clone());
+                            }
+                        }
+                        Some((Ok(batch), st))
+                    }
+                    Ok(Some(Err(e))) => {
+                        st.done = true;
+                        st.fill = None;
+                        Some((Err(e), st))
+                    }
+                    Ok(None) => {
+                        if let Some(f) = st.fill.take() {
+                            cache.put(f.key, f.fingerprint, schema, f.batches);
+                        }
+                        None
+                    }
+                    Err(_) => {
+                        metrics.timeouts.inc();
+                        st.done = true;
+                        st.fill = None;
+                        Some((
+                            Err(DataFusionError::External(Box::new(Error::Timeout(timeout)))),
+                            st,
+                        ))
+                    }
                 }
-            },
-        );
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
     }
 
-    /// Runs one SQL statement to completion under the timeout; repeated queries over
-    /// flushed data are answered from the result cache.
-    pub async fn sql(
-        &self,
-        query: &str,
-    ) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
-        let _running = RunningQuery::start(&self.running);
-        let run = async {
-            let ctx = self.query_context()?;
-            let df = ctx.sql(query).await?;
-            let state = ctx.state();
-            let optimized = state.optimize(df.logical_plan())?;
-            let fingerprint = self.result_cache.fingerprint(&optimized, &self.storage);
-            let key = fingerprint
-                .as_ref()
-                .map(|_| optimized.display_indent_schema().to_string());
-            if let (Some(key), Some(fp)) = (&key, &fingerprint) {
-                if let Some(hit) = self.result_cache.get(key, fp) {
-                    return Ok(hit);
-                }
-            }
-            let plan = state
-                .query_planner()
-                .create_physical_plan(&optimized, &state)
-                .await?;
-            // The schema of the planned query, not of the SQL as written: rewrites such
-            // as gap filling make columns nullable.
-            let schema = plan.schema();
-            let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await?;
-            if let (Some(key), Some(fp)) = (key, fingerprint) {
-                self.result_cache
-                    .put(key, fp, Arc::clone(&schema), batches.clone());
-            }
-            Ok::<_, Error>((schema, batches))
-        };
-        match tokio::time::timeout(self.config.timeout, run).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(self.config.timeout)),
-        }
+    /// Runs one SQL statement to completion (for the CLI and tests): the same path
+    /// as every front end, collected.
+    pub async fn sql(&self, query: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let planned = self.plan(query, None, &TableAccess::all()).await?;
+        let schema = planned.schema();
+        let stream = self.execute(planned)?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| match e {
+            DataFusionError::External(inner) => match inner.downcast::<Error>() {
+                Ok(e) => *e,
+                Err(other) => Error::DataFusion(DataFusionError::External(other)),
+            },
+            other => Error::DataFusion(other),
+        })?;
+        Ok((schema, batches))
     }
+}
+
+/// Results being kept for the result cache while they stream.
+struct CacheFill {
+    key: String,
+    fingerprint: Fingerprint,
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+struct StreamState {
+    inner: SendableRecordBatchStream,
+    admission: Admission,
+    fill: Option<CacheFill>,
+    done: bool,
 }
 
 /// Counts a query as running for as long as it lives.

@@ -10,12 +10,15 @@ mod engine;
 mod error;
 mod functions;
 mod last_cache;
+mod memory;
 mod result_cache;
 mod scan;
 mod table;
 mod time_range;
 
-pub use engine::{PlannedQuery, QueryConfig, QueryEngine, RunningQuery, CATALOG, SCHEMA};
+pub use engine::{
+    check_access, check_read_only, PlannedQuery, QueryConfig, QueryEngine, RunningQuery, CATALOG, SCHEMA,
+};
 pub use error::{Error, Result};
 pub use result_cache::ResultCacheMetrics;
 pub use table::{VigilSchema, VigilTable};

@@ -165,6 +165,11 @@ impl ResultCache {
         }
     }
 
+    /// Largest result worth caching (a quarter of the cache).
+    pub(crate) fn max_entry_bytes(&self) -> usize {
+        self.max_bytes / 4
+    }
+
     pub(crate) fn put(
         &self,
         key: String,

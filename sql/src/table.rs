@@ -17,7 +17,7 @@ use datafusion::execution::context::SessionState;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    col, lit, Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown,
+    ident, lit, Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown,
     TableType,
 };
 use datafusion::physical_plan::ExecutionPlan;
@@ -99,7 +99,7 @@ impl VigilTable {
                 }
                 min = min.min(b.min_time);
                 max = max.max(b.max_time);
-                batches.push(normalize(&b.batch, &snap.schema, Some(b.seq))?);
+                batches.push(normalize(&b.batch, &snap.schema, Some(b.first_row_seq()))?);
             }
             if !batches.is_empty() {
                 chunks.push(Chunk {
@@ -227,7 +227,7 @@ impl TableProvider for VigilTable {
             .schema
             .fields()
             .iter()
-            .map(|f| col(f.name().as_str()))
+            .map(|f| ident(f.name().as_str()))
             .collect();
         let mut plain_files: Vec<String> = Vec::new();
         let mut parts: Vec<LogicalPlan> = Vec::new();
@@ -249,7 +249,7 @@ impl TableProvider for VigilTable {
                             provider_as_source(Arc::new(mem)),
                             None,
                         )?
-                        .project(columns.iter().cloned().chain([col(SEQ_COLUMN)]))?
+                        .project(columns.iter().cloned().chain([ident(SEQ_COLUMN)]))?
                     }
                     ChunkKind::File(meta, path) => LogicalPlanBuilder::from(
                         self.listing(&[&path])?,
@@ -271,17 +271,17 @@ impl TableProvider for VigilTable {
             let partition: Vec<Expr> = snap
                 .tags
                 .iter()
-                .map(|t| col(t.as_str()))
-                .chain([col(TIME_COLUMN)])
+                .map(|t| ident(t.as_str()))
+                .chain([ident(TIME_COLUMN)])
                 .collect();
             let rn = row_number()
                 .partition_by(partition)
-                .order_by(vec![col(SEQ_COLUMN).sort(false, false)])
+                .order_by(vec![ident(SEQ_COLUMN).sort(false, false)])
                 .build()?
                 .alias(ROW_NUMBER);
             let plan = builder
                 .window(vec![rn])?
-                .filter(col(ROW_NUMBER).eq(lit(1u64)))?
+                .filter(ident(ROW_NUMBER).eq(lit(1u64)))?
                 .project(columns.clone())?
                 .build()?;
             parts.push(plan);
@@ -310,7 +310,7 @@ impl TableProvider for VigilTable {
         let out_cols: Vec<Expr> = match projection {
             Some(p) => p
                 .iter()
-                .map(|i| col(self.schema.field(*i).name().as_str()))
+                .map(|i| ident(self.schema.field(*i).name().as_str()))
                 .collect(),
             None => columns,
         };

@@ -18,6 +18,10 @@ use vigil_model::{FieldValue, Point};
 #[derive(Debug, Clone)]
 pub struct BufferedBatch {
     pub seq: u64,
+    /// Rows of the same table earlier in the same write (a sparse write is split
+    /// into several batches), so row numbers, and with them last-write-wins, run on
+    /// across the batches of one request.
+    pub row_base: usize,
     pub batch: RecordBatch,
     pub min_time: i64,
     pub max_time: i64,
@@ -26,6 +30,11 @@ pub struct BufferedBatch {
 impl BufferedBatch {
     pub fn overlaps(&self, min: i64, max: i64) -> bool {
         self.min_time <= max && self.max_time >= min
+    }
+
+    /// The hidden sequence value of this batch's first row.
+    pub fn first_row_seq(&self) -> u64 {
+        row_seq(self.seq, self.row_base)
     }
 }
 
@@ -38,7 +47,7 @@ pub struct TableBuffer {
 }
 
 impl TableBuffer {
-    pub fn push(&mut self, seq: u64, batch: RecordBatch) {
+    pub fn push(&mut self, seq: u64, row_base: usize, batch: RecordBatch) {
         self.rows += batch.num_rows();
         self.bytes += batch.get_array_memory_size();
         // Validated writes always have a time column; without one, the batch is
@@ -46,6 +55,7 @@ impl TableBuffer {
         let (min_time, max_time) = crate::flush::time_range(&batch).unwrap_or((i64::MIN, i64::MAX));
         self.batches.push(BufferedBatch {
             seq,
+            row_base,
             batch,
             min_time,
             max_time,
@@ -67,14 +77,20 @@ pub struct WriteBuffer {
 
 impl WriteBuffer {
     pub fn apply(&mut self, seq: u64, tables: &[(String, RecordBatch)]) {
+        // Several batches of one table in one write number their rows on from each
+        // other, in the order they were written (replay sees the same order).
+        let mut row_bases: HashMap<&str, usize> = HashMap::new();
         for (table, batch) in tables {
+            let base = row_bases.entry(table.as_str()).or_default();
+            let row_base = *base;
+            *base += batch.num_rows();
             self.active_rows += batch.num_rows();
             self.active_bytes += batch.get_array_memory_size();
             self.last_values.observe(table, batch);
             self.active
                 .entry(table.clone())
                 .or_default()
-                .push(seq, batch.clone());
+                .push(seq, row_base, batch.clone());
         }
     }
 
@@ -88,14 +104,18 @@ impl WriteBuffer {
         for (t, b) in taken {
             let e = self.flushing.entry(t).or_default();
             for bb in b.batches {
-                e.push(bb.seq, bb.batch);
+                e.push(bb.seq, bb.row_base, bb.batch);
             }
         }
         self.flushing.clone()
     }
 
-    pub fn finish_flush(&mut self) {
-        self.flushing.clear();
+    /// Drops the flushed tables' data from `flushing`; a table whose flush failed
+    /// stays there, visible to queries, for the next flush to try again.
+    pub fn finish_flush(&mut self, flushed: &[String]) {
+        for t in flushed {
+            self.flushing.remove(t);
+        }
     }
 
     /// Batches of one table, flushing ones first (they are older).
@@ -128,11 +148,12 @@ pub fn file_seq(seq: u64) -> u64 {
 }
 
 /// Widens `batch` to `schema` (missing columns become NULL) and optionally appends the
-/// hidden sequence column ([`row_seq`] of each row).
+/// hidden sequence column, numbering the rows on from `first_row_seq` (see
+/// [`row_seq`]).
 pub fn normalize(
     batch: &RecordBatch,
     schema: &SchemaRef,
-    seq: Option<u64>,
+    first_row_seq: Option<u64>,
 ) -> arrow::error::Result<RecordBatch> {
     let n = batch.num_rows();
     let mut columns: Vec<ArrayRef> = schema
@@ -145,10 +166,10 @@ pub fn normalize(
             None => Ok(new_null_array(f.data_type(), n)),
         })
         .collect::<arrow::error::Result<_>>()?;
-    let out_schema = match seq {
-        Some(seq) => {
+    let out_schema = match first_row_seq {
+        Some(first) => {
             columns.push(Arc::new(UInt64Array::from_iter_values(
-                (0..n).map(|i| row_seq(seq, i)),
+                (0..n as u64).map(|i| first + i),
             )));
             with_seq_column(schema)
         }
@@ -233,11 +254,21 @@ impl ColumnBuilder {
 
 /// Builds one Arrow batch for one table from already validated points. Only the
 /// columns that occur in these points are present; missing values are NULL.
+///
+/// A column that first appears after many rows is padded with NULLs for all of
+/// them; on sparse data (every line with fields of its own) that padding grows
+/// with rows x columns, so [`BatchBuilder::append`] refuses a point whose new
+/// columns would make the batch mostly padding, and the caller starts a new batch.
 pub struct BatchBuilder {
     columns: Vec<(String, ColumnKind, ColumnBuilder)>,
     index: HashMap<String, usize>,
     time: TimestampNanosecondBuilder,
     rows: usize,
+    /// Values actually written (tags, fields and times), against which the dense
+    /// size rows x columns is bounded.
+    cells: usize,
+    /// Column indexes of the point being appended (reused to avoid allocating).
+    resolved: Vec<Option<usize>>,
 }
 
 impl Default for BatchBuilder {
@@ -247,39 +278,85 @@ impl Default for BatchBuilder {
             index: HashMap::new(),
             time: TimestampNanosecondBuilder::new().with_timezone("UTC"),
             rows: 0,
+            cells: 0,
+            resolved: Vec::new(),
         }
     }
 }
 
+/// Padding allowed beyond real values: a batch stays at most this many times its
+/// values (plus a fixed allowance) when laid out densely.
+const MAX_PADDING_FACTOR: usize = 4;
+const PADDING_ALLOWANCE: usize = 1 << 16;
+
 impl BatchBuilder {
-    fn column(&mut self, name: &str, kind: ColumnKind) -> &mut ColumnBuilder {
-        let i = match self.index.get(name) {
-            Some(i) => *i,
-            None => {
-                let mut b = ColumnBuilder::new(kind);
-                b.pad_nulls(self.rows);
-                self.columns.push((name.to_string(), kind, b));
-                self.index.insert(name.to_string(), self.columns.len() - 1);
-                self.columns.len() - 1
-            }
-        };
-        let b = &mut self.columns[i].2;
+    fn add_column(&mut self, name: &str, kind: ColumnKind) -> usize {
+        let mut b = ColumnBuilder::new(kind);
         b.pad_nulls(self.rows);
-        b
+        self.columns.push((name.to_string(), kind, b));
+        self.index.insert(name.to_string(), self.columns.len() - 1);
+        self.columns.len() - 1
     }
 
-    /// Appends a point whose fields have been checked against `kind_of`.
-    pub fn append(&mut self, point: &Point<'_>, field_kinds: &[ColumnKind]) {
-        for (k, v) in &point.tags {
-            if let ColumnBuilder::Tag(b) = self.column(k, ColumnKind::Tag) {
-                b.append_value(v.as_ref());
+    /// Appends a point whose fields have been checked against `kind_of`. Returns
+    /// false, changing nothing, when the point's new columns would make this batch
+    /// mostly NULL padding: the point belongs in a new batch.
+    pub fn append(&mut self, point: &Point<'_>, field_kinds: &[ColumnKind]) -> bool {
+        let mut resolved = std::mem::take(&mut self.resolved);
+        resolved.clear();
+        let mut missing = 0usize;
+        for k in point
+            .tags
+            .iter()
+            .map(|(k, _)| k)
+            .chain(point.fields.iter().map(|(k, _)| k))
+        {
+            let i = self.index.get(k.as_ref()).copied();
+            missing += usize::from(i.is_none());
+            resolved.push(i);
+        }
+        let cells = point.tags.len() + point.fields.len() + 1;
+        if missing > 0 && self.rows > 0 {
+            let dense = (self.rows + 1) * (self.columns.len() + missing + 1);
+            if dense > MAX_PADDING_FACTOR * (self.cells + cells) + PADDING_ALLOWANCE {
+                self.resolved = resolved;
+                return false;
             }
         }
-        for ((k, v), kind) in point.fields.iter().zip(field_kinds) {
-            let rows = self.rows;
-            let b = self.column(k, *kind);
-            // Front ends drop duplicate field keys of a line; should one slip through,
-            // the first value is kept rather than shifting the column.
+        let rows = self.rows;
+        let n_tags = point.tags.len();
+        for (j, (k, v)) in point.tags.iter().enumerate() {
+            let i = match resolved[j] {
+                Some(i) => i,
+                // A key repeated within the point resolves to the column added for
+                // its first occurrence (validation rejects such points anyway).
+                None => match self.index.get(k.as_ref()) {
+                    Some(i) => *i,
+                    None => self.add_column(k, ColumnKind::Tag),
+                },
+            };
+            let b = &mut self.columns[i].2;
+            b.pad_nulls(rows);
+            if b.len() > rows {
+                continue;
+            }
+            match b {
+                ColumnBuilder::Tag(b) => b.append_value(v.as_ref()),
+                other => other.pad_nulls(rows + 1),
+            }
+        }
+        for (j, ((k, v), kind)) in point.fields.iter().zip(field_kinds).enumerate() {
+            let i = match resolved[n_tags + j] {
+                Some(i) => i,
+                None => match self.index.get(k.as_ref()) {
+                    Some(i) => *i,
+                    None => self.add_column(k, *kind),
+                },
+            };
+            let b = &mut self.columns[i].2;
+            b.pad_nulls(rows);
+            // Should a repeated key slip through, the first value is kept rather
+            // than shifting the column.
             if b.len() > rows {
                 continue;
             }
@@ -294,6 +371,9 @@ impl BatchBuilder {
         }
         self.time.append_value(point.time);
         self.rows += 1;
+        self.cells += cells;
+        self.resolved = resolved;
+        true
     }
 
     pub fn rows(&self) -> usize {

@@ -42,7 +42,12 @@ impl ParquetFileMeta {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CatalogState {
     pub version: u32,
+    /// Every WAL record up to this sequence is persisted (in all tables).
     pub flushed_seq: u64,
+    /// Per table, beyond `flushed_seq`: the table's data up to this sequence is
+    /// persisted (its flush succeeded while another table's failed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub table_flushed_seq: BTreeMap<String, u64>,
     pub next_file_id: u64,
     pub tables: BTreeMap<String, TableSchema>,
     pub files: Vec<ParquetFileMeta>,
@@ -62,11 +67,29 @@ impl CatalogState {
                 path: path.clone(),
                 message: e.to_string(),
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
-                version: 1,
-                next_file_id: 1,
-                ..Default::default()
-            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // No catalog is a new data directory, unless Parquet files are there:
+                // then the catalog was lost, and starting empty would delete them.
+                let parquet = data_dir.join("parquet");
+                let files = fs::read_dir(&parquet)
+                    .map(|d| {
+                        d.filter_map(|e| e.ok())
+                            .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+                            .count()
+                    })
+                    .unwrap_or(0);
+                if files > 0 {
+                    return Err(Error::MissingCatalog {
+                        dir: data_dir.to_path_buf(),
+                        files,
+                    });
+                }
+                Ok(Self {
+                    version: 1,
+                    next_file_id: 1,
+                    ..Default::default()
+                })
+            }
             Err(e) => Err(Error::io(path, e)),
         }
     }
@@ -104,5 +127,14 @@ mod tests {
         fs::write(catalog_path(dir.path()), b"{not json").unwrap();
         let err = CatalogState::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("catalog.json"), "{err}");
+    }
+
+    #[test]
+    fn lost_catalog_with_files_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("parquet")).unwrap();
+        fs::write(dir.path().join("parquet/00000000000000000001.parquet"), b"x").unwrap();
+        let err = CatalogState::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("1 Parquet files but no catalog.json"), "{err}");
     }
 }

@@ -1,6 +1,6 @@
 //! The storage engine: validation, the WAL sequencer thread, flush, compaction, replay.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::buffer::{
-    normalize, with_seq_column, BatchBuilder, BufferedBatch, TableBuffer, WriteBuffer,
+    normalize, row_seq, with_seq_column, BatchBuilder, BufferedBatch, TableBuffer, WriteBuffer,
 };
 use crate::catalog::{CatalogState, ParquetFileMeta};
 use crate::compact::plan_compactions;
@@ -21,7 +21,7 @@ use crate::dedupe::{sort_dedupe, sort_key_order};
 use crate::error::{Error, Result};
 use crate::flush::{read_parquet, split_by_day, time_range, write_parquet};
 use crate::metrics::StorageMetrics;
-use crate::schema::{ColumnKind, FieldType, TableSchema, SEQ_COLUMN, TIME_COLUMN};
+use crate::schema::{ColumnKind, FieldType, TableSchema, TIME_COLUMN};
 use crate::wal::{self, WalSegment};
 use vigil_model::LineError;
 use vigil_model::Point;
@@ -43,6 +43,17 @@ pub struct StorageConfig {
     /// Files removed by compaction are deleted after this grace time, so running
     /// queries can finish reading them.
     pub deletion_grace: Duration,
+    /// Most tables the database may hold; a line that would create one more is
+    /// rejected (a typo'd or generated measurement name must not create tables
+    /// without end).
+    pub max_tables: usize,
+    /// Most columns (tags + fields, not counting time) one table may have.
+    pub max_columns_per_table: usize,
+    /// Largest write, encoded for the WAL; a bigger one is refused before it is
+    /// acknowledged (capped at the log's own maximum, 1 GiB).
+    pub max_wal_record_bytes: usize,
+    /// What replay does with a damaged WAL record that is not a torn tail.
+    pub wal_recovery: wal::WalRecovery,
 }
 
 impl StorageConfig {
@@ -55,6 +66,10 @@ impl StorageConfig {
             compaction_min_files: 4,
             compaction_small_bytes: 64 << 20,
             deletion_grace: Duration::from_secs(120),
+            max_tables: 10_000,
+            max_columns_per_table: 1_000,
+            max_wal_record_bytes: wal::MAX_RECORD_BYTES,
+            wal_recovery: wal::WalRecovery::Refuse,
         }
     }
 }
@@ -62,9 +77,25 @@ impl StorageConfig {
 /// Points checked against the schemas and turned into Arrow batches, ready to commit.
 #[derive(Debug, Default)]
 pub struct ValidatedWrite {
+    /// One or more batches per table (a sparse write is split), in line order.
     pub tables: Vec<(String, RecordBatch)>,
     pub accepted: usize,
+    /// The first rejected lines (up to the `max_errors` asked for), by line.
     pub rejected: Vec<LineError>,
+    /// How many lines were rejected in all.
+    pub rejected_count: usize,
+}
+
+impl ValidatedWrite {
+    fn reject(&mut self, max_errors: usize, line: usize, reason: impl FnOnce() -> String) {
+        self.rejected_count += 1;
+        if self.rejected.len() < max_errors {
+            self.rejected.push(LineError {
+                line,
+                reason: reason(),
+            });
+        }
+    }
 }
 
 /// What a query sees of one table: buffered batches and Parquet files, consistent with
@@ -112,6 +143,9 @@ pub struct Storage {
     /// The highest WAL sequence number whose data is in Parquet and the catalog:
     /// consumers of replayable sources (Kafka) commit their offsets up to it.
     persisted: tokio::sync::watch::Sender<u64>,
+    /// What is wrong right now (a failed WAL, tables whose flush fails), for health
+    /// checks: part -> reason.
+    problems: Arc<Mutex<BTreeMap<String, String>>>,
     metrics: StorageMetrics,
 }
 
@@ -143,15 +177,47 @@ enum Check {
     Rejected(String),
 }
 
+/// The first key that occurs twice among a point's tags and fields, if any. Quadratic
+/// in the keys of one line, which is bounded by the write limits; lines have few.
+fn repeated_key<'p>(p: &'p Point<'_>) -> Option<&'p str> {
+    let keys = || {
+        p.tags
+            .iter()
+            .map(|(k, _)| k.as_ref())
+            .chain(p.fields.iter().map(|(k, _)| k.as_ref()))
+    };
+    keys()
+        .enumerate()
+        .find(|(i, k)| keys().take(*i).any(|earlier| earlier == *k))
+        .map(|(_, k)| k)
+}
+
+fn reserved(key: &str, what: &str) -> String {
+    if key == TIME_COLUMN {
+        format!("{what} key '{key}' is reserved: every table has a '{TIME_COLUMN}' column")
+    } else {
+        format!("{what} key '{key}' is reserved: names starting with '__' are vigil's internal columns")
+    }
+}
+
 /// Checks one point against a table schema. With `schema` = None the table is new.
 fn check_point(schema: Option<&TableSchema>, p: &Point<'_>) -> Check {
+    if let Some(k) = repeated_key(p) {
+        let what = if p.tags.iter().any(|(t, _)| t == k) {
+            if p.fields.iter().any(|(f, _)| f == k) {
+                "both a tag and a field"
+            } else {
+                "a tag more than once"
+            }
+        } else {
+            "a field more than once"
+        };
+        return Check::Rejected(format!("'{k}' is given as {what} in this line"));
+    }
     let mut new_cols = false;
     for (k, _) in &p.tags {
-        if k == TIME_COLUMN || k == SEQ_COLUMN {
-            return Check::Rejected(format!("tag key '{k}' is reserved"));
-        }
-        if p.fields.iter().any(|(f, _)| f == k) {
-            return Check::Rejected(format!("'{k}' is used as both a tag and a field"));
+        if k == TIME_COLUMN || k.starts_with("__") {
+            return Check::Rejected(reserved(k, "tag"));
         }
         match schema.and_then(|s| s.column(k)) {
             Some(ColumnKind::Tag) => {}
@@ -168,8 +234,8 @@ fn check_point(schema: Option<&TableSchema>, p: &Point<'_>) -> Check {
     }
     let mut kinds = Vec::with_capacity(p.fields.len());
     for (k, v) in &p.fields {
-        if k == TIME_COLUMN || k == SEQ_COLUMN {
-            return Check::Rejected(format!("field key '{k}' is reserved"));
+        if k == TIME_COLUMN || k.starts_with("__") {
+            return Check::Rejected(reserved(k, "field"));
         }
         let t = FieldType::of(v);
         match schema.and_then(|s| s.column(k)) {
@@ -222,8 +288,10 @@ impl Storage {
         let wal_dir = dir.join("wal");
         let mut next_seq = catalog.flushed_seq + 1;
         let mut replayed = 0usize;
-        for (_, path) in wal::list_segments(&wal_dir)? {
-            let (records, warning) = wal::read_segment(&path)?;
+        let segments = wal::list_segments(&wal_dir)?;
+        let last = segments.len().saturating_sub(1);
+        for (i, (_, path)) in segments.iter().enumerate() {
+            let (records, warning) = wal::read_segment(path, i == last, config.wal_recovery)?;
             if let Some(w) = warning {
                 warn!(segment = %path.display(), "WAL tail cut off: {w}");
             }
@@ -232,12 +300,16 @@ impl Storage {
                 if r.seq <= catalog.flushed_seq {
                     continue;
                 }
-                let tables =
+                let mut tables =
                     wal::decode_payload(&r.payload).map_err(|message| Error::CorruptWal {
                         path: path.clone(),
                         offset: 0,
                         message: format!("record {}: {message}", r.seq),
                     })?;
+                // Tables whose flush succeeded while another's failed are in Parquet.
+                tables.retain(|(t, _)| {
+                    r.seq > catalog.table_flushed_seq.get(t).copied().unwrap_or(0)
+                });
                 for (t, b) in &tables {
                     let s = schemas.entry(t.clone()).or_default();
                     for f in b.schema().fields() {
@@ -270,6 +342,7 @@ impl Storage {
             last_flush: Mutex::new(Instant::now()),
             pending_deletes: Mutex::new(Vec::new()),
             flush_wanted: tokio::sync::Notify::new(),
+            problems: Arc::default(),
             metrics,
         });
         storage.update_file_gauges();
@@ -277,9 +350,10 @@ impl Storage {
         let (tx, rx) = mpsc::channel();
         let buf = Arc::clone(&storage.buffer);
         let m = storage.metrics.clone();
+        let problems = Arc::clone(&storage.problems);
         let handle = std::thread::Builder::new()
             .name("vigil-wal".into())
-            .spawn(move || wal_loop(rx, segment, next_seq, wal_dir, buf, m))
+            .spawn(move || wal_loop(rx, segment, next_seq, wal_dir, buf, m, problems))
             .map_err(|e| Error::io("wal thread", e))?;
         *storage.wal_tx.lock() = Some(tx);
         *storage.wal_thread.lock() = Some(handle);
@@ -300,9 +374,29 @@ impl Storage {
         &self.metrics
     }
 
+    /// What is failing now (the WAL, a table's flush), by part, for `/health`.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        self.problems
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Checks points against the table schemas, adds new tables and columns, and
-    /// builds one Arrow batch per table. Lines that conflict are rejected one by one.
+    /// builds Arrow batches per table. Lines that conflict are rejected one by one.
     pub fn validate<'a>(&self, points: Vec<(usize, Point<'a>)>) -> ValidatedWrite {
+        self.validate_capped(points, usize::MAX)
+    }
+
+    /// [`Storage::validate`], keeping the reasons of the first `max_errors` rejected
+    /// lines only (the others are counted), so that a flood of bad lines cannot
+    /// build a reply larger than the request.
+    pub fn validate_capped<'a>(
+        &self,
+        points: Vec<(usize, Point<'a>)>,
+        max_errors: usize,
+    ) -> ValidatedWrite {
         let mut out = ValidatedWrite::default();
         let mut checked: Vec<Option<Vec<ColumnKind>>> = Vec::with_capacity(points.len());
         let mut needs_write = false;
@@ -316,10 +410,7 @@ impl Storage {
                         break;
                     }
                     Check::Rejected(reason) => {
-                        out.rejected.push(LineError {
-                            line: *line,
-                            reason,
-                        });
+                        out.reject(max_errors, *line, || reason);
                         checked.push(None);
                     }
                 }
@@ -327,14 +418,11 @@ impl Storage {
         }
         if needs_write {
             checked.clear();
-            out.rejected.clear();
+            out = ValidatedWrite::default();
             let mut schemas = self.schemas.write();
             for (line, p) in &points {
                 if p.table.is_empty() {
-                    out.rejected.push(LineError {
-                        line: *line,
-                        reason: "measurement name is empty".into(),
-                    });
+                    out.reject(max_errors, *line, || "measurement name is empty".into());
                     checked.push(None);
                     continue;
                 }
@@ -342,13 +430,40 @@ impl Storage {
                 match check_point(existing, p) {
                     Check::Ok(k) => checked.push(Some(k)),
                     Check::Rejected(reason) => {
-                        out.rejected.push(LineError {
-                            line: *line,
-                            reason,
-                        });
+                        out.reject(max_errors, *line, || reason);
                         checked.push(None);
                     }
                     Check::NeedsNewColumns => {
+                        if existing.is_none() && schemas.len() >= self.config.max_tables {
+                            out.reject(max_errors, *line, || {
+                                format!(
+                                    "table '{}' would exceed the limit of {} tables (storage.max_tables)",
+                                    p.table, self.config.max_tables
+                                )
+                            });
+                            checked.push(None);
+                            continue;
+                        }
+                        let have = existing.map_or(0, |s| s.column_count());
+                        let new = p
+                            .tags
+                            .iter()
+                            .map(|(k, _)| k)
+                            .chain(p.fields.iter().map(|(k, _)| k))
+                            .filter(|k| existing.and_then(|s| s.column(k)).is_none())
+                            .count();
+                        if have + new > self.config.max_columns_per_table {
+                            out.reject(max_errors, *line, || {
+                                format!(
+                                    "table '{}' would have {} columns, over the limit of {} (storage.max_columns_per_table)",
+                                    p.table,
+                                    have + new,
+                                    self.config.max_columns_per_table
+                                )
+                            });
+                            checked.push(None);
+                            continue;
+                        }
                         let s = schemas.entry(p.table.to_string()).or_default();
                         let mut kinds = Vec::with_capacity(p.fields.len());
                         for (k, _) in &p.tags {
@@ -368,41 +483,70 @@ impl Storage {
                 }
             }
         }
-        let mut builders: Vec<(String, BatchBuilder)> = Vec::new();
+        // Per table: finished batches, the batch being built, and its row count.
+        struct TableBuild {
+            name: String,
+            done: Vec<BatchBuilder>,
+            current: BatchBuilder,
+            rows: usize,
+        }
+        let mut builders: Vec<TableBuild> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
         for ((line, p), kinds) in points.iter().zip(&checked) {
             let Some(kinds) = kinds else { continue };
-            if let Some(i) = index.get(p.table.as_ref()) {
-                if builders[*i].1.rows() >= crate::buffer::MAX_ROWS_PER_WRITE {
-                    out.rejected.push(LineError {
-                        line: *line,
-                        reason: format!(
-                            "more than {} rows for table '{}' in one request",
-                            crate::buffer::MAX_ROWS_PER_WRITE,
-                            p.table
-                        ),
-                    });
-                    continue;
-                }
-            }
             let i = match index.get(p.table.as_ref()) {
                 Some(i) => *i,
                 None => {
-                    builders.push((p.table.to_string(), BatchBuilder::default()));
+                    builders.push(TableBuild {
+                        name: p.table.to_string(),
+                        done: Vec::new(),
+                        current: BatchBuilder::default(),
+                        rows: 0,
+                    });
                     index.insert(p.table.as_ref(), builders.len() - 1);
                     builders.len() - 1
                 }
             };
-            builders[i].1.append(p, kinds);
+            let t = &mut builders[i];
+            if t.rows >= crate::buffer::MAX_ROWS_PER_WRITE {
+                out.reject(max_errors, *line, || {
+                    format!(
+                        "more than {} rows for table '{}' in one request",
+                        crate::buffer::MAX_ROWS_PER_WRITE,
+                        p.table
+                    )
+                });
+                continue;
+            }
+            if !t.current.append(p, kinds) {
+                let full = std::mem::take(&mut t.current);
+                t.done.push(full);
+                let appended = t.current.append(p, kinds);
+                debug_assert!(appended, "an empty batch takes any point");
+            }
+            t.rows += 1;
             out.accepted += 1;
         }
-        for (t, b) in builders {
-            match b.finish() {
-                Ok(batch) => out.tables.push((t, batch)),
-                Err(e) => out.rejected.push(LineError {
-                    line: 0,
-                    reason: format!("could not build batch for table '{t}': {e}"),
-                }),
+        for t in builders {
+            for b in t.done.into_iter().chain(std::iter::once(t.current)) {
+                if b.rows() == 0 {
+                    continue;
+                }
+                match b.finish() {
+                    Ok(batch) => out.tables.push((t.name.clone(), batch)),
+                    // Validated points always build; should one not, the whole
+                    // write fails rather than acknowledging lines it dropped.
+                    Err(e) => {
+                        out.tables.clear();
+                        out.rejected_count += out.accepted;
+                        out.accepted = 0;
+                        out.rejected.push(LineError {
+                            line: 0,
+                            reason: format!("could not build batch for table '{}': {e}", t.name),
+                        });
+                        return out;
+                    }
+                }
             }
         }
         out
@@ -415,6 +559,13 @@ impl Storage {
             return Ok(0);
         }
         let payload = wal::encode_payload(&tables)?;
+        let limit = self.config.max_wal_record_bytes.min(wal::MAX_RECORD_BYTES);
+        if payload.len() > limit {
+            return Err(Error::WriteTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
         let (reply, rx) = oneshot::channel();
         self.send(WalCommand::Write {
             payload,
@@ -551,42 +702,46 @@ impl Storage {
         result
     }
 
+    /// Writes each table's part of the rotated buffer to Parquet and records the
+    /// files. Tables are independent: one whose flush fails keeps its data in the
+    /// buffer and the WAL (and is named on /health) while the others are persisted.
     fn persist(&self, rot: RotateResult) -> Result<usize> {
         let started = Instant::now();
         let mut new_files = Vec::new();
         let mut rows = 0usize;
+        let mut done: Vec<String> = Vec::new();
+        let mut failures: Vec<(String, String)> = Vec::new();
         let mut tables: Vec<_> = rot.snapshot.into_iter().collect();
         tables.sort_by(|a, b| a.0.cmp(&b.0));
         for (table, tb) in &tables {
-            let (schema, tags) = {
-                let mut s = self.schemas.write();
-                let ts = s.get_mut(table).expect("buffered table has a schema");
-                (
-                    ts.arrow_schema(),
-                    ts.tags().map(str::to_string).collect::<Vec<_>>(),
-                )
-            };
-            let seq_schema = with_seq_column(&schema);
-            let batches = tb
-                .batches
-                .iter()
-                .map(|b| normalize(&b.batch, &schema, Some(b.seq)))
-                .collect::<arrow::error::Result<Vec<_>>>()
-                .map_err(|e| Error::arrow(format!("normalizing buffer of table {table}"), e))?;
-            let tags = sort_key_order(&batches, &tags);
-            let merged = sort_dedupe(&seq_schema, &batches, &tags)
-                .map_err(|e| Error::arrow(format!("sorting buffer of table {table}"), e))?;
-            for (day, part) in split_by_day(&merged)? {
-                let meta = self.write_file(table, day, &part, &tags, rot.last_seq)?;
-                rows += part.num_rows();
-                new_files.push(meta);
+            let mut written = Vec::new();
+            match self.persist_table(table, tb, rot.last_seq, &mut written) {
+                Ok(n) => {
+                    rows += n;
+                    new_files.extend(written);
+                    done.push(table.clone());
+                }
+                Err(e) => {
+                    warn!(table, error = %e, "flushing table failed; its data stays in the buffer and the WAL");
+                    for f in written {
+                        let _ = std::fs::remove_file(self.config.data_dir.join(&f.path));
+                    }
+                    failures.push((table.clone(), e.to_string()));
+                }
             }
         }
         {
             let mut c = self.catalog.lock();
             let mut next = c.clone();
             next.files.extend(new_files.iter().cloned());
-            next.flushed_seq = next.flushed_seq.max(rot.last_seq);
+            for t in &done {
+                next.table_flushed_seq.insert(t.clone(), rot.last_seq);
+            }
+            if failures.is_empty() {
+                next.flushed_seq = next.flushed_seq.max(rot.last_seq);
+                let all = next.flushed_seq;
+                next.table_flushed_seq.retain(|_, s| *s > all);
+            }
             next.tables = self
                 .schemas
                 .read()
@@ -597,13 +752,24 @@ impl Storage {
             self.persisted.send_replace(next.flushed_seq);
             *c = next;
         }
-        self.buffer.lock().finish_flush();
+        self.buffer.lock().finish_flush(&done);
         self.update_file_gauges();
-        let wal_dir = self.config.data_dir.join("wal");
-        for (first, path) in wal::list_segments(&wal_dir)? {
-            if first < rot.new_segment_first_seq {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    warn!(segment = %path.display(), error = %e, "could not remove flushed WAL segment");
+        {
+            let mut problems = self.problems.lock();
+            for t in &done {
+                problems.remove(&format!("flush:{t}"));
+            }
+            for (t, e) in &failures {
+                problems.insert(format!("flush:{t}"), e.clone());
+            }
+        }
+        if failures.is_empty() {
+            let wal_dir = self.config.data_dir.join("wal");
+            for (first, path) in wal::list_segments(&wal_dir)? {
+                if first < rot.new_segment_first_seq {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        warn!(segment = %path.display(), error = %e, "could not remove flushed WAL segment");
+                    }
                 }
             }
         }
@@ -612,9 +778,50 @@ impl Storage {
         info!(
             rows,
             files = new_files.len(),
+            failed_tables = failures.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "flushed buffer to Parquet"
         );
+        match failures.into_iter().next() {
+            None => Ok(rows),
+            Some((table, message)) => Err(Error::FlushFailed { table, message }),
+        }
+    }
+
+    fn persist_table(
+        &self,
+        table: &str,
+        tb: &TableBuffer,
+        last_seq: u64,
+        written: &mut Vec<ParquetFileMeta>,
+    ) -> Result<usize> {
+        let (schema, tags) = {
+            let mut s = self.schemas.write();
+            let ts = s.get_mut(table).ok_or_else(|| Error::FlushFailed {
+                table: table.to_string(),
+                message: "buffered table has no schema".into(),
+            })?;
+            (
+                ts.arrow_schema(),
+                ts.tags().map(str::to_string).collect::<Vec<_>>(),
+            )
+        };
+        let seq_schema = with_seq_column(&schema);
+        let batches = tb
+            .batches
+            .iter()
+            .map(|b| normalize(&b.batch, &schema, Some(b.first_row_seq())))
+            .collect::<arrow::error::Result<Vec<_>>>()
+            .map_err(|e| Error::arrow(format!("normalizing buffer of table {table}"), e))?;
+        let tags = sort_key_order(&batches, &tags);
+        let merged = sort_dedupe(&seq_schema, &batches, &tags)
+            .map_err(|e| Error::arrow(format!("sorting buffer of table {table}"), e))?;
+        let mut rows = 0;
+        for (day, part) in split_by_day(&merged)? {
+            let meta = self.write_file(table, day, &part, &tags, last_seq)?;
+            rows += part.num_rows();
+            written.push(meta);
+        }
         Ok(rows)
     }
 
@@ -691,7 +898,7 @@ impl Storage {
             for f in &run {
                 for b in read_parquet(&self.config.data_dir.join(&f.path))? {
                     batches.push(
-                        normalize(&b, &schema, Some(f.seq))
+                        normalize(&b, &schema, Some(row_seq(f.seq, 0)))
                             .map_err(|e| Error::arrow(format!("normalizing {}", f.path), e))?,
                     );
                 }
@@ -784,22 +991,24 @@ fn remove_orphans(dir: &Path, catalog: &CatalogState) -> Result<()> {
 /// applies the group to the buffer in sequence order and acknowledges it.
 fn wal_loop(
     rx: mpsc::Receiver<WalCommand>,
-    mut segment: WalSegment,
+    segment: WalSegment,
     mut next_seq: u64,
     dir: PathBuf,
     buffer: Arc<Mutex<WriteBuffer>>,
     metrics: StorageMetrics,
+    problems: Arc<Mutex<BTreeMap<String, String>>>,
 ) {
     type Pending = Vec<(
         u64,
         Vec<(String, RecordBatch)>,
         oneshot::Sender<Result<u64>>,
     )>;
+    // Syncs and acknowledges the pending writes; false if they failed.
     let commit = |segment: &mut WalSegment, pending: &mut Pending, failed: &mut Option<String>| {
         if pending.is_empty() {
-            return;
+            return failed.is_none();
         }
-        let synced = match failed.take() {
+        let synced = match failed.clone() {
             Some(e) => Err(e),
             None => segment.sync().map_err(|e| e.to_string()),
         };
@@ -814,6 +1023,7 @@ fn wal_loop(
                 for (seq, _, reply) in pending.drain(..) {
                     let _ = reply.send(Ok(seq));
                 }
+                true
             }
             Err(e) => {
                 for (_, _, reply) in pending.drain(..) {
@@ -822,8 +1032,20 @@ fn wal_loop(
                         std::io::Error::other(e.clone()),
                     )));
                 }
+                *failed = Some(e);
+                false
             }
         }
+    };
+    // After a failed append or fsync nothing more is appended to that segment: what
+    // was not synced is cut off and writing goes on in a new segment. If even that
+    // fails the log stops taking writes (and says so on /health).
+    let mut segment = Some(segment);
+    let mut broken: Option<String> = None;
+    let replace = |old: WalSegment, next_seq: u64, why: &str| -> Result<WalSegment> {
+        warn!(segment = %old.path().display(), error = why, "WAL write failed; continuing in a new segment");
+        old.abandon()?;
+        WalSegment::create(&dir, next_seq)
     };
     while let Ok(first) = rx.recv() {
         let mut cmds = vec![first];
@@ -836,6 +1058,18 @@ fn wal_loop(
         let mut pending: Pending = Vec::new();
         let mut failed: Option<String> = None;
         for cmd in cmds {
+            let Some(seg) = segment.as_mut() else {
+                let why = broken.clone().unwrap_or_default();
+                match cmd {
+                    WalCommand::Write { reply, .. } => {
+                        let _ = reply.send(Err(Error::WalFailed(why)));
+                    }
+                    WalCommand::Rotate { reply } => {
+                        let _ = reply.send(Err(Error::WalFailed(why)));
+                    }
+                }
+                continue;
+            };
             match cmd {
                 WalCommand::Write {
                     payload,
@@ -848,7 +1082,7 @@ fn wal_loop(
                     }
                     let seq = next_seq;
                     next_seq += 1;
-                    match segment.append(seq, &payload) {
+                    match seg.append(seq, &payload) {
                         Ok(()) => {
                             metrics.wal_records.inc();
                             metrics.wal_bytes.inc_by(payload.len() as u64 + 16);
@@ -861,10 +1095,15 @@ fn wal_loop(
                     }
                 }
                 WalCommand::Rotate { reply } => {
-                    commit(&mut segment, &mut pending, &mut failed);
+                    if !commit(seg, &mut pending, &mut failed) {
+                        let _ = reply.send(Err(Error::WalFailed(
+                            failed.clone().unwrap_or_default(),
+                        )));
+                        continue;
+                    }
                     let r = WalSegment::create(&dir, next_seq).map(|s| {
-                        let _ = segment.sync();
-                        segment = s;
+                        let _ = seg.sync();
+                        *seg = s;
                         RotateResult {
                             last_seq: next_seq - 1,
                             new_segment_first_seq: next_seq,
@@ -875,13 +1114,19 @@ fn wal_loop(
                 }
             }
         }
-        let had_failure = failed.is_some();
-        commit(&mut segment, &mut pending, &mut failed);
-        if had_failure {
-            // Start a fresh segment so a torn record cannot hide later good ones.
-            match WalSegment::create(&dir, next_seq) {
-                Ok(s) => segment = s,
-                Err(e) => warn!(error = %e, "could not open a new WAL segment"),
+        if let Some(seg) = segment.as_mut() {
+            commit(seg, &mut pending, &mut failed);
+        }
+        if let Some(why) = failed {
+            let old = segment.take().expect("a failure needs a segment");
+            match replace(old, next_seq, &why) {
+                Ok(s) => segment = Some(s),
+                Err(e) => {
+                    let reason = format!("{why}; then could not start a new segment: {e}");
+                    tracing::error!(error = %reason, "the WAL takes no more writes");
+                    problems.lock().insert("wal".into(), reason.clone());
+                    broken = Some(reason);
+                }
             }
         }
     }

@@ -29,8 +29,16 @@ pub enum Error {
         offset: u64,
         message: String,
     },
+    #[error("flushing table '{table}' failed (its data stays in the buffer and the WAL, and is retried): {message}")]
+    FlushFailed { table: String, message: String },
     #[error("the write-ahead log is shut down")]
     WalClosed,
+    #[error("the write-ahead log failed and takes no more writes until vigil restarts: {0}")]
+    WalFailed(String),
+    #[error("write is {size} bytes once encoded for the WAL, over the limit of {limit} (storage.max_wal_record_bytes): split it into smaller requests")]
+    WriteTooLarge { size: usize, limit: usize },
+    #[error("{dir} holds {files} Parquet files but no catalog.json: refusing to start with an empty catalog (which would delete them). Restore catalog.json from a backup, or move the parquet directory away to start empty")]
+    MissingCatalog { dir: PathBuf, files: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

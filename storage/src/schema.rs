@@ -99,6 +99,11 @@ impl TableSchema {
         self.columns.get(name).copied()
     }
 
+    /// Tags and fields (not counting `time`).
+    pub fn column_count(&self) -> usize {
+        self.columns.len().saturating_sub(1)
+    }
+
     /// Adds a column; the caller has checked that it does not exist yet.
     pub fn add_column(&mut self, name: &str, kind: ColumnKind) {
         self.columns.insert(name.to_string(), kind);

@@ -4,7 +4,10 @@
 //! The payload is a list of (table, Arrow IPC stream) pairs, so replay does not parse
 //! line protocol again and yields exactly the batches that were acknowledged.
 //! A torn record at the end of the last segment (crash during a write that was never
-//! acknowledged) is cut off on replay.
+//! acknowledged) is cut off on replay. Damage anywhere else is corruption of
+//! acknowledged data: start-up stops and names the segment and offset, unless the
+//! operator asks for recovery (`--wal-recovery truncate`), which drops the damaged
+//! record and everything after it in that segment.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Cursor, Read, Write};
@@ -17,8 +20,9 @@ use arrow::record_batch::RecordBatch;
 use crate::error::{Error, Result};
 
 const HEADER: usize = 16;
-/// Records larger than this are treated as corruption rather than allocated.
-const MAX_RECORD: u32 = 1 << 30;
+/// Largest record the log holds: writes are refused above it before they are
+/// acknowledged, and a longer length on replay is damage, not an allocation.
+pub const MAX_RECORD_BYTES: usize = 1 << 30;
 
 /// Encodes the tables of one write as a WAL payload.
 pub fn encode_payload(tables: &[(String, RecordBatch)]) -> Result<Vec<u8>> {
@@ -80,6 +84,10 @@ pub fn decode_payload(mut p: &[u8]) -> std::result::Result<Vec<(String, RecordBa
 pub struct WalSegment {
     path: PathBuf,
     file: BufWriter<File>,
+    /// Bytes of the file known to be durable (after the last successful sync).
+    synced_len: u64,
+    /// Bytes appended so far, synced or not.
+    written_len: u64,
     /// First sequence number this segment may contain (also its file name).
     pub first_seq: u64,
 }
@@ -97,14 +105,23 @@ impl WalSegment {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         sync_dir(dir)?;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         Ok(Self {
             path,
             file: BufWriter::with_capacity(1 << 20, file),
+            synced_len: len,
+            written_len: len,
             first_seq,
         })
     }
 
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<()> {
+        if payload.len() > MAX_RECORD_BYTES {
+            return Err(Error::WriteTooLarge {
+                size: payload.len(),
+                limit: MAX_RECORD_BYTES,
+            });
+        }
         let mut h = crc32fast::Hasher::new();
         h.update(&seq.to_le_bytes());
         h.update(payload);
@@ -116,7 +133,9 @@ impl WalSegment {
             w.write_all(&seq.to_le_bytes())?;
             w.write_all(payload)
         })()
-        .map_err(|e| Error::io(&self.path, e))
+        .map_err(|e| Error::io(&self.path, e))?;
+        self.written_len += (HEADER + payload.len()) as u64;
+        Ok(())
     }
 
     /// Makes everything appended so far durable.
@@ -125,7 +144,21 @@ impl WalSegment {
         self.file
             .get_ref()
             .sync_data()
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.synced_len = self.written_len;
+        Ok(())
+    }
+
+    /// Gives the segment up after a failed append or sync: what was not synced is
+    /// cut off (it was never acknowledged), so the segment ends cleanly and no later
+    /// record is ever appended after a failure. The caller continues in a new one.
+    pub fn abandon(self) -> Result<()> {
+        let path = self.path;
+        // The unwritten buffer is discarded, not flushed.
+        let (file, _unwritten) = self.file.into_parts();
+        file.set_len(self.synced_len)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| Error::io(&path, e))
     }
 
     pub fn path(&self) -> &Path {
@@ -166,42 +199,94 @@ pub struct WalRecord {
     pub payload: Vec<u8>,
 }
 
-/// Reads all intact records of a segment. A torn or corrupt tail is cut off (the file
-/// is truncated to the last good record) and reported in the returned warning.
-pub fn read_segment(path: &Path) -> Result<(Vec<WalRecord>, Option<String>)> {
+/// How replay treats a damaged record that is not a torn tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalRecovery {
+    /// Stop start-up with an error naming the segment and offset.
+    #[default]
+    Refuse,
+    /// Drop the damaged record and the rest of its segment, with a warning.
+    Truncate,
+}
+
+/// Reads all intact records of a segment. In the last segment a torn tail (a record
+/// cut short, or a zero-filled end, from a crash during a write that was never
+/// acknowledged) is cut off and reported in the returned warning; any other damage is
+/// an error, unless `recovery` says to truncate.
+pub fn read_segment(
+    path: &Path,
+    is_last: bool,
+    recovery: WalRecovery,
+) -> Result<(Vec<WalRecord>, Option<String>)> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(|e| Error::io(path, e))?;
     let mut records = Vec::new();
     let mut off = 0usize;
-    let mut warning = None;
+    let mut damage: Option<(String, bool)> = None;
     while off < data.len() {
+        // A zero-filled rest of the file is space the crash left unwritten.
+        let zero_tail = data[off..].iter().all(|b| *b == 0);
         if data.len() - off < HEADER {
-            warning = Some(format!("torn record header at offset {off}"));
+            damage = Some((format!("torn record header at offset {off}"), true));
             break;
         }
-        let len = u32::from_le_bytes(data[off..off + 4].try_into().unwrap());
+        let len = u32::from_le_bytes(data[off..off + 4].try_into().unwrap()) as usize;
         let crc = u32::from_le_bytes(data[off + 4..off + 8].try_into().unwrap());
         let seq = u64::from_le_bytes(data[off + 8..off + 16].try_into().unwrap());
-        if len > MAX_RECORD || data.len() - off - HEADER < len as usize {
-            warning = Some(format!("torn record (length {len}) at offset {off}"));
+        if len > MAX_RECORD_BYTES {
+            damage = Some((
+                format!("record length {len} at offset {off} is over the maximum"),
+                zero_tail,
+            ));
             break;
         }
-        let payload = &data[off + HEADER..off + HEADER + len as usize];
+        if data.len() - off - HEADER < len {
+            damage = Some((
+                format!("torn record (length {len}) at offset {off}"),
+                true,
+            ));
+            break;
+        }
+        let payload = &data[off + HEADER..off + HEADER + len];
         let mut h = crc32fast::Hasher::new();
         h.update(&seq.to_le_bytes());
         h.update(payload);
         if h.finalize() != crc {
-            warning = Some(format!("checksum mismatch at offset {off}"));
+            // The last record written, perhaps followed by never-written (zero)
+            // space: a write that was cut short by a crash.
+            let nothing_after = data[off + HEADER + len..].iter().all(|b| *b == 0);
+            damage = Some((
+                format!("checksum mismatch at offset {off}"),
+                nothing_after || zero_tail,
+            ));
             break;
         }
         records.push(WalRecord {
             seq,
             payload: payload.to_vec(),
         });
-        off += HEADER + len as usize;
+        off += HEADER + len;
     }
+    let warning = match damage {
+        None => None,
+        Some((what, tail)) if tail && is_last => Some(what),
+        Some((what, _)) if recovery == WalRecovery::Truncate => {
+            tracing::error!(segment = %path.display(), offset = off, "WAL damaged ({what}); recovery drops this record and the rest of the segment");
+            Some(format!("{what}; dropped the rest of the segment (WAL recovery)"))
+        }
+        Some((what, _)) => {
+            return Err(Error::CorruptWal {
+                path: path.to_path_buf(),
+                offset: off as u64,
+                message: format!(
+                    "{what}, with {} more bytes after it: acknowledged data may be damaged. Keep a copy of the data directory, then start with --wal-recovery truncate to drop the damaged record and the rest of this segment",
+                    data.len() - off
+                ),
+            })
+        }
+    };
     if warning.is_some() {
         let f = OpenOptions::new()
             .write(true)
@@ -236,7 +321,9 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[9, 9, 9, 0, 1]).unwrap();
         drop(f);
-        let (recs, warn) = read_segment(&path).unwrap();
+        let e = read_segment(&path, false, WalRecovery::Refuse).err().unwrap();
+        assert!(e.to_string().contains("torn"), "not the last segment: {e}");
+        let (recs, warn) = read_segment(&path, true, WalRecovery::Refuse).unwrap();
         assert_eq!(recs.len(), 2);
         assert!(warn.unwrap().contains("torn"));
         assert_eq!(recs[1].seq, 2);
@@ -244,9 +331,63 @@ mod tests {
         assert_eq!(tables[0].0, "t");
         assert_eq!(tables[0].1, b);
         // The tail was truncated, so a second read is clean.
-        let (recs, warn) = read_segment(&path).unwrap();
+        let (recs, warn) = read_segment(&path, true, WalRecovery::Refuse).unwrap();
         assert_eq!(recs.len(), 2);
         assert!(warn.is_none());
         assert!(decode_payload(&[1, 2]).is_err());
+    }
+
+    fn two_records(dir: &Path) -> (PathBuf, usize) {
+        let b =
+            RecordBatch::try_from_iter(vec![("x", Arc::new(Int64Array::from(vec![1, 2, 3])) as _)])
+                .unwrap();
+        let payload = encode_payload(&[("t".into(), b)]).unwrap();
+        let mut seg = WalSegment::create(dir, 1).unwrap();
+        seg.append(1, &payload).unwrap();
+        seg.append(2, &payload).unwrap();
+        seg.sync().unwrap();
+        (seg.path().to_path_buf(), HEADER + payload.len())
+    }
+
+    #[test]
+    fn damage_before_the_tail_stops_replay_unless_recovering() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, record) = two_records(dir.path());
+        let mut data = fs::read(&path).unwrap();
+        data[HEADER + 3] ^= 0xff; // inside the first record's payload
+        fs::write(&path, &data).unwrap();
+        let e = read_segment(&path, true, WalRecovery::Refuse).err().unwrap().to_string();
+        assert!(e.contains("offset 0") && e.contains("--wal-recovery"), "{e}");
+        assert_eq!(fs::read(&path).unwrap().len(), 2 * record, "nothing cut off");
+        let (recs, warn) = read_segment(&path, true, WalRecovery::Truncate).unwrap();
+        assert!(recs.is_empty());
+        assert!(warn.unwrap().contains("recovery"));
+    }
+
+    #[test]
+    fn checksum_damage_in_the_last_record_is_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, record) = two_records(dir.path());
+        let mut data = fs::read(&path).unwrap();
+        let last = data.len() - 1;
+        data[last] ^= 0xff;
+        // A zero-filled block after it, as a crash can leave.
+        data.extend_from_slice(&[0; 4096]);
+        fs::write(&path, &data).unwrap();
+        let (recs, warn) = read_segment(&path, true, WalRecovery::Refuse).unwrap();
+        assert_eq!(recs.len(), 1);
+        assert!(warn.unwrap().contains("checksum"));
+        assert_eq!(fs::read(&path).unwrap().len(), record, "cut at the torn record");
+    }
+
+    #[test]
+    fn abandon_cuts_what_was_not_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, record) = two_records(dir.path());
+        let mut seg = WalSegment::create(dir.path(), 1).unwrap();
+        assert_eq!(seg.synced_len as usize, 2 * record);
+        seg.append(3, b"not synced").unwrap();
+        seg.abandon().unwrap();
+        assert_eq!(fs::read(&path).unwrap().len(), 2 * record);
     }
 }

@@ -400,13 +400,14 @@ fn collector_feeds_two_storage_nodes_that_split_and_take_over_partitions() {
     );
     assert_eq!(String::from_utf8_lossy(&rw.stdout).trim(), "2400");
     // A malformed message straight into the topic: its good line is stored, the
-    // message is copied to the dead-letter topic.
+    // message is copied to the dead-letter topic. Its repeated tag key once
+    // panicked every consumer of the group in turn.
     let producer = broker.producer();
     rt.block_on(
         producer.send(
             FutureRecord::to("metrics")
                 .key("dl")
-                .payload("dl v=7 1767225600000000000\nthis is not line protocol\n"),
+                .payload("dl v=7 1767225600000000000\nthis is not line protocol\ndl,a=1,a=2 v=8 1767225600000000001\n"),
             Duration::from_secs(10),
         ),
     )
@@ -516,7 +517,7 @@ fn collector_feeds_two_storage_nodes_that_split_and_take_over_partitions() {
         .unwrap();
     assert_eq!(
         m.payload().unwrap(),
-        b"dl v=7 1767225600000000000\nthis is not line protocol\n"
+        b"dl v=7 1767225600000000000\nthis is not line protocol\ndl,a=1,a=2 v=8 1767225600000000001\n"
     );
     let headers: Vec<(String, String)> = m
         .headers()
@@ -530,7 +531,7 @@ fn collector_feeds_two_storage_nodes_that_split_and_take_over_partitions() {
         })
         .collect();
     assert!(
-        headers.contains(&("vigil-rejected-lines".into(), "2".into())),
+        headers.contains(&("vigil-rejected-lines".into(), "2,3".into())),
         "{headers:?}"
     );
     assert!(

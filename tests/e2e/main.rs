@@ -7,5 +7,6 @@ mod server;
 mod clients;
 mod crash;
 mod errors;
+mod hostile;
 mod kafka;
 mod roundtrip;

@@ -16,7 +16,19 @@ pub struct TestServer {
     /// Postgres wire protocol address (host:port).
     pub pg_addr: String,
     pub data_dir: PathBuf,
+    /// The secret helpers send (`--auth-token` or `--auth-password` in `extra`).
+    pub token: Option<String>,
+    /// The certificate when the server runs TLS (`--tls-cert`): HTTP is https.
+    pub tls_cert: Option<PathBuf>,
     extra: Vec<String>,
+}
+
+fn arg_after(extra: &[&str], flag: &str) -> Option<String> {
+    extra
+        .iter()
+        .position(|a| *a == flag)
+        .and_then(|i| extra.get(i + 1))
+        .map(|s| s.to_string())
 }
 
 pub fn free_port() -> u16 {
@@ -36,6 +48,8 @@ impl TestServer {
             flight_addr: String::new(),
             pg_addr: String::new(),
             data_dir: data_dir.to_path_buf(),
+            token: arg_after(extra, "--auth-token").or_else(|| arg_after(extra, "--auth-password")),
+            tls_cert: arg_after(extra, "--tls-cert").map(PathBuf::from),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         s.pick_ports();
@@ -47,7 +61,12 @@ impl TestServer {
     /// Kafka broker) may take one before vigil binds it.
     fn pick_ports(&mut self) {
         self.addr = format!("127.0.0.1:{}", free_port());
-        self.url = format!("http://{}", self.addr);
+        let scheme = if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.url = format!("{scheme}://{}", self.addr);
         self.flight_addr = format!("127.0.0.1:{}", free_port());
         self.pg_addr = format!("127.0.0.1:{}", free_port());
     }
@@ -85,7 +104,7 @@ impl TestServer {
             .expect("start vigil");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let client = reqwest::blocking::Client::new();
+        let client = self.client();
         loop {
             if let Ok(r) = client.get(format!("{}/health", self.url)).send() {
                 if r.status().is_success() {
@@ -124,13 +143,33 @@ impl TestServer {
         self.spawn();
     }
 
+    /// An HTTP client that trusts the server's certificate (when it has one).
+    pub fn client(&self) -> reqwest::blocking::Client {
+        let mut b = reqwest::blocking::Client::builder();
+        if let Some(cert) = &self.tls_cert {
+            let pem = std::fs::read(cert).unwrap();
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+        }
+        b.build().unwrap()
+    }
+
+    /// A request with the server's token (if it has one).
+    pub fn request(&self, method: reqwest::Method, path_and_query: &str) -> reqwest::blocking::RequestBuilder {
+        let r = self
+            .client()
+            .request(method, format!("{}{}", self.url, path_and_query));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
     pub fn write(
         &self,
         path_and_query: &str,
         body: impl Into<reqwest::blocking::Body>,
     ) -> reqwest::blocking::Response {
-        reqwest::blocking::Client::new()
-            .post(format!("{}{}", self.url, path_and_query))
+        self.request(reqwest::Method::POST, path_and_query)
             .body(body)
             .send()
             .unwrap()
@@ -143,8 +182,8 @@ impl TestServer {
 
     /// Runs SQL over HTTP and returns the rows as JSON objects.
     pub fn sql(&self, q: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
-        let r = reqwest::blocking::Client::new()
-            .post(format!("{}/api/v1/sql", self.url))
+        let r = self
+            .request(reqwest::Method::POST, "/api/v1/sql")
             .json(&serde_json::json!({"sql": q, "format": "json"}))
             .send()
             .unwrap();
@@ -161,11 +200,15 @@ impl TestServer {
 
     /// Runs the `vigil` CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("VIGIL_URL", &self.url)
-            .output()
-            .unwrap()
+        let mut c = Command::new(BIN);
+        c.args(args).env("VIGIL_URL", &self.url);
+        if let Some(t) = &self.token {
+            c.env("VIGIL_TOKEN", t);
+        }
+        if let Some(cert) = &self.tls_cert {
+            c.env("SSL_CERT_FILE", cert);
+        }
+        c.output().unwrap()
     }
 }
 

@@ -1,0 +1,263 @@
+//! pgwire queries run on vigil's one query path.
+//!
+//! `datafusion-postgres` would run statements on the shared `SessionContext` itself:
+//! DDL and COPY included, `SET datafusion.*` changing the settings every front end
+//! shares, outside the engine's memory pool and concurrency limit. Here every
+//! statement that reads data is planned and streamed by [`QueryEngine`] (read-only
+//! check, admission, per-query pool, timeout, result cache); only the session
+//! statements Postgres clients send at connect time (`SET` of per-connection
+//! settings, `SHOW`, `BEGIN`/`COMMIT`, cursors over read-only queries) are left to
+//! `datafusion-postgres`'s own hooks.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{Set, Statement};
+use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
+use datafusion_postgres::hooks::HookClient;
+use datafusion_postgres::pgwire::api::portal::Format;
+use datafusion_postgres::pgwire::api::results::{QueryResponse, Response};
+use datafusion_postgres::pgwire::api::ClientInfo;
+use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::data::DataRow;
+use datafusion_postgres::pgwire::types::format::FormatOptions;
+use datafusion_postgres::QueryHook;
+use futures::StreamExt;
+use vigil_auth::Principal;
+use vigil_model::TableAccess;
+use vigil_sql::{PlannedQuery, QueryEngine};
+
+/// What a statement is, for deciding who runs it.
+enum Kind<'a> {
+    /// Runs on the engine (a query; anything else is refused there as not read-only).
+    Engine,
+    /// A `SET` that changes settings shared by every session: refused.
+    SharedSet(String),
+    /// Session statements `datafusion-postgres` answers per connection.
+    Session,
+    /// `DECLARE c CURSOR FOR <query>`: allowed when the query only reads.
+    Cursor(&'a Statement),
+}
+
+fn kind(statement: &Statement) -> Kind<'_> {
+    match statement {
+        Statement::Set(set) => match set {
+            Set::SingleAssignment { variable, .. } => {
+                let name = variable.to_string();
+                // Postgres' own settings are per connection; DataFusion's (dotted,
+                // `datafusion.*`) would change the shared context.
+                if name.contains('.') {
+                    Kind::SharedSet(name)
+                } else {
+                    Kind::Session
+                }
+            }
+            Set::SetTimeZone { .. }
+            | Set::SetNames { .. }
+            | Set::SetNamesDefault {}
+            | Set::SetTransaction { .. } => Kind::Session,
+            other => Kind::SharedSet(other.to_string()),
+        },
+        Statement::ShowVariable { .. }
+        | Statement::ShowStatus { .. }
+        | Statement::ShowCatalogs { .. }
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. } => Kind::Session,
+        Statement::Declare { stmts } => match stmts.first().and_then(|d| d.for_query.as_deref()) {
+            Some(_) => Kind::Cursor(statement),
+            None => Kind::Session,
+        },
+        _ => Kind::Engine,
+    }
+}
+
+fn shared_set_error(name: &str) -> PgWireError {
+    user_error(
+        "42501",
+        format!(
+            "SET {name} is not allowed: it would change settings shared by every session (only per-connection settings such as statement_timeout, search_path, application_name and TIME ZONE can be set)"
+        ),
+    )
+}
+
+pub(crate) fn user_error(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_string(),
+        code.to_string(),
+        message,
+    )))
+}
+
+/// The SQLSTATE a client can act on: 25006 (read-only), 53300 (too many), 57014
+/// (timeout), 53200 (out of memory), 42000 otherwise.
+pub(crate) fn engine_error(e: vigil_sql::Error) -> PgWireError {
+    let code = match &e {
+        vigil_sql::Error::ReadOnly(_) => "25006",
+        vigil_sql::Error::Forbidden(_) => "42501",
+        vigil_sql::Error::Busy { .. } => "53300",
+        vigil_sql::Error::Timeout(_) => "57014",
+        vigil_sql::Error::DataFusion(datafusion::error::DataFusionError::ResourcesExhausted(
+            _,
+        )) => "53200",
+        _ => "42000",
+    };
+    user_error(code, e.to_string())
+}
+
+/// Streams a planned query as pgwire rows in the given format (text for the simple
+/// protocol, what the portal asks for in the extended one).
+pub(crate) fn respond(
+    engine: &QueryEngine,
+    planned: PlannedQuery,
+    format: &Format,
+    options: Arc<FormatOptions>,
+) -> PgWireResult<Response> {
+    let schema = planned.schema();
+    let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
+    let batches = engine.execute(planned).map_err(engine_error)?;
+    let row_fields = Arc::clone(&fields);
+    let rows = batches
+        .map(move |batch| {
+            let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> = match batch
+            {
+                Ok(b) => encode_recordbatch(Arc::clone(&row_fields), b),
+                Err(e) => Box::new(std::iter::once(Err(df_error(e)))),
+            };
+            futures::stream::iter(rows)
+        })
+        .flatten();
+    Ok(Response::Query(QueryResponse::new(fields, rows)))
+}
+
+/// A DataFusion error met while streaming, with vigil's own (timeout) unwrapped.
+fn df_error(e: datafusion::error::DataFusionError) -> PgWireError {
+    match e {
+        datafusion::error::DataFusionError::External(inner) => {
+            match inner.downcast::<vigil_sql::Error>() {
+                Ok(e) => engine_error(*e),
+                Err(other) => engine_error(vigil_sql::Error::DataFusion(
+                    datafusion::error::DataFusionError::External(other),
+                )),
+            }
+        }
+        other => engine_error(vigil_sql::Error::DataFusion(other)),
+    }
+}
+
+/// The hook that routes pgwire statements (installed first, before
+/// `datafusion-postgres`'s own).
+pub(crate) struct EngineHook {
+    pub(crate) engine: Arc<QueryEngine>,
+}
+
+#[async_trait]
+impl QueryHook for EngineHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _session_context: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        match kind(statement) {
+            Kind::Session => None,
+            Kind::SharedSet(name) => Some(Err(shared_set_error(&name))),
+            Kind::Cursor(declare) => match cursor_query(declare) {
+                Some(q) => match self.engine.logical_plan(&q, &access(&*client)).await {
+                    Ok(_) => None,
+                    Err(e) => Some(Err(engine_error(e))),
+                },
+                None => None,
+            },
+            Kind::Engine => {
+                let sql = statement.to_string();
+                let planned = match self.engine.plan(&sql, None, &access(&*client)).await {
+                    Ok(p) => p,
+                    Err(e) => return Some(Err(engine_error(e))),
+                };
+                let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+                Some(respond(
+                    &self.engine,
+                    planned,
+                    &Format::UnifiedText,
+                    options,
+                ))
+            }
+        }
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        session_context: &SessionContext,
+        client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        match kind(statement) {
+            Kind::Session | Kind::Cursor(_) => None,
+            Kind::SharedSet(name) => Some(Err(shared_set_error(&name))),
+            Kind::Engine => {
+                // Planned as datafusion-postgres plans it (so parameter types are
+                // inferred the same way), then checked: nothing but reading is
+                // prepared.
+                let plan = session_context
+                    .state()
+                    .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                        statement.clone(),
+                    )))
+                    .await
+                    .map_err(|e| engine_error(e.into()))
+                    .and_then(|plan| {
+                        vigil_sql::check_read_only(&plan)
+                            .and_then(|_| vigil_sql::check_access(&plan, &access(client)))
+                            .map(|_| plan)
+                            .map_err(engine_error)
+                    });
+                Some(plan)
+            }
+        }
+    }
+
+    async fn handle_extended_query(
+        &self,
+        _statement: &Statement,
+        _logical_plan: &LogicalPlan,
+        _params: &ParamValues,
+        _session_context: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        // Queries are executed by `VigilSession::do_query`, which knows the
+        // portal's result format; session statements fall through.
+        None
+    }
+}
+
+/// The tables the logged-in token may read (all, without tokens).
+pub(crate) fn access<C: ClientInfo + ?Sized>(client: &C) -> TableAccess {
+    client
+        .session_extensions()
+        .get::<Principal>()
+        .map(|p| p.tables.clone())
+        .unwrap_or_else(TableAccess::all)
+}
+
+/// The query of a `DECLARE ... CURSOR FOR <query>`.
+fn cursor_query(statement: &Statement) -> Option<String> {
+    match statement {
+        Statement::Declare { stmts } => stmts
+            .first()
+            .and_then(|d| d.for_query.as_ref())
+            .map(|q| q.to_string()),
+        _ => None,
+    }
+}
+
+/// True for statements [`VigilSession`](crate::session::VigilSession) runs on the
+/// engine in the extended protocol.
+pub(crate) fn runs_on_engine(statement: &Statement) -> bool {
+    matches!(kind(statement), Kind::Engine)
+}
