@@ -90,7 +90,10 @@ pub enum AuthError {
     #[error("malformed Authorization header: {0}")]
     Malformed(String),
     #[error("token '{name}' lacks the '{permission}' permission")]
-    Forbidden { name: String, permission: Permission },
+    Forbidden {
+        name: String,
+        permission: Permission,
+    },
 }
 
 /// A secret as stored: PBKDF2-SHA256 of the secret with a salt.
@@ -224,9 +227,9 @@ impl Credentials {
                     .map_err(|_| AuthError::Malformed("basic credentials are not base64".into()))?;
                 let text = String::from_utf8(decoded)
                     .map_err(|_| AuthError::Malformed("basic credentials are not UTF-8".into()))?;
-                let (user, password) = text.split_once(':').ok_or_else(|| {
-                    AuthError::Malformed("basic credentials lack ':'".into())
-                })?;
+                let (user, password) = text
+                    .split_once(':')
+                    .ok_or_else(|| AuthError::Malformed("basic credentials lack ':'".into()))?;
                 Ok(Credentials::User(user.to_string(), password.to_string()))
             }
             other => Err(AuthError::Malformed(format!("unknown scheme '{other}'"))),
@@ -281,7 +284,10 @@ impl TokenStore {
 
     /// Who the credentials belong to. Without tokens configured everyone is
     /// [`Principal::anonymous`].
-    pub fn authenticate(&self, credentials: Option<&Credentials>) -> Result<Arc<Principal>, AuthError> {
+    pub fn authenticate(
+        &self,
+        credentials: Option<&Credentials>,
+    ) -> Result<Arc<Principal>, AuthError> {
         if !self.enabled() {
             return Ok(Arc::new(Principal::anonymous()));
         }
@@ -344,7 +350,8 @@ impl TokenStore {
                 s.by_token.remove(&old);
             }
         }
-        s.by_token.insert(token.clone(), (principal, now + SESSION_TTL));
+        s.by_token
+            .insert(token.clone(), (principal, now + SESSION_TTL));
         s.order.push_back(token.clone());
         token
     }
@@ -422,7 +429,10 @@ mod tests {
             Err(AuthError::Invalid)
         );
         assert_eq!(s.authenticate(None), Err(AuthError::Missing));
-        assert!(TokenStore::default().authenticate(None).unwrap().can(Permission::Admin));
+        assert!(TokenStore::default()
+            .authenticate(None)
+            .unwrap()
+            .can(Permission::Admin));
     }
 
     #[test]

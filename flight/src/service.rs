@@ -339,7 +339,9 @@ impl FlightSqlService for VigilFlightSqlService {
     ) -> Result<Response<FlightInfo>, Status> {
         let principal = self.auth.check(request.metadata())?;
         debug!(sql = %query.query, "Flight SQL statement");
-        let schema = self.result_schema(&query.query, None, &principal.tables).await?;
+        let schema = self
+            .result_schema(&query.query, None, &principal.tables)
+            .await?;
         let ticket = TicketStatementQuery {
             statement_handle: query.query.into_bytes().into(),
         };
@@ -358,7 +360,9 @@ impl FlightSqlService for VigilFlightSqlService {
         let principal = self.auth.check(request.metadata())?;
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("statement ticket is not UTF-8 SQL"))?;
-        Ok(Response::new(self.stream(&sql, None, &principal.tables).await?))
+        Ok(Response::new(
+            self.stream(&sql, None, &principal.tables).await?,
+        ))
     }
 
     async fn do_action_create_prepared_statement(
@@ -375,7 +379,8 @@ impl FlightSqlService for VigilFlightSqlService {
         // Without parameters the result schema is the planned one (as DoGet sends it);
         // with parameters it is known only once they are bound.
         let dataset_schema = if param_types.is_empty() {
-            self.result_schema(&query.query, None, &principal.tables).await?
+            self.result_schema(&query.query, None, &principal.tables)
+                .await?
         } else {
             flight_schema(&logical_schema)
         };
@@ -489,7 +494,9 @@ impl FlightSqlService for VigilFlightSqlService {
                 statement.param_types.len()
             )));
         }
-        let schema = self.result_schema(&statement.sql, statement.params, &principal.tables).await?;
+        let schema = self
+            .result_schema(&statement.sql, statement.params, &principal.tables)
+            .await?;
         ticket_info(
             request.into_inner(),
             query.as_any().encode_to_vec(),
@@ -505,7 +512,8 @@ impl FlightSqlService for VigilFlightSqlService {
         let principal = self.auth.check(request.metadata())?;
         let statement = self.prepared(&query.prepared_statement_handle)?;
         Ok(Response::new(
-            self.stream(&statement.sql, statement.params, &principal.tables).await?,
+            self.stream(&statement.sql, statement.params, &principal.tables)
+                .await?,
         ))
     }
 

@@ -12,8 +12,8 @@ mod pipeline;
 mod remote_write;
 
 pub use line_protocol::{
-    encode_line_protocol, parse_line_protocol, parse_line_protocol_limited, LineLimits,
-    ParsedBody, Precision, PrecisionError,
+    encode_line_protocol, parse_line_protocol, parse_line_protocol_limited, LineLimits, ParsedBody,
+    Precision, PrecisionError,
 };
 pub use pipeline::{
     ParsedWrite, PreparedWrite, RejectedLine, WriteError, WriteFormat, WriteLimits, WritePipeline,

@@ -59,7 +59,12 @@ pub struct ParsedBody<'a> {
 }
 
 impl ParsedBody<'_> {
-    pub(crate) fn reject(&mut self, max_errors: usize, line: usize, reason: impl FnOnce() -> String) {
+    pub(crate) fn reject(
+        &mut self,
+        max_errors: usize,
+        line: usize,
+        reason: impl FnOnce() -> String,
+    ) {
         self.error_count += 1;
         if self.errors.len() < max_errors {
             self.errors.push(LineError {
@@ -268,12 +273,18 @@ pub fn parse_line_protocol_limited<'a>(
 pub(crate) fn repeated_key(p: &Point<'_>) -> Option<String> {
     for (i, (k, _)) in p.tags.iter().enumerate() {
         if p.tags[..i].iter().any(|(e, _)| e == k) {
-            return Some(format!("tag '{}' is given more than once", truncate_chars(k, 64)));
+            return Some(format!(
+                "tag '{}' is given more than once",
+                truncate_chars(k, 64)
+            ));
         }
     }
     for (i, (k, _)) in p.fields.iter().enumerate() {
         if p.fields[..i].iter().any(|(e, _)| e == k) {
-            return Some(format!("field '{}' is given more than once", truncate_chars(k, 64)));
+            return Some(format!(
+                "field '{}' is given more than once",
+                truncate_chars(k, 64)
+            ));
         }
         if p.tags.iter().any(|(t, _)| t == k) {
             return Some(format!(
@@ -368,9 +379,13 @@ mod tests {
         );
         let lines: Vec<usize> = p.errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![1, 2, 3, 4], "{:?}", p.errors);
-        assert!(p.errors[0].reason.contains("field 'f' is given more than once"));
+        assert!(p.errors[0]
+            .reason
+            .contains("field 'f' is given more than once"));
         assert!(p.errors[1].reason.contains("out of range"));
-        assert!(p.errors[2].reason.contains("tag 'a' is given more than once"));
+        assert!(p.errors[2]
+            .reason
+            .contains("tag 'a' is given more than once"));
         assert!(p.errors[3].reason.contains("both a tag and a field"));
         assert_eq!(p.points.len(), 1);
         assert_eq!(p.points[0].0, 5);
@@ -392,7 +407,11 @@ mod tests {
         let p = parse_line_protocol_limited(&body, Precision::Nanosecond, 0, &limits);
         assert_eq!(p.error_count, 5);
         assert_eq!(p.errors.len(), 3, "only the first reasons are kept");
-        assert!(p.errors[0].reason.contains("write.max_line_bytes"), "{:?}", p.errors);
+        assert!(
+            p.errors[0].reason.contains("write.max_line_bytes"),
+            "{:?}",
+            p.errors
+        );
         assert!(p.errors[1].reason.contains("write.max_tags_per_line"));
         assert!(p.errors[2].reason.contains("write.max_fields_per_line"));
         assert_eq!(p.points.len(), 1);

@@ -159,7 +159,10 @@ pub fn remote_write_points_limited<'a>(
         };
         if let Some(reason) = limits.check(&probe).or_else(|| repeated_key(&probe)) {
             out.reject(max_errors, number, || {
-                format!("time series {number} ({}): {reason}", truncate_chars(name, 200))
+                format!(
+                    "time series {number} ({}): {reason}",
+                    truncate_chars(name, 200)
+                )
             });
             continue;
         }

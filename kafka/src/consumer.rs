@@ -286,10 +286,7 @@ impl KafkaIngest {
                     self.pipeline.parse_lines(text, *precision, now),
                     text.split('\n').count(),
                 ),
-                Decoded::Request(r) => (
-                    self.pipeline.remote_write_points(r),
-                    r.timeseries.len(),
-                ),
+                Decoded::Request(r) => (self.pipeline.remote_write_points(r), r.timeseries.len()),
                 Decoded::Unreadable => {
                     rejected += 1;
                     next += 1;
@@ -384,7 +381,11 @@ impl KafkaIngest {
             };
             // Headers stay far below the broker's message size: the first rejected
             // lines are named, and the count says whether there were more.
-            let mut lines: Vec<String> = errors.iter().take(100).map(|e| e.line.to_string()).collect();
+            let mut lines: Vec<String> = errors
+                .iter()
+                .take(100)
+                .map(|e| e.line.to_string())
+                .collect();
             if errors.len() > 100 {
                 lines.push(format!("... ({} in all)", errors.len()));
             }

@@ -105,7 +105,7 @@ impl ForwardBatch {
 
 /// Largest message the collector produces, below Kafka's default `message.max.bytes`
 /// (1 MB) with room for the key and headers.
-pub const MAX_MESSAGE_BYTES: usize = 900 << 10;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 900 << 10;
 
 /// Encodes `items` as one payload, or, if that is over `max`, as payloads of halves
 /// (recursively), so every message fits the broker's limit. A single item over the

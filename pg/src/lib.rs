@@ -20,6 +20,9 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::auth::sasl::scram::ScramAuth;
 use datafusion_postgres::pgwire::api::auth::sasl::SASLAuthStartupHandler;
@@ -35,9 +38,6 @@ use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::pgwire::tokio::tokio_rustls::rustls;
 use datafusion_postgres::pgwire::tokio::{process_socket, TlsAcceptor};
-use datafusion_postgres::hooks::cursor::CursorStatementHook;
-use datafusion_postgres::hooks::set_show::SetShowHook;
-use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::{DfSessionService, QueryHook};
 use futures::Sink;
 use rustls_pki_types::pem::PemObject;
@@ -319,7 +319,10 @@ impl AuthSource for ScramSecrets {
             .and_then(|u| self.tokens.by_name(u))
             .map(|t| &t.secret)
             .unwrap_or(&self.unknown);
-        Ok(Password::new(Some(secret.salt.clone()), secret.hash.clone()))
+        Ok(Password::new(
+            Some(secret.salt.clone()),
+            secret.hash.clone(),
+        ))
     }
 }
 

@@ -102,9 +102,9 @@ pub(crate) fn engine_error(e: vigil_sql::Error) -> PgWireError {
         vigil_sql::Error::Forbidden(_) => "42501",
         vigil_sql::Error::Busy { .. } => "53300",
         vigil_sql::Error::Timeout(_) => "57014",
-        vigil_sql::Error::DataFusion(datafusion::error::DataFusionError::ResourcesExhausted(
-            _,
-        )) => "53200",
+        vigil_sql::Error::DataFusion(datafusion::error::DataFusionError::ResourcesExhausted(_)) => {
+            "53200"
+        }
         _ => "42000",
     };
     user_error(code, e.to_string())
@@ -124,8 +124,7 @@ pub(crate) fn respond(
     let row_fields = Arc::clone(&fields);
     let rows = batches
         .map(move |batch| {
-            let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> = match batch
-            {
+            let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> = match batch {
                 Ok(b) => encode_recordbatch(Arc::clone(&row_fields), b),
                 Err(e) => Box::new(std::iter::once(Err(df_error(e)))),
             };

@@ -11,6 +11,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use datafusion_postgres::pgwire::api::portal::Portal;
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -20,9 +23,6 @@ use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
-use datafusion::arrow::datatypes::DataType;
-use datafusion::logical_expr::LogicalPlan;
-use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::{DfSessionService, Parser};
 use futures::{Sink, StreamExt};
@@ -113,7 +113,10 @@ impl VigilSession {
         let mut ordered: Vec<(usize, Option<DataType>)> = types
             .into_iter()
             .map(|(id, t)| {
-                let n = id.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX);
+                let n = id
+                    .trim_start_matches('$')
+                    .parse::<usize>()
+                    .unwrap_or(usize::MAX);
                 // Clients bind plain values to tag (dictionary) parameters.
                 let t = match t {
                     Some(DataType::Dictionary(_, value)) => Some(*value),

@@ -366,12 +366,24 @@ impl Config {
             ("write.max_fields_per_line", self.write.max_fields_per_line),
             ("write.max_tag_value_bytes", self.write.max_tag_value_bytes),
             ("write.max_days_per_write", self.write.max_days_per_write),
-            ("write.max_series_per_request", self.write.max_series_per_request),
+            (
+                "write.max_series_per_request",
+                self.write.max_series_per_request,
+            ),
             ("storage.max_tables", self.storage.max_tables),
-            ("storage.max_columns_per_table", self.storage.max_columns_per_table),
-            ("storage.max_wal_record_bytes", self.storage.max_wal_record_bytes),
+            (
+                "storage.max_columns_per_table",
+                self.storage.max_columns_per_table,
+            ),
+            (
+                "storage.max_wal_record_bytes",
+                self.storage.max_wal_record_bytes,
+            ),
             ("query.max_concurrent", self.query.max_concurrent),
-            ("query.max_query_memory_bytes", self.query.max_query_memory_bytes),
+            (
+                "query.max_query_memory_bytes",
+                self.query.max_query_memory_bytes,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be > 0")));

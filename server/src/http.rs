@@ -6,16 +6,16 @@ use std::time::Instant;
 use arrow::record_batch::RecordBatch;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::Extension;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use vigil_ingest::{now_nanos, Precision, WriteError, WriteFormat, WritePipeline, WriteReport};
 use vigil_auth::{AuthError, Credentials, Permission, Principal, TokenStore};
+use vigil_ingest::{now_nanos, Precision, WriteError, WriteFormat, WritePipeline, WriteReport};
 use vigil_kafka::{ForwardBatch, KafkaForwarder};
 use vigil_model::TableAccess;
 use vigil_sql::QueryEngine;
@@ -255,7 +255,11 @@ async fn write(
     let gzip = is_gzip(&headers);
     let access = principal.tables.clone();
     let result = match &s.forwarder {
-        None => s.pipeline.write(body, gzip, format, now_nanos(), access).await,
+        None => {
+            s.pipeline
+                .write(body, gzip, format, now_nanos(), access)
+                .await
+        }
         Some(f) => forward(&s.pipeline, f, body, gzip, format, access).await,
     };
     match result {
@@ -582,12 +586,21 @@ impl ResultEncoder {
                     Arc::new(arrow::datatypes::Schema::new(
                         names
                             .iter()
-                            .map(|n| arrow::datatypes::Field::new(*n, arrow::datatypes::DataType::Utf8, true))
+                            .map(|n| {
+                                arrow::datatypes::Field::new(
+                                    *n,
+                                    arrow::datatypes::DataType::Utf8,
+                                    true,
+                                )
+                            })
                             .collect::<Vec<_>>(),
                     )),
                     names
                         .iter()
-                        .map(|_| Arc::new(arrow::array::StringArray::from(Vec::<Option<&str>>::new())) as _)
+                        .map(|_| {
+                            Arc::new(arrow::array::StringArray::from(Vec::<Option<&str>>::new()))
+                                as _
+                        })
                         .collect(),
                 )?;
                 w.write(&empty)?;
@@ -659,11 +672,9 @@ impl ResultEncoder {
 
     fn finish(&mut self) -> Result<Bytes, arrow::error::ArrowError> {
         match self {
-            ResultEncoder::Json { rows } => Ok(Bytes::from_static(if *rows == 0 {
-                b"[]"
-            } else {
-                b"]"
-            })),
+            ResultEncoder::Json { rows } => {
+                Ok(Bytes::from_static(if *rows == 0 { b"[]" } else { b"]" }))
+            }
             ResultEncoder::JsonLines => Ok(Bytes::new()),
             ResultEncoder::Csv { header } => Ok(Bytes::from(header.take().unwrap_or_default())),
             ResultEncoder::Arrow(w) => {

@@ -75,7 +75,10 @@ fn main() -> anyhow::Result<()> {
         Command::Auth(AuthCommand::New) => {
             let secret = format!("vt_{:032x}", rand::random::<u128>());
             println!("secret:      {secret}");
-            println!("secret_hash: {}", vigil_auth::SecretHash::new(&secret).encode());
+            println!(
+                "secret_hash: {}",
+                vigil_auth::SecretHash::new(&secret).encode()
+            );
             Ok(())
         }
     }
@@ -257,7 +260,10 @@ async fn background_tasks(
                 Ok(_) => health.recover("flush"),
                 Err(e) => {
                     error!(error = %e, "flush failed");
-                    health.fail("flush", format!("flush failed (data stays in the WAL and is retried): {e}"));
+                    health.fail(
+                        "flush",
+                        format!("flush failed (data stays in the WAL and is retried): {e}"),
+                    );
                 }
             }
         }

@@ -98,9 +98,8 @@ impl ServerMetrics {
     pub(crate) fn count_refused_write(&self, e: &vigil_ingest::WriteError) {
         use vigil_ingest::{RemoteWriteError, WriteError};
         let reason = match e {
-            WriteError::TooLarge { .. } | WriteError::RemoteWrite(RemoteWriteError::TooLarge { .. }) => {
-                "body_too_large"
-            }
+            WriteError::TooLarge { .. }
+            | WriteError::RemoteWrite(RemoteWriteError::TooLarge { .. }) => "body_too_large",
             WriteError::Gzip(_) => "bad_gzip",
             WriteError::NotUtf8 { .. } => "bad_utf8",
             WriteError::RemoteWrite(_) => "bad_remote_write",

@@ -244,10 +244,8 @@ impl QueryEngine {
     /// A context for one query: the shared catalog and functions with a memory pool
     /// of its own, capped, drawing from the server's pool.
     fn query_context(&self) -> Result<SessionContext> {
-        let pool = QueryMemoryPool::new(
-            Arc::clone(&self.memory),
-            self.config.max_query_memory_bytes,
-        );
+        let pool =
+            QueryMemoryPool::new(Arc::clone(&self.memory), self.config.max_query_memory_bytes);
         let runtime = RuntimeEnvBuilder::from_runtime_env(self.ctx.runtime_env().as_ref())
             .with_memory_pool(Arc::new(pool))
             .build_arc()?;
@@ -417,8 +415,7 @@ impl QueryEngine {
         let state = ctx.state();
         let optimized = state.optimize(&logical)?;
         let fingerprint = self.result_cache.fingerprint(&optimized, &self.storage);
-        let cache_key = fingerprint
-            .map(|fp| (optimized.display_indent_schema().to_string(), fp));
+        let cache_key = fingerprint.map(|fp| (optimized.display_indent_schema().to_string(), fp));
         if let Some((key, fp)) = &cache_key {
             if let Some((schema, batches)) = self.result_cache.get(key, fp) {
                 return Ok(PlannedQuery {

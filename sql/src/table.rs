@@ -17,8 +17,8 @@ use datafusion::execution::context::SessionState;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    ident, lit, Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown,
-    TableType,
+    ident, lit, Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder,
+    TableProviderFilterPushDown, TableType,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use vigil_storage::buffer::{file_seq, normalize, with_seq_column};

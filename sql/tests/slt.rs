@@ -127,8 +127,14 @@ impl sqllogictest::AsyncDB for Vigil {
         })
     }
 
+    async fn shutdown(&mut self) {}
+
     fn engine_name(&self) -> &str {
         "vigil"
+    }
+
+    async fn sleep(dur: std::time::Duration) {
+        tokio::time::sleep(dur).await
     }
 }
 
@@ -138,7 +144,6 @@ async fn run_file(path: &Path) {
     if complete {
         runner
             .update_test_file(
-                path,
                 path,
                 " ",
                 sqllogictest::default_validator,

@@ -287,7 +287,7 @@ impl Default for BatchBuilder {
 /// Padding allowed beyond real values: a batch stays at most this many times its
 /// values (plus a fixed allowance) when laid out densely.
 const MAX_PADDING_FACTOR: usize = 4;
-const PADDING_ALLOWANCE: usize = 1 << 16;
+const PADDING_ALLOWANCE: usize = 1 << 12;
 
 impl BatchBuilder {
     fn add_column(&mut self, name: &str, kind: ColumnKind) -> usize {

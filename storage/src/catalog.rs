@@ -133,7 +133,11 @@ mod tests {
     fn lost_catalog_with_files_refuses_to_start() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("parquet")).unwrap();
-        fs::write(dir.path().join("parquet/00000000000000000001.parquet"), b"x").unwrap();
+        fs::write(
+            dir.path().join("parquet/00000000000000000001.parquet"),
+            b"x",
+        )
+        .unwrap();
         let err = CatalogState::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("1 Parquet files but no catalog.json"), "{err}");
     }

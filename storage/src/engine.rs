@@ -196,7 +196,9 @@ fn reserved(key: &str, what: &str) -> String {
     if key == TIME_COLUMN {
         format!("{what} key '{key}' is reserved: every table has a '{TIME_COLUMN}' column")
     } else {
-        format!("{what} key '{key}' is reserved: names starting with '__' are vigil's internal columns")
+        format!(
+            "{what} key '{key}' is reserved: names starting with '__' are vigil's internal columns"
+        )
     }
 }
 
@@ -1096,9 +1098,8 @@ fn wal_loop(
                 }
                 WalCommand::Rotate { reply } => {
                     if !commit(seg, &mut pending, &mut failed) {
-                        let _ = reply.send(Err(Error::WalFailed(
-                            failed.clone().unwrap_or_default(),
-                        )));
+                        let _ =
+                            reply.send(Err(Error::WalFailed(failed.clone().unwrap_or_default())));
                         continue;
                     }
                     let r = WalSegment::create(&dir, next_seq).map(|s| {

@@ -243,10 +243,7 @@ pub fn read_segment(
             break;
         }
         if data.len() - off - HEADER < len {
-            damage = Some((
-                format!("torn record (length {len}) at offset {off}"),
-                true,
-            ));
+            damage = Some((format!("torn record (length {len}) at offset {off}"), true));
             break;
         }
         let payload = &data[off + HEADER..off + HEADER + len];
@@ -321,7 +318,9 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[9, 9, 9, 0, 1]).unwrap();
         drop(f);
-        let e = read_segment(&path, false, WalRecovery::Refuse).err().unwrap();
+        let e = read_segment(&path, false, WalRecovery::Refuse)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("torn"), "not the last segment: {e}");
         let (recs, warn) = read_segment(&path, true, WalRecovery::Refuse).unwrap();
         assert_eq!(recs.len(), 2);
@@ -356,9 +355,19 @@ mod tests {
         let mut data = fs::read(&path).unwrap();
         data[HEADER + 3] ^= 0xff; // inside the first record's payload
         fs::write(&path, &data).unwrap();
-        let e = read_segment(&path, true, WalRecovery::Refuse).err().unwrap().to_string();
-        assert!(e.contains("offset 0") && e.contains("--wal-recovery"), "{e}");
-        assert_eq!(fs::read(&path).unwrap().len(), 2 * record, "nothing cut off");
+        let e = read_segment(&path, true, WalRecovery::Refuse)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("offset 0") && e.contains("--wal-recovery"),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap().len(),
+            2 * record,
+            "nothing cut off"
+        );
         let (recs, warn) = read_segment(&path, true, WalRecovery::Truncate).unwrap();
         assert!(recs.is_empty());
         assert!(warn.unwrap().contains("recovery"));
@@ -377,7 +386,11 @@ mod tests {
         let (recs, warn) = read_segment(&path, true, WalRecovery::Refuse).unwrap();
         assert_eq!(recs.len(), 1);
         assert!(warn.unwrap().contains("checksum"));
-        assert_eq!(fs::read(&path).unwrap().len(), record, "cut at the torn record");
+        assert_eq!(
+            fs::read(&path).unwrap().len(),
+            record,
+            "cut at the torn record"
+        );
     }
 
     #[test]

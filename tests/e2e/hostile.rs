@@ -38,7 +38,9 @@ fn count(server: &TestServer, table: &str) -> i64 {
 fn psql(server: &TestServer, user: &str, password: &str, sql: &str) -> std::process::Output {
     let (host, port) = server.pg_addr.split_once(':').unwrap();
     Command::new("psql")
-        .args(["-h", host, "-p", port, "-U", user, "-d", "vigil", "-X", "-A", "-t"])
+        .args([
+            "-h", host, "-p", port, "-U", user, "-d", "vigil", "-X", "-A", "-t",
+        ])
         .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
@@ -59,7 +61,12 @@ except adbc_driver_manager.Error as e:
 "#
     );
     let out = Command::new("python3")
-        .args(["-c", &script, &format!("grpc://{}", server.flight_addr), sql])
+        .args([
+            "-c",
+            &script,
+            &format!("grpc://{}", server.flight_addr),
+            sql,
+        ])
         .output()
         .expect("python3");
     format!(
@@ -78,7 +85,8 @@ fn sql_is_read_only_on_every_front_end() {
     s.write_lp("cpu,host=a usage=1 1\ncpu,host=b usage=2 2");
     let target = dir.path().join("stolen.csv");
     let attacks = [
-        "CREATE EXTERNAL TABLE passwd (line VARCHAR) STORED AS CSV LOCATION '/etc/passwd'".to_string(),
+        "CREATE EXTERNAL TABLE passwd (line VARCHAR) STORED AS CSV LOCATION '/etc/passwd'"
+            .to_string(),
         format!("COPY (SELECT 1) TO '{}'", target.display()),
         "DROP SCHEMA public CASCADE".to_string(),
         "CREATE TABLE public.cpu AS SELECT 'forged' AS host, 99.0 AS usage".to_string(),
@@ -113,7 +121,11 @@ fn sql_is_read_only_on_every_front_end() {
         "",
         "SET statement_timeout = 5000; SELECT count(*) FROM cpu",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
     let batch = s.sql("SELECT value FROM information_schema.df_settings WHERE name = 'datafusion.execution.batch_size'");
     assert_ne!(batch[0]["value"], "1", "a SET reached the shared settings");
@@ -170,7 +182,11 @@ fn hostile_writes_are_bounded_and_lose_nothing() {
         .as_str()
         .unwrap()
         .contains("storage.max_columns_per_table"));
-    assert_eq!(v["data"].as_array().unwrap().len(), 100, "error list capped");
+    assert_eq!(
+        v["data"].as_array().unwrap().len(),
+        100,
+        "error list capped"
+    );
     assert_eq!(count(&s, "wide"), 1000);
     assert!(rss(&s) < 2 << 30, "RSS {}", rss(&s));
 
@@ -219,7 +235,9 @@ fn hostile_writes_are_bounded_and_lose_nothing() {
     // One write scattered over 500 days: the points past the day limit are
     // rejected, naming it.
     let day = 86_400i64;
-    let body: String = (0..500).map(|d| format!("days f=1 {}\n", d * day)).collect();
+    let body: String = (0..500)
+        .map(|d| format!("days f=1 {}\n", d * day))
+        .collect();
     let r = s.write("/api/v3/write_lp?precision=s", body);
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().unwrap();
@@ -295,7 +313,10 @@ fn giant_concurrent_queries_stream_in_bounded_memory() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let read: Vec<u64> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-    assert!(read.iter().all(|n| *n > 1 << 20), "results streamed: {read:?}");
+    assert!(
+        read.iter().all(|n| *n > 1 << 20),
+        "results streamed: {read:?}"
+    );
     assert!(peak < 2 << 30, "peak RSS {peak}");
     let h = s.request(Method::GET, "/health").send().unwrap();
     assert_eq!(h.status(), 200);
@@ -349,7 +370,10 @@ fn tokens_guard_all_three_listeners() {
         ),
     )
     .unwrap();
-    let mut s = TestServer::start(&dir.path().join("data"), &["--config", cfg.to_str().unwrap()]);
+    let mut s = TestServer::start(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
     let post = |s: &TestServer, path: &str, auth: Option<&str>, body: &str| {
         let mut r = s
             .client()
@@ -364,21 +388,32 @@ fn tokens_guard_all_three_listeners() {
     let lp = "team_cpu,host=a v=1 1\nother v=1 1";
     assert_eq!(post(&s, "/api/v3/write_lp", None, lp).0, 401);
     assert_eq!(post(&s, "/api/v3/write_lp", Some("Bearer nope"), lp).0, 401);
-    assert_eq!(post(&s, "/api/v3/write_lp", Some("Bearer r-secret"), lp).0, 403);
+    assert_eq!(
+        post(&s, "/api/v3/write_lp", Some("Bearer r-secret"), lp).0,
+        403
+    );
     // InfluxDB's Token scheme and v1's p parameter work; the token writes only its
     // tables.
     let (status, body) = post(&s, "/api/v3/write_lp", Some("Token w-secret"), lp);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("permission denied: table 'other'"), "{body}");
-    let (status, body) = post(&s, "/write?db=x&u=any&p=w-secret", None, "team_cpu,host=b v=2 2");
-    assert_eq!(status, 204, "{body}");
-    let basic = format!(
-        "Basic {}",
-        base64_encode(b"prometheus:w-secret")
+    let (status, body) = post(
+        &s,
+        "/write?db=x&u=any&p=w-secret",
+        None,
+        "team_cpu,host=b v=2 2",
     );
-    assert_eq!(post(&s, "/write", Some(&basic), "team_cpu,host=c v=3 3").0, 204);
+    assert_eq!(status, 204, "{body}");
+    let basic = format!("Basic {}", base64_encode(b"prometheus:w-secret"));
+    assert_eq!(
+        post(&s, "/write", Some(&basic), "team_cpu,host=c v=3 3").0,
+        204
+    );
     // Queries need the query permission.
-    assert_eq!(post(&s, "/api/v1/sql", Some("Bearer w-secret"), "SELECT 1").0, 403);
+    assert_eq!(
+        post(&s, "/api/v1/sql", Some("Bearer w-secret"), "SELECT 1").0,
+        403
+    );
     s.token = Some("r-secret".into());
     assert_eq!(count(&s, "team_cpu"), 3);
     let m = s.client().get(format!("{}/metrics", s.url)).send().unwrap();
@@ -388,18 +423,40 @@ fn tokens_guard_all_three_listeners() {
 
     // pgwire: SCRAM with the token's name and secret.
     let ok = psql(&s, "reader", "r-secret", "SELECT count(*) FROM team_cpu");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "3");
-    for (user, pw) in [("reader", "wrong"), ("nobody", "r-secret"), ("writer", "w-secret")] {
+    for (user, pw) in [
+        ("reader", "wrong"),
+        ("nobody", "r-secret"),
+        ("writer", "w-secret"),
+    ] {
         let out = psql(&s, user, pw, "SELECT 1");
         assert!(!out.status.success(), "psql as {user}/{pw} got in");
     }
     // Flight SQL: bearer and basic; wrong or missing credentials refused.
-    assert!(flight(&s, "{fs.DatabaseOptions.AUTHORIZATION_HEADER.value: 'Bearer r-secret'}", "SELECT count(*) FROM team_cpu").contains("(3,)"));
-    assert!(flight(&s, "{'username': 'reader', 'password': 'r-secret'}", "SELECT 1").contains("(1,)"));
+    assert!(flight(
+        &s,
+        "{fs.DatabaseOptions.AUTHORIZATION_HEADER.value: 'Bearer r-secret'}",
+        "SELECT count(*) FROM team_cpu"
+    )
+    .contains("(3,)"));
+    assert!(flight(
+        &s,
+        "{'username': 'reader', 'password': 'r-secret'}",
+        "SELECT 1"
+    )
+    .contains("(1,)"));
     let e = flight(&s, "{}", "SELECT 1");
     assert!(e.starts_with("ERR") && e.contains("UNAUTHENTICATED"), "{e}");
-    let e = flight(&s, "{fs.DatabaseOptions.AUTHORIZATION_HEADER.value: 'Bearer w-secret'}", "SELECT 1");
+    let e = flight(
+        &s,
+        "{fs.DatabaseOptions.AUTHORIZATION_HEADER.value: 'Bearer w-secret'}",
+        "SELECT 1",
+    );
     assert!(e.starts_with("ERR"), "{e}");
     s.kill();
 }

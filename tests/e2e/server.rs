@@ -154,7 +154,11 @@ impl TestServer {
     }
 
     /// A request with the server's token (if it has one).
-    pub fn request(&self, method: reqwest::Method, path_and_query: &str) -> reqwest::blocking::RequestBuilder {
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+    ) -> reqwest::blocking::RequestBuilder {
         let r = self
             .client()
             .request(method, format!("{}{}", self.url, path_and_query));
