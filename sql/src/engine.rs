@@ -513,7 +513,16 @@ impl QueryEngine {
                 if st.done {
                     return None;
                 }
-                match tokio::time::timeout_at(st.admission.deadline, st.inner.next()).await {
+                // A stream that is always ready would never let the timer fire
+                // (tokio polls the future before the deadline): check it first.
+                let next = if tokio::time::Instant::now() >= st.admission.deadline {
+                    Err(())
+                } else {
+                    tokio::time::timeout_at(st.admission.deadline, st.inner.next())
+                        .await
+                        .map_err(|_| ())
+                };
+                match next {
                     Ok(Some(Ok(batch))) => {
                         let bytes = batch.get_array_memory_size();
                         metrics.result_bytes.inc_by(bytes as u64);
