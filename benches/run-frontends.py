@@ -123,16 +123,24 @@ def main():
             "HTTP Arrow IPC (curl)": (curl("arrow"), arrow_rows, {}),
             "HTTP CSV (curl)": (curl("csv"), lambda out: lines(out) - 1, {}),
             "HTTP JSON lines (curl)": (curl("jsonl"), lines, {}),
+            "HTTP JSON array (curl)": (curl("json"), lambda out: out.count(b'{"id"'), {}),
         }
         skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-        print(f"| client | median s ({args.runs} runs) | rows/s |")
-        print("|---|---:|---:|")
+        def peak_rss_mb():
+            with open(f"/proc/{server.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) // 1024
+            return -1
+
+        print(f"| client | median s ({args.runs} runs) | rows/s | server peak RSS so far (MiB) |")
+        print("|---|---:|---:|---:|")
         for name, (cmd, count, kw) in clients.items():
             if any(s in name for s in skip):
                 continue
             times = [timed(cmd, n, count, **kw) for _ in range(args.runs)]
             med = statistics.median(times)
-            print(f"| {name} | {med:.2f} | {n / med / 1e6:.2f} M |", flush=True)
+            print(f"| {name} | {med:.2f} | {n / med / 1e6:.2f} M | {peak_rss_mb()} |", flush=True)
     finally:
         server.terminate()
         server.wait()

@@ -299,7 +299,10 @@ impl KafkaIngest {
             points.extend(parsed.points.into_iter().map(|(n, p)| (next + n - 1, p)));
             next += span.max(1);
         }
-        let w = self.pipeline.validate(points);
+        // Every rejected line is mapped back to its message (not only the first
+        // reasons the capped HTTP report keeps): a message with a rejected line
+        // must be dead-lettered before its offset is committed.
+        let w = self.pipeline.storage().validate(points);
         rejected += w.rejected_count;
         for e in w.rejected {
             // Line 0 (a failure of the whole write) belongs to the first message.

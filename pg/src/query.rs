@@ -47,12 +47,26 @@ fn kind(statement: &Statement) -> Kind<'_> {
         Statement::Set(set) => match set {
             Set::SingleAssignment { variable, .. } => {
                 let name = variable.to_string();
-                // Postgres' own settings are per connection; DataFusion's (dotted,
-                // `datafusion.*`) would change the shared context.
-                if name.contains('.') {
-                    Kind::SharedSet(name)
-                } else {
+                // Only settings datafusion-postgres keeps per connection (or that
+                // nothing maps to) pass; anything DataFusion knows (`datafusion.*`,
+                // and `timezone`, its alias for the execution time zone) would
+                // change the context every session shares.
+                let per_connection = [
+                    "statement_timeout",
+                    "datestyle",
+                    "bytea_output",
+                    "intervalstyle",
+                    "application_name",
+                    "extra_float_digits",
+                    "search_path",
+                    "client_encoding",
+                    "client_min_messages",
+                    "standard_conforming_strings",
+                ];
+                if per_connection.contains(&name.to_ascii_lowercase().as_str()) {
                     Kind::Session
+                } else {
+                    Kind::SharedSet(name)
                 }
             }
             Set::SetTimeZone { .. }
@@ -81,7 +95,7 @@ fn shared_set_error(name: &str) -> PgWireError {
     user_error(
         "42501",
         format!(
-            "SET {name} is not allowed: it would change settings shared by every session (only per-connection settings such as statement_timeout, search_path, application_name and TIME ZONE can be set)"
+            "SET {name} is not allowed: it would change settings shared by every session (only per-connection settings such as statement_timeout, search_path and application_name can be set; vigil answers in UTC)"
         ),
     )
 }
@@ -197,7 +211,15 @@ impl QueryHook for EngineHook {
         client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         match kind(statement) {
-            Kind::Session | Kind::Cursor(_) => None,
+            Kind::Session => None,
+            Kind::Cursor(declare) => match cursor_query(declare) {
+                // Checked like every query before datafusion-postgres prepares it.
+                Some(q) => match self.engine.logical_plan(&q, &access(client)).await {
+                    Ok(_) => None,
+                    Err(e) => Some(Err(engine_error(e))),
+                },
+                None => None,
+            },
             Kind::SharedSet(name) => Some(Err(shared_set_error(&name))),
             Kind::Engine => {
                 // Planned as datafusion-postgres plans it (so parameter types are

@@ -569,6 +569,9 @@ impl Config {
             queue_timeout: self.query.queue_timeout,
             timeout: self.query.timeout,
             target_partitions: 0,
+            execution_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             result_cache_bytes: self.query.result_cache_bytes,
         }
     }

@@ -124,6 +124,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(http::AppState {
         storage: Arc::clone(&storage),
         tokens: Arc::clone(&tokens),
+        insecure: config.auth.insecure,
         health: Arc::clone(&health),
         pipeline: Arc::clone(&pipeline),
         engine,

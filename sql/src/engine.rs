@@ -27,7 +27,10 @@ use vigil_storage::Storage;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use datafusion::catalog::default_table_source::source_as_provider;
+
 use crate::error::{Error, Result};
+use crate::last_cache::LastCacheTable;
 use crate::memory::QueryMemoryPool;
 use crate::result_cache::{Fingerprint, ResultCache, ResultCacheMetrics};
 use crate::table::VigilSchema;
@@ -50,6 +53,10 @@ pub struct QueryConfig {
     pub target_partitions: usize,
     /// Memory for cached results of queries over flushed data; 0 turns it off.
     pub result_cache_bytes: usize,
+    /// Threads of a runtime of its own that executes queries, so that CPU-heavy
+    /// queries cannot starve the runtime serving connections (health checks,
+    /// cancel requests, writes); 0 executes on the caller's runtime.
+    pub execution_threads: usize,
 }
 
 impl Default for QueryConfig {
@@ -62,6 +69,7 @@ impl Default for QueryConfig {
             timeout: Duration::from_secs(300),
             target_partitions: 0,
             result_cache_bytes: 64 << 20,
+            execution_threads: 0,
         }
     }
 }
@@ -88,7 +96,46 @@ pub struct QueryEngine {
     /// The server-wide pool every query's own pool draws from.
     memory: Arc<dyn MemoryPool>,
     slots: Arc<Semaphore>,
+    /// Where queries execute (see [`QueryConfig::execution_threads`]).
+    executor: Option<tokio::runtime::Handle>,
     metrics: QueryMetrics,
+}
+
+/// Starts the query runtime on a thread that owns it for the life of the process
+/// (a runtime cannot be dropped from async code, where the engine would be).
+fn execution_runtime(threads: usize) -> Result<tokio::runtime::Handle> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("vigil-query-rt".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("vigil-query")
+                .enable_all()
+                .build();
+            match rt {
+                Ok(rt) => {
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(std::future::pending::<()>());
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    rx.recv()
+        .map_err(|e| DataFusionError::External(Box::new(e)))?
+        .map_err(|e| Error::DataFusion(DataFusionError::External(Box::new(e))))
+}
+
+/// Aborts the execution task when the result stream is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A query's place among the running ones: its slot, its deadline, and its count
@@ -172,11 +219,18 @@ pub fn check_access(plan: &LogicalPlan, access: &TableAccess) -> Result<()> {
     let mut refused: Option<String> = None;
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
+            // `last_cache('t')` reads table t, whatever its scan is called.
+            let provider = source_as_provider(&scan.source).ok();
+            let cached = provider
+                .as_ref()
+                .and_then(|p| p.downcast_ref::<LastCacheTable>())
+                .map(|c| c.table().to_string());
             let t = &scan.table_name;
             let vigil_table = matches!(t.schema(), None | Some(SCHEMA))
                 && matches!(t.catalog(), None | Some(CATALOG));
-            if vigil_table && !access.allows(t.table()) {
-                refused = Some(t.table().to_string());
+            let table = cached.unwrap_or_else(|| t.table().to_string());
+            if (vigil_table || provider.is_none()) && !access.allows(&table) {
+                refused = Some(table);
                 return Ok(TreeNodeRecursion::Stop);
             }
         }
@@ -224,6 +278,10 @@ impl QueryEngine {
         ctx.register_catalog(CATALOG, Arc::new(catalog));
         let result_cache = Arc::new(ResultCache::new(config.result_cache_bytes));
         let slots = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
+        let executor = match config.execution_threads {
+            0 => None,
+            n => Some(execution_runtime(n)?),
+        };
         Ok(Self {
             ctx,
             config,
@@ -231,6 +289,7 @@ impl QueryEngine {
             result_cache,
             memory,
             slots,
+            executor,
             metrics: QueryMetrics::default(),
         })
     }
@@ -479,10 +538,38 @@ impl QueryEngine {
             admission,
             cache_key,
         } = planned;
+        let mut task = None;
         let inner: SendableRecordBatchStream = match source {
-            Source::Plan(physical) => {
-                datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())?
-            }
+            Source::Plan(physical) => match &self.executor {
+                None => datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())?,
+                Some(executor) => {
+                    // Executed (and its partitions spawned) on the query runtime;
+                    // batches cross over a small channel, so a slow reader holds
+                    // the query back instead of letting results pile up.
+                    let (tx, rx) = tokio::sync::mpsc::channel(2);
+                    let task_ctx = ctx.task_ctx();
+                    let exec_schema = physical.schema();
+                    task = Some(AbortOnDrop(executor.spawn(async move {
+                        let mut stream =
+                            match datafusion::physical_plan::execute_stream(physical, task_ctx) {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    let _ = tx.send(Err(e)).await;
+                                    return;
+                                }
+                            };
+                        while let Some(item) = stream.next().await {
+                            if tx.send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                    })));
+                    let rx = futures::stream::unfold(rx, |mut rx| async move {
+                        rx.recv().await.map(|item| (item, rx))
+                    });
+                    Box::pin(RecordBatchStreamAdapter::new(exec_schema, rx))
+                }
+            },
             Source::Cached(batches) => Box::pin(RecordBatchStreamAdapter::new(
                 Arc::clone(&schema),
                 futures::stream::iter(batches.into_iter().map(Ok)),
@@ -501,6 +588,7 @@ impl QueryEngine {
         let out_schema = Arc::clone(&schema);
         let state = StreamState {
             inner,
+            _task: task,
             admission,
             fill,
             done: false,
@@ -591,6 +679,8 @@ struct CacheFill {
 
 struct StreamState {
     inner: SendableRecordBatchStream,
+    /// The execution task on the query runtime, stopped when the stream is dropped.
+    _task: Option<AbortOnDrop>,
     admission: Admission,
     fill: Option<CacheFill>,
     done: bool,

@@ -62,7 +62,7 @@ impl TableFunctionImpl for LastCacheFunction {
 }
 
 #[derive(Debug)]
-struct LastCacheTable {
+pub(crate) struct LastCacheTable {
     storage: Arc<Storage>,
     table: String,
     schema: SchemaRef,
@@ -114,6 +114,13 @@ impl LastCacheTable {
                 Err(e)
             }
         }
+    }
+}
+
+impl LastCacheTable {
+    /// The table whose latest values this reads (what access checks must look at).
+    pub(crate) fn table(&self) -> &str {
+        &self.table
     }
 }
 

@@ -168,8 +168,14 @@ pub fn normalize(
         .collect::<arrow::error::Result<_>>()?;
     let out_schema = match first_row_seq {
         Some(first) => {
+            // Row numbers run within the write's sequence and stop at its last
+            // value (rows of a file past 2^24 share it), never spilling into the
+            // next write's range.
+            let base = first >> ROW_BITS << ROW_BITS;
+            let row0 = first - base;
+            let max = MAX_ROWS_PER_WRITE as u64;
             columns.push(Arc::new(UInt64Array::from_iter_values(
-                (0..n as u64).map(|i| first + i),
+                (0..n as u64).map(|i| base | (row0 + i).min(max)),
             )));
             with_seq_column(schema)
         }
