@@ -177,21 +177,6 @@ enum Check {
     Rejected(String),
 }
 
-/// The first key that occurs twice among a point's tags and fields, if any. Quadratic
-/// in the keys of one line, which is bounded by the write limits; lines have few.
-fn repeated_key<'p>(p: &'p Point<'_>) -> Option<&'p str> {
-    let keys = || {
-        p.tags
-            .iter()
-            .map(|(k, _)| k.as_ref())
-            .chain(p.fields.iter().map(|(k, _)| k.as_ref()))
-    };
-    keys()
-        .enumerate()
-        .find(|(i, k)| keys().take(*i).any(|earlier| earlier == *k))
-        .map(|(_, k)| k)
-}
-
 fn reserved(key: &str, what: &str) -> String {
     if key == TIME_COLUMN {
         format!("{what} key '{key}' is reserved: every table has a '{TIME_COLUMN}' column")
@@ -203,19 +188,10 @@ fn reserved(key: &str, what: &str) -> String {
 }
 
 /// Checks one point against a table schema. With `schema` = None the table is new.
+/// Keys given twice in one point (two tags, two fields, or a tag and a field of one
+/// name) are rejected by the parsers, which every input goes through; should one
+/// reach here, the batch builder keeps the first value.
 fn check_point(schema: Option<&TableSchema>, p: &Point<'_>) -> Check {
-    if let Some(k) = repeated_key(p) {
-        let what = if p.tags.iter().any(|(t, _)| t == k) {
-            if p.fields.iter().any(|(f, _)| f == k) {
-                "both a tag and a field"
-            } else {
-                "a tag more than once"
-            }
-        } else {
-            "a field more than once"
-        };
-        return Check::Rejected(format!("'{k}' is given as {what} in this line"));
-    }
     let mut new_cols = false;
     for (k, _) in &p.tags {
         if k == TIME_COLUMN || k.starts_with("__") {
