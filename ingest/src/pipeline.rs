@@ -63,6 +63,16 @@ pub enum WriteError {
     Storage(#[from] vigil_storage::Error),
 }
 
+/// A write whose parsing task failed (panicked or was cancelled) is not stored.
+impl From<tokio::task::JoinError> for WriteError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        WriteError::Storage(vigil_storage::Error::Io {
+            path: "write task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+}
+
 impl WriteError {
     /// The HTTP status that tells a client what to do: fix the request (4xx), or
     /// retry it (503), or report the server (500).
@@ -378,13 +388,7 @@ impl WritePipeline {
             let body = this.decode_body(&body, gzip)?;
             this.parse_with(&body, format, now, &access, |parsed| this.prepare(parsed))
         })
-        .await
-        .map_err(|e| {
-            WriteError::Storage(vigil_storage::Error::Io {
-                path: "write task".into(),
-                source: std::io::Error::other(e.to_string()),
-            })
-        })??;
+        .await??;
         self.commit(prepared.tables).await?;
         Ok(prepared.report)
     }

@@ -107,26 +107,16 @@ impl VigilSession {
         portal: &Portal<<DfSessionService as ExtendedQueryHandler>::Statement>,
         plan: &LogicalPlan,
     ) -> PgWireResult<Response> {
-        let types = plan
-            .get_parameter_types()
-            .map_err(|e| crate::query::engine_error(e.into()))?;
-        let mut ordered: Vec<(usize, Option<DataType>)> = types
+        let ordered: Vec<Option<DataType>> = vigil_sql::parameter_types(plan)
+            .map_err(crate::query::engine_error)?
             .into_iter()
-            .map(|(id, t)| {
-                let n = id
-                    .trim_start_matches('$')
-                    .parse::<usize>()
-                    .unwrap_or(usize::MAX);
-                // Clients bind plain values to tag (dictionary) parameters.
-                let t = match t {
-                    Some(DataType::Dictionary(_, value)) => Some(*value),
-                    other => other,
-                };
-                (n, t)
+            // Clients bind plain values to tag (dictionary) parameters.
+            .map(|t| match t {
+                Some(DataType::Dictionary(_, value)) => Some(*value),
+                other => other,
             })
             .collect();
-        ordered.sort_by_key(|(n, _)| *n);
-        let refs: Vec<Option<&DataType>> = ordered.iter().map(|(_, t)| t.as_ref()).collect();
+        let refs: Vec<Option<&DataType>> = ordered.iter().map(Option::as_ref).collect();
         let params = deserialize_parameters(portal, &refs)?;
         let planned = self
             .engine

@@ -326,13 +326,7 @@ async fn forward(
             (batch, report)
         })
     })
-    .await
-    .map_err(|e| {
-        WriteError::Storage(vigil_storage::Error::Io {
-            path: "write task".into(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    })??;
+    .await??;
     let (batch, report) = prepared;
     forwarder.send(batch).await.map_err(|e| {
         tracing::error!(error = %e, "write not acknowledged by Kafka");

@@ -242,6 +242,24 @@ pub fn check_access(plan: &LogicalPlan, access: &TableAccess) -> Result<()> {
     }
 }
 
+/// The types of a plan's `$1`, `$2`, ... placeholders, in that order (None where
+/// the plan does not say).
+pub fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
+    let mut ids: Vec<(usize, Option<DataType>)> = plan
+        .get_parameter_types()?
+        .into_iter()
+        .map(|(id, t)| {
+            let n = id
+                .trim_start_matches('$')
+                .parse::<usize>()
+                .unwrap_or(usize::MAX);
+            (n, t)
+        })
+        .collect();
+    ids.sort_by_key(|(n, _)| *n);
+    Ok(ids.into_iter().map(|(_, t)| t).collect())
+}
+
 impl QueryEngine {
     pub fn new(storage: Arc<Storage>, config: QueryConfig) -> Result<Self> {
         let mut session = SessionConfig::new()
@@ -509,20 +527,8 @@ impl QueryEngine {
         access: &TableAccess,
     ) -> Result<(Vec<Option<DataType>>, SchemaRef)> {
         let logical = self.logical_plan(query, access).await?;
-        let types = logical.get_parameter_types()?;
-        let mut ids: Vec<(usize, Option<DataType>)> = types
-            .into_iter()
-            .map(|(id, t)| {
-                let n = id
-                    .trim_start_matches('$')
-                    .parse::<usize>()
-                    .unwrap_or(usize::MAX);
-                (n, t)
-            })
-            .collect();
-        ids.sort_by_key(|(n, _)| *n);
         let schema = Arc::new(logical.schema().as_arrow().clone());
-        Ok((ids.into_iter().map(|(_, t)| t).collect(), schema))
+        Ok((parameter_types(&logical)?, schema))
     }
 
     /// Runs a planned query as a stream of batches: results are produced as the

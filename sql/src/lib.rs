@@ -17,8 +17,8 @@ mod table;
 mod time_range;
 
 pub use engine::{
-    check_access, check_read_only, PlannedQuery, QueryConfig, QueryEngine, RunningQuery, CATALOG,
-    SCHEMA,
+    check_access, check_read_only, parameter_types, PlannedQuery, QueryConfig, QueryEngine,
+    RunningQuery, CATALOG, SCHEMA,
 };
 pub use error::{Error, Result};
 pub use result_cache::ResultCacheMetrics;
