@@ -13,16 +13,30 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
-# The real clients the front-end tests drive: psql, psycopg, pgx, ADBC, JDBC.
-bash scripts/install-clients.sh
-
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+
+# The real clients the front-end tests drive (psql, psycopg, pgx, ADBC, JDBC, the
+# Kafka broker): mostly downloads, so they install while the build uses the CPU.
+mkdir -p target
+bash scripts/install-clients.sh >target/install-clients.log 2>&1 &
+clients=$!
 
 if [ "${VIGIL_CLIPPY:-0}" = "1" ]; then
   echo "== cargo clippy"
   cargo clippy --release --workspace --all-targets -- -D warnings
 fi
+
+echo "== cargo build (release, every test target)"
+cargo test --release --workspace --no-run
+
+echo "== installing the clients (log: target/install-clients.log)"
+if ! wait "$clients"; then
+  cat target/install-clients.log
+  echo "installing the test clients failed" >&2
+  exit 1
+fi
+tail -n 3 target/install-clients.log
 
 echo "== cargo test (unit + end-to-end against the real binary)"
 cargo test --release --workspace

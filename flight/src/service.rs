@@ -33,7 +33,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 use vigil_model::TableAccess;
-use vigil_sql::QueryEngine;
+use vigil_sql::{ErrorKind, QueryEngine};
 
 use crate::auth::FlightAuth;
 
@@ -193,7 +193,11 @@ impl VigilFlightSqlService {
                     continue;
                 };
                 for table_name in schema.table_names() {
-                    if let Some(table) = schema.table(&table_name).await.map_err(df_status)? {
+                    if let Some(table) = schema
+                        .table(&table_name)
+                        .await
+                        .map_err(|e| query_error(&table_name, e.into()))?
+                    {
                         builder
                             .append(
                                 &catalog_name,
@@ -281,27 +285,16 @@ fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
 /// timeouts have codes of their own, anything else is Internal; the message is
 /// DataFusion's, with the query.
 fn query_error(sql: &str, e: vigil_sql::Error) -> Status {
-    match e {
-        vigil_sql::Error::Timeout(d) => {
-            Status::deadline_exceeded(format!("query timed out after {d:?}: {sql}"))
-        }
-        vigil_sql::Error::DataFusion(e) => df_status(e),
-        vigil_sql::Error::ReadOnly(_) | vigil_sql::Error::Forbidden(_) => {
-            Status::permission_denied(e.to_string())
-        }
-        vigil_sql::Error::Busy { .. } => Status::resource_exhausted(e.to_string()),
-    }
-}
-
-fn df_status(e: DataFusionError) -> Status {
-    let message = e.to_string();
-    match e.find_root() {
-        DataFusionError::SQL(..)
-        | DataFusionError::Plan(_)
-        | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(_) => Status::invalid_argument(message),
-        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(message),
-        _ => Status::internal(message),
+    let message = match &e {
+        vigil_sql::Error::Timeout(_) => format!("{e}: {sql}"),
+        _ => e.to_string(),
+    };
+    match e.kind() {
+        ErrorKind::Invalid => Status::invalid_argument(message),
+        ErrorKind::ReadOnly | ErrorKind::Forbidden => Status::permission_denied(message),
+        ErrorKind::Busy | ErrorKind::ResourcesExhausted => Status::resource_exhausted(message),
+        ErrorKind::Timeout => Status::deadline_exceeded(message),
+        ErrorKind::Internal => Status::internal(message),
     }
 }
 

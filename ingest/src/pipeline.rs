@@ -33,6 +33,9 @@ pub struct WriteLimits {
     pub max_days_per_write: usize,
     /// Most time series in one remote-write request.
     pub max_series_per_request: usize,
+    /// Most samples x labels in one remote-write request (what it expands to in
+    /// memory).
+    pub max_label_values_per_request: usize,
 }
 
 impl Default for WriteLimits {
@@ -42,6 +45,10 @@ impl Default for WriteLimits {
             line: LineLimits::default(),
             max_days_per_write: 400,
             max_series_per_request: 1_000_000,
+            // Prometheus sends 2,000 samples per request by default: 10 M leaves
+            // room for 50,000 samples of 200 labels, and caps the expansion near
+            // 500 MB.
+            max_label_values_per_request: 10_000_000,
         }
     }
 }
@@ -258,6 +265,7 @@ impl WritePipeline {
             body,
             self.limits.max_body_bytes,
             self.limits.max_series_per_request,
+            self.limits.max_label_values_per_request,
         )?)
     }
 

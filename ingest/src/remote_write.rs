@@ -60,6 +60,8 @@ pub enum RemoteWriteError {
     TooLarge { size: usize, limit: usize },
     #[error("remote-write request has {count} time series, over the limit of {limit} (write.max_series_per_request)")]
     TooManySeries { count: usize, limit: usize },
+    #[error("remote-write request expands to {count} label values (samples times labels), over the limit of {limit} (write.max_label_values_per_request); send fewer samples per request")]
+    TooManyLabelValues { count: u64, limit: usize },
 }
 
 /// Prometheus marks a series that went away with this NaN; it is not a value.
@@ -67,16 +69,20 @@ const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
 
 /// Snappy-decompresses and decodes a remote-write body.
 pub fn decode_remote_write(body: &[u8]) -> Result<WriteRequest, RemoteWriteError> {
-    decode_remote_write_limited(body, usize::MAX, usize::MAX)
+    decode_remote_write_limited(body, usize::MAX, usize::MAX, usize::MAX)
 }
 
 /// [`decode_remote_write`] that checks the length the snappy header announces
 /// against `max_bytes` before allocating anything (a few bytes can announce 4 GiB),
-/// and the number of series against `max_series`.
+/// the number of series against `max_series`, and what the request expands to
+/// against `max_label_values`: every sample becomes a point carrying its series'
+/// labels, so one series with 250 labels and millions of samples (a few MB on the
+/// wire) would otherwise cost gigabytes.
 pub fn decode_remote_write_limited(
     body: &[u8],
     max_bytes: usize,
     max_series: usize,
+    max_label_values: usize,
 ) -> Result<WriteRequest, RemoteWriteError> {
     let size = snap::raw::decompress_len(body)?;
     if size > max_bytes {
@@ -91,6 +97,17 @@ pub fn decode_remote_write_limited(
         return Err(RemoteWriteError::TooManySeries {
             count: request.timeseries.len(),
             limit: max_series,
+        });
+    }
+    let label_values: u64 = request
+        .timeseries
+        .iter()
+        .map(|t| t.samples.len() as u64 * (t.labels.len() as u64 + 1))
+        .sum();
+    if label_values > max_label_values as u64 {
+        return Err(RemoteWriteError::TooManyLabelValues {
+            count: label_values,
+            limit: max_label_values,
         });
     }
     Ok(request)

@@ -28,7 +28,7 @@ use datafusion_postgres::QueryHook;
 use futures::StreamExt;
 use vigil_auth::Principal;
 use vigil_model::TableAccess;
-use vigil_sql::{PlannedQuery, QueryEngine};
+use vigil_sql::{ErrorKind, PlannedQuery, QueryEngine};
 
 /// What a statement is, for deciding who runs it.
 enum Kind<'a> {
@@ -111,15 +111,14 @@ pub(crate) fn user_error(code: &str, message: String) -> PgWireError {
 /// The SQLSTATE a client can act on: 25006 (read-only), 53300 (too many), 57014
 /// (timeout), 53200 (out of memory), 42000 otherwise.
 pub(crate) fn engine_error(e: vigil_sql::Error) -> PgWireError {
-    let code = match &e {
-        vigil_sql::Error::ReadOnly(_) => "25006",
-        vigil_sql::Error::Forbidden(_) => "42501",
-        vigil_sql::Error::Busy { .. } => "53300",
-        vigil_sql::Error::Timeout(_) => "57014",
-        vigil_sql::Error::DataFusion(datafusion::error::DataFusionError::ResourcesExhausted(_)) => {
-            "53200"
-        }
-        _ => "42000",
+    let code = match e.kind() {
+        ErrorKind::ReadOnly => "25006",
+        ErrorKind::Forbidden => "42501",
+        ErrorKind::Busy => "53300",
+        ErrorKind::Timeout => "57014",
+        ErrorKind::ResourcesExhausted => "53200",
+        ErrorKind::Internal => "XX000",
+        ErrorKind::Invalid => "42000",
     };
     user_error(code, e.to_string())
 }
@@ -140,7 +139,7 @@ pub(crate) fn respond(
         .map(move |batch| {
             let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> = match batch {
                 Ok(b) => encode_recordbatch(Arc::clone(&row_fields), b),
-                Err(e) => Box::new(std::iter::once(Err(df_error(e)))),
+                Err(e) => Box::new(std::iter::once(Err(engine_error(e.into())))),
             };
             futures::stream::iter(rows)
         })
@@ -149,20 +148,6 @@ pub(crate) fn respond(
 }
 
 /// A DataFusion error met while streaming, with vigil's own (timeout) unwrapped.
-fn df_error(e: datafusion::error::DataFusionError) -> PgWireError {
-    match e {
-        datafusion::error::DataFusionError::External(inner) => {
-            match inner.downcast::<vigil_sql::Error>() {
-                Ok(e) => engine_error(*e),
-                Err(other) => engine_error(vigil_sql::Error::DataFusion(
-                    datafusion::error::DataFusionError::External(other),
-                )),
-            }
-        }
-        other => engine_error(vigil_sql::Error::DataFusion(other)),
-    }
-}
-
 /// The hook that routes pgwire statements (installed first, before
 /// `datafusion-postgres`'s own).
 pub(crate) struct EngineHook {

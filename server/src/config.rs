@@ -39,6 +39,7 @@ pub(crate) struct WriteSection {
     pub max_reported_errors: usize,
     pub max_days_per_write: usize,
     pub max_series_per_request: usize,
+    pub max_label_values_per_request: usize,
 }
 
 impl Default for WriteSection {
@@ -52,6 +53,7 @@ impl Default for WriteSection {
             max_reported_errors: w.line.max_errors,
             max_days_per_write: w.max_days_per_write,
             max_series_per_request: w.max_series_per_request,
+            max_label_values_per_request: w.max_label_values_per_request,
         }
     }
 }
@@ -370,6 +372,10 @@ impl Config {
                 "write.max_series_per_request",
                 self.write.max_series_per_request,
             ),
+            (
+                "write.max_label_values_per_request",
+                self.write.max_label_values_per_request,
+            ),
             ("storage.max_tables", self.storage.max_tables),
             (
                 "storage.max_columns_per_table",
@@ -426,6 +432,7 @@ impl Config {
             },
             max_days_per_write: w.max_days_per_write,
             max_series_per_request: w.max_series_per_request,
+            max_label_values_per_request: w.max_label_values_per_request,
         }
     }
 

@@ -18,7 +18,7 @@ use vigil_auth::{AuthError, Credentials, Permission, Principal, TokenStore};
 use vigil_ingest::{now_nanos, Precision, WriteError, WriteFormat, WritePipeline, WriteReport};
 use vigil_kafka::{ForwardBatch, KafkaForwarder};
 use vigil_model::TableAccess;
-use vigil_sql::QueryEngine;
+use vigil_sql::{ErrorKind, QueryEngine};
 use vigil_storage::Storage;
 
 use crate::metrics::ServerMetrics;
@@ -445,7 +445,7 @@ async fn run_sql(
     // at once (memory, timeout, a bad cast) gets an error status, not a cut body.
     let first = match batches.next().await {
         Some(Ok(b)) => Some(b),
-        Some(Err(e)) => return query_failed(&s, sql_error(e)),
+        Some(Err(e)) => return query_failed(&s, e.into()),
         None => None,
     };
     s.metrics
@@ -508,26 +508,16 @@ async fn run_sql(
         .into_response()
 }
 
-/// Unwraps vigil's own errors (timeout) that DataFusion carried through a stream.
-fn sql_error(e: datafusion::error::DataFusionError) -> vigil_sql::Error {
-    match e {
-        datafusion::error::DataFusionError::External(inner) => {
-            match inner.downcast::<vigil_sql::Error>() {
-                Ok(e) => *e,
-                Err(other) => datafusion::error::DataFusionError::External(other).into(),
-            }
-        }
-        other => other.into(),
-    }
-}
-
 fn query_failed(s: &AppState, e: vigil_sql::Error) -> Response {
     s.metrics.query_errors.inc();
-    let status = match &e {
-        vigil_sql::Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-        vigil_sql::Error::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        vigil_sql::Error::ReadOnly(_) | vigil_sql::Error::Forbidden(_) => StatusCode::FORBIDDEN,
-        _ => StatusCode::BAD_REQUEST,
+    // 503 (with Retry-After) for what passes with time; 504 for a query that ran
+    // past its deadline (408 would blame the client's upload).
+    let status = match e.kind() {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::ReadOnly | ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::Busy | ErrorKind::ResourcesExhausted => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let mut r = error(status, e.to_string());
     if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -102,6 +102,10 @@ impl ServerMetrics {
             | WriteError::RemoteWrite(RemoteWriteError::TooLarge { .. }) => "body_too_large",
             WriteError::Gzip(_) => "bad_gzip",
             WriteError::NotUtf8 { .. } => "bad_utf8",
+            WriteError::RemoteWrite(
+                RemoteWriteError::TooManySeries { .. }
+                | RemoteWriteError::TooManyLabelValues { .. },
+            ) => "request_too_big",
             WriteError::RemoteWrite(_) => "bad_remote_write",
             WriteError::Backpressure => "backpressure",
             WriteError::Storage(_) => "storage",

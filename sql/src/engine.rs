@@ -663,13 +663,7 @@ impl QueryEngine {
         let planned = self.plan(query, None, &TableAccess::all()).await?;
         let schema = planned.schema();
         let stream = self.execute(planned)?;
-        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| match e {
-            DataFusionError::External(inner) => match inner.downcast::<Error>() {
-                Ok(e) => *e,
-                Err(other) => Error::DataFusion(DataFusionError::External(other)),
-            },
-            other => Error::DataFusion(other),
-        })?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await?;
         Ok((schema, batches))
     }
 }

@@ -20,6 +20,6 @@ pub use engine::{
     check_access, check_read_only, parameter_types, PlannedQuery, QueryConfig, QueryEngine,
     RunningQuery, CATALOG, SCHEMA,
 };
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use result_cache::ResultCacheMetrics;
 pub use table::{VigilSchema, VigilTable};

@@ -233,6 +233,30 @@ fn hostile_writes_are_bounded_and_lose_nothing() {
     assert_eq!(r.status(), 413);
     assert!(r.text().unwrap().contains("http.max_body_bytes"));
 
+    // One remote-write series with 200 labels and 60,000 samples (~1 MB on the
+    // wire) would expand to 12 M label values in memory: refused, naming the limit.
+    let series = vigil_ingest::TimeSeries {
+        labels: std::iter::once(("__name__".to_string(), "rw".to_string()))
+            .chain((0..199).map(|i| (format!("l{i}"), "v".to_string())))
+            .map(|(name, value)| vigil_ingest::Label { name, value })
+            .collect(),
+        samples: (0..60_000)
+            .map(|t| vigil_ingest::Sample {
+                value: 1.0,
+                timestamp: t,
+            })
+            .collect(),
+    };
+    let body = vigil_ingest::encode_remote_write(&vigil_ingest::WriteRequest {
+        timeseries: vec![series],
+    });
+    let r = s.write("/api/v1/write", body);
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .unwrap()
+        .contains("write.max_label_values_per_request"));
+
     // One write scattered over 500 days: the points past the day limit are
     // rejected, naming it.
     let day = 86_400i64;
