@@ -773,4 +773,61 @@ mod tests {
             .to_string()
             .contains("| 1 "));
     }
+
+    async fn explain(engine: &QueryEngine, sql: &str) -> String {
+        let (_, b) = engine.sql(&format!("EXPLAIN {sql}")).await.unwrap();
+        pretty_format_batches(&b).unwrap().to_string()
+    }
+
+    /// A backfill written host by host makes files that overlap in time but not in
+    /// series: they are read without merging. Files that share a series are merged
+    /// (not sorted: they are in the table's order), last write winning, also after
+    /// a tag was added to the table between the flushes.
+    #[tokio::test]
+    async fn merges_only_files_that_share_a_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let commit = |pts: Vec<Point<'static>>| {
+            let storage = Arc::clone(&storage);
+            async move {
+                let w = storage.validate(pts.into_iter().enumerate().collect());
+                assert!(w.rejected.is_empty());
+                storage.commit(w.tables).await.unwrap();
+                storage.flush().await.unwrap();
+            }
+        };
+        commit((0..10).map(|t| point("a", t as f64, t)).collect()).await;
+        commit((0..10).map(|t| point("b", 100.0 + t as f64, t)).collect()).await;
+        let engine = QueryEngine::new(Arc::clone(&storage), QueryConfig::default()).unwrap();
+        let plan = explain(&engine, "SELECT sum(usage) FROM cpu").await;
+        assert!(plan.contains("files=2 of 2"), "{plan}");
+        assert!(plan.contains("deduplicated chunks=0"), "{plan}");
+        assert!(!plan.contains("DeduplicateExec"), "{plan}");
+
+        // Rewrite a@5 and add a tag: the new file shares series a with the first.
+        let mut p = point("a", 1000.0, 5);
+        p.tags.push((Cow::Borrowed("rack"), Cow::Borrowed("r1")));
+        let mut q = point("a", 2000.0, 5);
+        q.tags.clear();
+        q.tags.push((Cow::Borrowed("host"), Cow::Borrowed("a")));
+        commit(vec![p, q]).await;
+        let plan = explain(&engine, "SELECT sum(usage) FROM cpu").await;
+        assert!(plan.contains("deduplicated chunks=2 (sorted 0)"), "{plan}");
+        assert!(plan.contains("DeduplicateExec"), "{plan}");
+        let (_, b) = engine
+            .sql("SELECT host, rack, usage FROM cpu WHERE time = '1970-01-01T00:00:00.000000005Z' ORDER BY host, rack")
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&b).unwrap().to_string();
+        // a@5 without rack is overwritten (2000), a@5 with rack r1 is a new series.
+        assert!(text.contains("| a    |      | 2000.0 |"), "{text}");
+        assert!(text.contains("| a    | r1   | 1000.0 |"), "{text}");
+        assert!(text.contains("| b    |      | 105.0  |"), "{text}");
+        assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 3, "{text}");
+        let (_, b) = engine.sql("SELECT count(*) AS n FROM cpu").await.unwrap();
+        assert!(pretty_format_batches(&b)
+            .unwrap()
+            .to_string()
+            .contains("| 21 |"));
+    }
 }

@@ -21,6 +21,9 @@ pub(crate) struct ScanSummary {
     pub(crate) buffer_batches_read: usize,
     /// Chunks that overlap in time and so are deduplicated (last write wins).
     pub(crate) deduplicated_chunks: usize,
+    /// Of those, chunks not stored in the table's sort order, sorted by the query
+    /// (the buffer; files written before sort keys were recorded).
+    pub(crate) sorted_chunks: usize,
 }
 
 /// Passes its child's batches through unchanged; exists to be displayed.
@@ -41,7 +44,7 @@ impl DisplayAs for VigilScanExec {
         let s = &self.summary;
         write!(
             f,
-            "VigilScan: table={}, time={}, files={} of {} ({} pruned), buffer batches={} of {}, deduplicated chunks={}",
+            "VigilScan: table={}, time={}, files={} of {} ({} pruned), buffer batches={} of {}, deduplicated chunks={} (sorted {})",
             s.table,
             s.time_range,
             s.files_read,
@@ -49,7 +52,8 @@ impl DisplayAs for VigilScanExec {
             s.files_total - s.files_read,
             s.buffer_batches_read,
             s.buffer_batches_total,
-            s.deduplicated_chunks
+            s.deduplicated_chunks,
+            s.sorted_chunks
         )
     }
 }

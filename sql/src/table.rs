@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
@@ -14,21 +15,27 @@ use datafusion::datasource::listing::{
 };
 use datafusion::datasource::{provider_as_source, MemTable};
 use datafusion::execution::context::SessionState;
-use datafusion::functions_window::expr_fn::row_number;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    ident, lit, Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder,
-    TableProviderFilterPushDown, TableType,
+    ident, lit, Expr, LogicalPlan, LogicalPlanBuilder, SortExpr, TableProviderFilterPushDown,
+    TableType,
 };
+use datafusion::physical_expr::expressions::col;
+use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use vigil_storage::buffer::{file_seq, normalize, with_seq_column};
-use vigil_storage::catalog::ParquetFileMeta;
+use vigil_storage::catalog::{ParquetFileMeta, SeriesKey};
 use vigil_storage::{Storage, TableSnapshot, SEQ_COLUMN, TIME_COLUMN};
 
+use crate::dedupe::DeduplicateExec;
 use crate::scan::{ScanSummary, VigilScanExec};
 use crate::time_range::TimeRange;
-
-const ROW_NUMBER: &str = "__row_number";
 
 /// All tables of the storage engine, listed live (new measurements appear at once).
 #[derive(Debug)]
@@ -75,7 +82,31 @@ pub struct VigilTable {
 struct Chunk {
     min: i64,
     max: i64,
+    /// First and last series key in the table's sort-key order, when known (files
+    /// sorted by that order); `None` overlaps every key.
+    keys: Option<(SeriesKey, SeriesKey)>,
     kind: ChunkKind,
+}
+
+impl Chunk {
+    /// Whether the two chunks may hold the same (series, time).
+    fn overlaps(&self, other: &Chunk) -> bool {
+        if self.min > other.max || other.min > self.max {
+            return false;
+        }
+        match (&self.keys, &other.keys) {
+            (Some((a_min, a_max)), Some((b_min, b_max))) => a_min <= b_max && b_min <= a_max,
+            _ => true,
+        }
+    }
+}
+
+/// Whether a file is sorted by the table's sort key `key` (its own key is a prefix:
+/// the tags added since are null in it).
+fn sorted_by(meta: &ParquetFileMeta, key: &[String]) -> bool {
+    !meta.sort_key.is_empty()
+        && meta.sort_key.len() <= key.len()
+        && key.iter().zip(&meta.sort_key).all(|(a, b)| a == b)
 }
 
 enum ChunkKind {
@@ -105,15 +136,28 @@ impl VigilTable {
                 chunks.push(Chunk {
                     min,
                     max,
+                    keys: None,
                     kind: ChunkKind::Buffer(batches),
                 });
             }
         }
         for (meta, path) in &snap.files {
             if meta.overlaps(range.min, range.max) {
+                let keys = match &meta.key_range {
+                    Some((lo, hi)) if sorted_by(meta, &snap.sort_key) => {
+                        let pad = |k: &SeriesKey| {
+                            let mut k = k.clone();
+                            k.resize(snap.sort_key.len(), None);
+                            k
+                        };
+                        Some((pad(lo), pad(hi)))
+                    }
+                    _ => None,
+                };
                 chunks.push(Chunk {
                     min: meta.min_time,
                     max: meta.max_time,
+                    keys,
                     kind: ChunkKind::File(meta.clone(), path.to_string_lossy().into_owned()),
                 });
             }
@@ -121,13 +165,17 @@ impl VigilTable {
         Ok(chunks)
     }
 
-    fn listing(&self, paths: &[&str]) -> Result<LogicalPlan> {
+    /// A scan of Parquet files; `sorted_by` declares the order their rows are in.
+    fn listing(&self, paths: &[&str], sorted_by: Option<Vec<SortExpr>>) -> Result<LogicalPlan> {
         let urls = paths
             .iter()
             .map(ListingTableUrl::parse)
             .collect::<Result<Vec<_>>>()?;
-        let options =
+        let mut options =
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        if let Some(order) = sorted_by {
+            options = options.with_file_sort_order(vec![order]);
+        }
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
             .with_schema(Arc::clone(&self.schema));
@@ -189,7 +237,7 @@ impl TableProvider for VigilTable {
         // Filters on tags and time only can run below deduplication: they select whole
         // (series, time) keys. Filters on fields must not (they could unmask an older
         // value), so DataFusion applies them above this scan.
-        let key_cols: HashSet<&str> = snap
+        let key_set: HashSet<&str> = snap
             .tags
             .iter()
             .map(String::as_str)
@@ -200,37 +248,65 @@ impl TableProvider for VigilTable {
             .filter(|f| {
                 f.column_refs()
                     .iter()
-                    .all(|c| key_cols.contains(c.name.as_str()))
+                    .all(|c| key_set.contains(c.name.as_str()))
             })
             .cloned()
             .collect();
         let key_filter = conjunction(key_filters);
 
-        // Group chunks that overlap in time; only those groups need deduplication.
+        // Group chunks that may hold the same (series, time): overlapping in time
+        // and, where the files say, in series key. Only those groups are merged and
+        // deduplicated; a file alone in its group is read as it is.
         chunks.sort_by_key(|c| (c.min, c.max));
         let mut groups: Vec<Vec<Chunk>> = Vec::new();
+        let mut by_time: Vec<Chunk> = Vec::new();
         let mut group_max = i64::MIN;
         for c in chunks {
-            match groups.last_mut() {
-                Some(g) if c.min <= group_max => {
-                    group_max = group_max.max(c.max);
-                    g.push(c);
-                }
-                _ => {
-                    group_max = c.max;
-                    groups.push(vec![c]);
-                }
+            if !by_time.is_empty() && c.min > group_max {
+                groups.extend(split_by_key(std::mem::take(&mut by_time)));
             }
+            group_max = if by_time.is_empty() {
+                c.max
+            } else {
+                group_max.max(c.max)
+            };
+            by_time.push(c);
         }
+        groups.extend(split_by_key(by_time));
 
-        let columns: Vec<Expr> = self
-            .schema
+        let out_schema = Arc::new(match projection {
+            Some(p) => self.schema.project(p)?,
+            None => self.schema.as_ref().clone(),
+        });
+        let out_cols: Vec<Expr> = out_schema
             .fields()
             .iter()
             .map(|f| ident(f.name().as_str()))
             .collect();
+        // What a merge reads: the projected columns plus the key.
+        let key_cols: Vec<&str> = snap
+            .sort_key
+            .iter()
+            .map(String::as_str)
+            .chain([TIME_COLUMN])
+            .collect();
+        let mut read_cols: Vec<&str> = key_cols.clone();
+        for f in out_schema.fields() {
+            if !read_cols.contains(&f.name().as_str()) {
+                read_cols.push(f.name());
+            }
+        }
+        let file_order: Vec<SortExpr> = key_cols
+            .iter()
+            .map(|c| ident(*c).sort(true, true))
+            .collect();
+        // Each merged chunk is planned on one partition so that its order survives.
+        let serial = SessionStateBuilder::new_from_existing(state.clone())
+            .with_config(state.config().clone().with_target_partitions(1))
+            .build();
+
         let mut plain_files: Vec<String> = Vec::new();
-        let mut parts: Vec<LogicalPlan> = Vec::new();
+        let mut parts: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         for group in groups {
             if group.len() == 1 {
                 if let ChunkKind::File(_, path) = &group[0].kind {
@@ -239,7 +315,7 @@ impl TableProvider for VigilTable {
                 }
             }
             summary.deduplicated_chunks += group.len();
-            let mut inputs = Vec::new();
+            let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
             for chunk in group {
                 let plan = match chunk.kind {
                     ChunkKind::Buffer(batches) => {
@@ -249,73 +325,143 @@ impl TableProvider for VigilTable {
                             provider_as_source(Arc::new(mem)),
                             None,
                         )?
-                        .project(columns.iter().cloned().chain([ident(SEQ_COLUMN)]))?
                     }
-                    ChunkKind::File(meta, path) => LogicalPlanBuilder::from(
-                        self.listing(&[&path])?,
-                    )
-                    .project(columns.iter().cloned().chain([
-                        lit(ScalarValue::UInt64(Some(file_seq(meta.seq)))).alias(SEQ_COLUMN),
-                    ]))?,
+                    ChunkKind::File(meta, path) => {
+                        let order = sorted_by(&meta, &snap.sort_key).then(|| file_order.clone());
+                        LogicalPlanBuilder::from(self.listing(&[&path], order)?).project(
+                            read_cols
+                                .iter()
+                                .map(|c| ident(*c))
+                                .chain([lit(ScalarValue::UInt64(Some(file_seq(meta.seq))))
+                                    .alias(SEQ_COLUMN)]),
+                        )?
+                    }
                 };
                 let plan = match &key_filter {
                     Some(f) => plan.filter(f.clone())?,
                     None => plan,
                 };
-                inputs.push(plan.build()?);
+                let plan = plan
+                    .project(
+                        read_cols
+                            .iter()
+                            .map(|c| ident(*c))
+                            .chain([ident(SEQ_COLUMN)]),
+                    )?
+                    .build()?;
+                inputs.push(serial.create_physical_plan(&plan).await?);
             }
-            let mut builder = LogicalPlanBuilder::from(inputs.remove(0));
-            for i in inputs {
-                builder = builder.union(i)?;
-            }
-            let partition: Vec<Expr> = snap
-                .tags
+            let schema = inputs[0].schema();
+            let asc = SortOptions {
+                descending: false,
+                nulls_first: true,
+            };
+            let ordering = LexOrdering::new(
+                key_cols
+                    .iter()
+                    .map(|c| Ok(PhysicalSortExpr::new(col(c, &schema)?, asc)))
+                    .chain([Ok(PhysicalSortExpr::new(
+                        col(SEQ_COLUMN, &schema)?,
+                        SortOptions {
+                            descending: true,
+                            nulls_first: false,
+                        },
+                    ))])
+                    .collect::<Result<Vec<_>>>()?,
+            )
+            .ok_or_else(|| DataFusionError::Internal("empty sort key".into()))?;
+            let inputs = inputs
+                .into_iter()
+                .map(|p| -> Result<Arc<dyn ExecutionPlan>> {
+                    let p = if p
+                        .properties()
+                        .equivalence_properties()
+                        .ordering_satisfy(ordering.clone())?
+                    {
+                        p
+                    } else {
+                        summary.sorted_chunks += 1;
+                        Arc::new(
+                            SortExec::new(ordering.clone(), p).with_preserve_partitioning(true),
+                        )
+                    };
+                    Ok(
+                        if p.properties().output_partitioning().partition_count() > 1 {
+                            Arc::new(SortPreservingMergeExec::new(ordering.clone(), p))
+                        } else {
+                            p
+                        },
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let merged: Arc<dyn ExecutionPlan> = match inputs.len() {
+                1 => inputs.into_iter().next().expect("one input"),
+                _ => Arc::new(SortPreservingMergeExec::new(
+                    ordering.clone(),
+                    UnionExec::try_new(inputs)?,
+                )),
+            };
+            let key: Vec<usize> = key_cols
                 .iter()
-                .map(|t| ident(t.as_str()))
-                .chain([ident(TIME_COLUMN)])
-                .collect();
-            let rn = row_number()
-                .partition_by(partition)
-                .order_by(vec![ident(SEQ_COLUMN).sort(false, false)])
-                .build()?
-                .alias(ROW_NUMBER);
-            let plan = builder
-                .window(vec![rn])?
-                .filter(ident(ROW_NUMBER).eq(lit(1u64)))?
-                .project(columns.clone())?
-                .build()?;
-            parts.push(plan);
+                .map(|c| schema.index_of(c))
+                .collect::<std::result::Result<_, _>>()?;
+            let deduped = Arc::new(DeduplicateExec::new(merged, ordering, key));
+            let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = out_schema
+                .fields()
+                .iter()
+                .map(|f| Ok((col(f.name(), &schema)?, f.name().clone())))
+                .collect::<Result<_>>()?;
+            parts.push(Arc::new(ProjectionExec::try_new(exprs, deduped)?));
         }
         if !plain_files.is_empty() {
             let refs: Vec<&str> = plain_files.iter().map(String::as_str).collect();
-            let mut b = LogicalPlanBuilder::from(self.listing(&refs)?);
+            let mut b = LogicalPlanBuilder::from(self.listing(&refs, None)?);
             if let Some(f) = &key_filter {
                 b = b.filter(f.clone())?;
             }
-            parts.push(b.build()?);
+            let plan = b.project(out_cols)?.build()?;
+            parts.push(state.create_physical_plan(&plan).await?);
         }
-        let mut builder = match parts.len() {
-            0 => {
-                let empty = MemTable::try_new(Arc::clone(&self.schema), vec![vec![]])?;
-                LogicalPlanBuilder::scan(&self.name, provider_as_source(Arc::new(empty)), None)?
-            }
-            _ => {
-                let mut b = LogicalPlanBuilder::from(parts.remove(0));
-                for p in parts {
-                    b = b.union(p)?;
-                }
-                b
-            }
+        let plan: Arc<dyn ExecutionPlan> = match parts.len() {
+            0 => Arc::new(EmptyExec::new(out_schema)),
+            _ => UnionExec::try_new(parts)?,
         };
-        let out_cols: Vec<Expr> = match projection {
-            Some(p) => p
-                .iter()
-                .map(|i| ident(self.schema.field(*i).name().as_str()))
-                .collect(),
-            None => columns,
-        };
-        builder = builder.project(out_cols)?;
-        let plan = state.create_physical_plan(&builder.build()?).await?;
         Ok(Arc::new(VigilScanExec::new(summary, plan)))
     }
+}
+
+/// Splits chunks that overlap in time into groups that may share a (series,
+/// time): connected by [`Chunk::overlaps`].
+fn split_by_key(chunks: Vec<Chunk>) -> Vec<Vec<Chunk>> {
+    let n = chunks.len();
+    if n <= 1 {
+        return if n == 0 { Vec::new() } else { vec![chunks] };
+    }
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for i in 0..n {
+        for j in i + 1..n {
+            if chunks[i].overlaps(&chunks[j]) {
+                let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    let mut groups: Vec<Vec<Chunk>> = Vec::new();
+    let mut slot: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    for (i, c) in chunks.into_iter().enumerate() {
+        let r = root(&mut parent, i);
+        let g = *slot.entry(r).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(c);
+    }
+    groups
 }

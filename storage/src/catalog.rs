@@ -31,7 +31,21 @@ pub struct ParquetFileMeta {
     pub seq: u64,
     /// UTC day (days since the epoch) all rows of the file fall in.
     pub day: i64,
+    /// The tags the file's rows are sorted by (then `time`), a prefix of its
+    /// table's sort key; empty for files written before sort keys were recorded,
+    /// which queries must sort.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sort_key: Vec<String>,
+    /// The series key (tag values in `sort_key` order) of the first and last row:
+    /// two files whose key ranges do not meet hold no common series, so queries
+    /// need not deduplicate them against each other even when their times overlap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_range: Option<(SeriesKey, SeriesKey)>,
 }
+
+/// Tag values of one series in sort-key order; `None` (no such tag on the series)
+/// sorts first, as in the files.
+pub type SeriesKey = Vec<Option<String>>;
 
 impl ParquetFileMeta {
     pub fn overlaps(&self, min: i64, max: i64) -> bool {

@@ -64,6 +64,8 @@ mod tests {
             size_bytes: size,
             seq: id * 10,
             day,
+            sort_key: Vec::new(),
+            key_range: None,
         }
     }
 

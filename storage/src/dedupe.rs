@@ -97,6 +97,33 @@ pub fn sort_key_order(batches: &[RecordBatch], tags: &[String]) -> Vec<String> {
     counted.into_iter().map(|(_, t)| t.clone()).collect()
 }
 
+/// The series keys (tag values in `tags` order) of the first and last row of a
+/// batch sorted by `tags`; `None` for an empty batch.
+pub fn series_key_range(
+    batch: &RecordBatch,
+    tags: &[String],
+) -> Option<(crate::catalog::SeriesKey, crate::catalog::SeriesKey)> {
+    if batch.num_rows() == 0 {
+        return None;
+    }
+    let key = |row: usize| -> Option<crate::catalog::SeriesKey> {
+        tags.iter()
+            .map(|t| match batch.column_by_name(t) {
+                None => Some(None),
+                Some(c) if c.is_null(row) => Some(None),
+                Some(c) => {
+                    let one =
+                        arrow::compute::cast(&c.slice(row, 1), &arrow::datatypes::DataType::Utf8)
+                            .ok()?;
+                    use arrow::array::AsArray;
+                    Some(Some(one.as_string::<i32>().value(0).to_string()))
+                }
+            })
+            .collect()
+    };
+    Some((key(0)?, key(batch.num_rows() - 1)?))
+}
+
 /// Tag column names of an Arrow schema produced by [`crate::TableSchema`].
 pub fn tag_columns(schema: &crate::TableSchema) -> Vec<String> {
     schema.tags().map(str::to_string).collect()

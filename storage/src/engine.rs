@@ -17,7 +17,7 @@ use crate::buffer::{
 };
 use crate::catalog::{CatalogState, ParquetFileMeta};
 use crate::compact::plan_compactions;
-use crate::dedupe::{sort_dedupe, sort_key_order};
+use crate::dedupe::{series_key_range, sort_dedupe, sort_key_order};
 use crate::error::{Error, Result};
 use crate::flush::{read_parquet, split_by_day, time_range, write_parquet};
 use crate::metrics::StorageMetrics;
@@ -104,6 +104,8 @@ impl ValidatedWrite {
 pub struct TableSnapshot {
     pub schema: SchemaRef,
     pub tags: Vec<String>,
+    /// Every tag in the order files are sorted by (see [`TableSchema::full_sort_key`]).
+    pub sort_key: Vec<String>,
     pub buffer: Vec<BufferedBatch>,
     pub files: Vec<(ParquetFileMeta, PathBuf)>,
 }
@@ -588,10 +590,14 @@ impl Storage {
     /// A consistent view of one table for a query. The buffer is read before the
     /// catalog: data only moves from buffer to files, so nothing can be missed.
     pub fn snapshot(&self, table: &str) -> Option<TableSnapshot> {
-        let (schema, tags) = {
+        let (schema, tags, sort_key) = {
             let mut s = self.schemas.write();
             let ts = s.get_mut(table)?;
-            (ts.arrow_schema(), ts.tags().map(str::to_string).collect())
+            (
+                ts.arrow_schema(),
+                ts.tags().map(str::to_string).collect(),
+                ts.full_sort_key(),
+            )
         };
         let buffer = self.buffer.lock().table_batches(table);
         let files = self
@@ -605,6 +611,7 @@ impl Storage {
         Some(TableSnapshot {
             schema,
             tags,
+            sort_key,
             buffer,
             files,
         })
@@ -773,16 +780,13 @@ impl Storage {
         last_seq: u64,
         written: &mut Vec<ParquetFileMeta>,
     ) -> Result<usize> {
-        let (schema, tags) = {
+        let schema = {
             let mut s = self.schemas.write();
             let ts = s.get_mut(table).ok_or_else(|| Error::FlushFailed {
                 table: table.to_string(),
                 message: "buffered table has no schema".into(),
             })?;
-            (
-                ts.arrow_schema(),
-                ts.tags().map(str::to_string).collect::<Vec<_>>(),
-            )
+            ts.arrow_schema()
         };
         let seq_schema = with_seq_column(&schema);
         let batches = tb
@@ -791,7 +795,7 @@ impl Storage {
             .map(|b| normalize(&b.batch, &schema, Some(b.first_row_seq())))
             .collect::<arrow::error::Result<Vec<_>>>()
             .map_err(|e| Error::arrow(format!("normalizing buffer of table {table}"), e))?;
-        let tags = sort_key_order(&batches, &tags);
+        let tags = self.table_sort_key(table, &batches)?;
         let merged = sort_dedupe(&seq_schema, &batches, &tags)
             .map_err(|e| Error::arrow(format!("sorting buffer of table {table}"), e))?;
         let mut rows = 0;
@@ -801,6 +805,17 @@ impl Storage {
             written.push(meta);
         }
         Ok(rows)
+    }
+
+    /// The table's sort key, extended (and so fixed) by the tags it lacks, ranked
+    /// on `batches`.
+    fn table_sort_key(&self, table: &str, batches: &[RecordBatch]) -> Result<Vec<String>> {
+        let mut s = self.schemas.write();
+        let ts = s.get_mut(table).ok_or_else(|| Error::FlushFailed {
+            table: table.to_string(),
+            message: "table has no schema".into(),
+        })?;
+        Ok(ts.extend_sort_key(|missing| sort_key_order(batches, missing)))
     }
 
     fn write_file(
@@ -833,6 +848,8 @@ impl Storage {
             size_bytes: size,
             seq,
             day,
+            sort_key: tags.to_vec(),
+            key_range: series_key_range(batch, tags),
         })
     }
 
@@ -864,13 +881,13 @@ impl Storage {
         let mut merged = 0;
         for run in plans {
             let table = run[0].table.clone();
-            let (schema, tags) = {
+            let schema = {
                 let mut s = self.schemas.write();
-                let ts = s.get_mut(&table).expect("file's table has a schema");
-                (
-                    ts.arrow_schema(),
-                    ts.tags().map(str::to_string).collect::<Vec<_>>(),
-                )
+                let ts = s.get_mut(&table).ok_or_else(|| Error::FlushFailed {
+                    table: table.clone(),
+                    message: "a file's table has no schema".into(),
+                })?;
+                ts.arrow_schema()
             };
             let mut batches = Vec::new();
             for f in &run {
@@ -881,7 +898,7 @@ impl Storage {
                     );
                 }
             }
-            let tags = sort_key_order(&batches, &tags);
+            let tags = self.table_sort_key(&table, &batches)?;
             let out = sort_dedupe(&with_seq_column(&schema), &batches, &tags)
                 .map_err(|e| Error::arrow(format!("merging files of table {table}"), e))?;
             let seq = run.iter().map(|f| f.seq).max().unwrap_or(0);

@@ -79,6 +79,13 @@ pub fn time_data_type() -> DataType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableSchema {
     columns: BTreeMap<String, ColumnKind>,
+    /// The order of tags that every Parquet file of the table is sorted by (then
+    /// `time`). Fixed at the first flush (most distinct tag first) and only ever
+    /// extended by tags added later, so that files of different flushes share one
+    /// order and queries can merge them instead of sorting. A file written before a
+    /// tag was added has nulls there, which keeps it sorted by the longer key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sort_key: Vec<String>,
     #[serde(skip)]
     arrow: Option<SchemaRef>,
 }
@@ -89,6 +96,7 @@ impl Default for TableSchema {
         columns.insert(TIME_COLUMN.to_string(), ColumnKind::Time);
         Self {
             columns,
+            sort_key: Vec::new(),
             arrow: None,
         }
     }
@@ -116,6 +124,37 @@ impl TableSchema {
             .iter()
             .filter(|(_, k)| **k == ColumnKind::Tag)
             .map(|(n, _)| n.as_str())
+    }
+
+    /// The table's sort key as persisted (may lack tags no flush has seen yet).
+    pub fn sort_key(&self) -> &[String] {
+        &self.sort_key
+    }
+
+    /// Every tag in sort-key order: the persisted key, then tags no flush has seen
+    /// yet in name order. Queries merge by this order.
+    pub fn full_sort_key(&self) -> Vec<String> {
+        let mut key = self.sort_key.clone();
+        key.extend(
+            self.tags()
+                .filter(|t| !self.sort_key.iter().any(|k| k == t))
+                .map(str::to_string),
+        );
+        key
+    }
+
+    /// Extends the sort key by the tags it lacks, ordered by `order` (given the
+    /// missing tags, it ranks them: most distinct first), and returns the whole key.
+    pub fn extend_sort_key(&mut self, order: impl FnOnce(&[String]) -> Vec<String>) -> Vec<String> {
+        let missing: Vec<String> = self
+            .tags()
+            .filter(|t| !self.sort_key.iter().any(|k| k == t))
+            .map(str::to_string)
+            .collect();
+        if !missing.is_empty() {
+            self.sort_key.extend(order(&missing));
+        }
+        self.sort_key.clone()
     }
 
     pub fn fields(&self) -> impl Iterator<Item = (&str, FieldType)> {
@@ -165,5 +204,29 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         let back: TableSchema = serde_json::from_str(&json).unwrap();
         assert_eq!(back.columns, s.columns);
+    }
+
+    #[test]
+    fn sort_key_is_fixed_and_only_extended() {
+        let mut s = TableSchema::default();
+        s.add_column("host", ColumnKind::Tag);
+        s.add_column("az", ColumnKind::Tag);
+        assert_eq!(s.full_sort_key(), ["az", "host"]);
+        let key = s.extend_sort_key(|missing| {
+            let mut m = missing.to_vec();
+            m.reverse();
+            m
+        });
+        assert_eq!(key, ["host", "az"]);
+        s.add_column("rack", ColumnKind::Tag);
+        assert_eq!(s.full_sort_key(), ["host", "az", "rack"]);
+        // The first flush's order stays whatever later data looks like.
+        let key = s.extend_sort_key(|missing| {
+            assert_eq!(missing, ["rack"]);
+            missing.to_vec()
+        });
+        assert_eq!(key, ["host", "az", "rack"]);
+        let back: TableSchema = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.sort_key(), ["host", "az", "rack"]);
     }
 }
