@@ -89,9 +89,13 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
+COMPACTION = []
+
+
 def start_vigil(data, port, result_cache=True):
     env = dict(os.environ, VIGIL_LOG="warn")
     extra = [] if result_cache else ["--query-result-cache-bytes", "0"]
+    extra += COMPACTION
     p = subprocess.Popen([os.path.join(BIN, "vigil"), "serve", "--data-dir", data,
                           "--http-addr", f"127.0.0.1:{port}"] + extra, env=env)
     for _ in range(600):
@@ -112,13 +116,30 @@ def vigil_query(port, sql):
         headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as r:
         body = r.read()
-    return ipc.open_stream(body).read_all().num_rows
+    return ipc.open_stream(body).read_all()
 
 
 def duck_query(con, sql):
     res = con.sql(sql)
-    table = res.to_arrow_table() if hasattr(res, "to_arrow_table") else res.arrow()
-    return table.num_rows
+    return res.to_arrow_table() if hasattr(res, "to_arrow_table") else res.arrow()
+
+
+def canonical(table):
+    """Rows of a result as comparable tuples: columns by position, floats to 9
+    significant digits (the engines sum in different orders), sorted."""
+    import decimal
+
+    def norm(v):
+        if isinstance(v, decimal.Decimal):
+            v = float(v)
+        if isinstance(v, float):
+            return float(f"{v:.9g}")
+        if hasattr(v, "timestamp"):
+            return v.timestamp()
+        return v
+    names = sorted(range(table.num_columns), key=lambda i: table.schema.names[i])
+    cols = [table.column(i).to_pylist() for i in names]
+    return sorted((tuple(norm(c[r]) for c in cols) for r in range(table.num_rows)), key=repr)
 
 
 def timed(f, runs):
@@ -138,18 +159,30 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--work", default=None, help="work directory (kept; data reused if present)")
     ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--order", choices=["time", "host"], default="time",
+                    help="write order: all hosts per timestamp, or host by host (a backfill)")
+    ap.add_argument("--compaction", action="store_true",
+                    help="let vigil compact (default: off, to measure the files as ingest left them)")
     args = ap.parse_args()
+    if not args.compaction:
+        COMPACTION.extend(["--compaction-interval", "100000h"])
     import duckdb
 
     work = args.work or tempfile.mkdtemp(prefix="vigil-query-bench-")
     os.makedirs(work, exist_ok=True)
     data = os.path.join(work, "data")
     lp = os.path.join(work, "cpu.lp")
-    marker = os.path.join(work, f"loaded-{args.hosts}-{args.hours}")
+    marker = os.path.join(work, f"loaded-{args.hosts}-{args.hours}-{args.order}")
     if not os.path.exists(marker):
         run(["rm", "-rf", data, lp])
         run([os.path.join(BIN, "vigil-bench"), "generate", "--hosts", str(args.hosts),
              "--seconds", str(args.hours * 3600), "--start", str(START), "--out", lp])
+        if args.order == "host":
+            # Host by host, each host's rows in time order (a stable sort on the
+            # hostname tag, the second comma-separated part of every line).
+            run(["sort", "-s", "-t", ",", "-k2,2", "-S", "2G", "-o", lp + ".sorted", lp],
+                env=dict(os.environ, LC_ALL="C"))
+            os.replace(lp + ".sorted", lp)
         port = free_port()
         p = start_vigil(data, port)
         try:
@@ -181,10 +214,12 @@ def main():
     try:
         for name, sql in qs.items():
             sql, duck_sql = sql if isinstance(sql, tuple) else (sql, sql)
-            n_vigil = vigil_query(port, sql)
-            n_duck = duck_query(con, duck_sql)
+            got, want = vigil_query(port, sql), duck_query(con, duck_sql)
+            n_vigil, n_duck = got.num_rows, want.num_rows
             if n_vigil != n_duck:
                 raise SystemExit(f"{name}: vigil returned {n_vigil} rows, DuckDB {n_duck}\n{sql}")
+            if canonical(got) != canonical(want):
+                raise SystemExit(f"{name}: vigil and DuckDB returned different rows\n{sql}")
             tv = timed(lambda: vigil_query(port, sql), args.runs)
             td = timed(lambda: duck_query(con, duck_sql), args.runs)
             results.append([name, n_vigil, tv, td, None])

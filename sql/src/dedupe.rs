@@ -92,8 +92,11 @@ impl ExecutionPlan for DeduplicateExec {
     fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
         vec![Some(OrderingRequirements::from(self.ordering.clone()))]
     }
+    /// `false` although the output keeps the input's order (the properties say
+    /// so): `true` would let DataFusion push a parent's sort requirement below this
+    /// node, replacing the newest-first order the dedupe needs.
     fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
+        vec![false]
     }
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
         vec![false]
@@ -108,6 +111,12 @@ impl ExecutionPlan for DeduplicateExec {
         self: Arc<Self>,
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(format!(
+                "DeduplicateExec has one input, given {}",
+                children.len()
+            )));
+        }
         Ok(Arc::new(DeduplicateExec::new(
             children.swap_remove(0),
             self.ordering.clone(),

@@ -804,6 +804,15 @@ mod tests {
         assert!(plan.contains("deduplicated chunks=0"), "{plan}");
         assert!(!plan.contains("DeduplicateExec"), "{plan}");
 
+        // A table provider made before the table gains a tag (a prepared statement
+        // keeps one) still reads the table after.
+        use datafusion::catalog::SchemaProvider;
+        let before = crate::VigilSchema::new(Arc::clone(&storage))
+            .table("cpu")
+            .await
+            .unwrap()
+            .unwrap();
+
         // Rewrite a@5 and add a tag: the new file shares series a with the first.
         let mut p = point("a", 1000.0, 5);
         p.tags.push((Cow::Borrowed("rack"), Cow::Borrowed("r1")));
@@ -829,5 +838,30 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("| 21 |"));
+
+        // A parent's order that shares a prefix with the sort key must not replace
+        // the newest-first order below the dedupe.
+        let (_, b) = engine
+            .sql("SELECT host, usage FROM cpu WHERE host = 'a' ORDER BY host NULLS FIRST, time DESC, usage")
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&b).unwrap().to_string();
+        assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 11, "{text}");
+        assert!(
+            text.contains("2000.0") && !text.contains("| 5.0 "),
+            "{text}"
+        );
+
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("cpu_before", before).unwrap();
+        let b = ctx
+            .sql("SELECT count(*) AS n FROM cpu_before")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&b).unwrap().to_string();
+        assert!(text.contains("| 21 |"), "{text}");
     }
 }

@@ -165,8 +165,14 @@ impl VigilTable {
         Ok(chunks)
     }
 
-    /// A scan of Parquet files; `sorted_by` declares the order their rows are in.
-    fn listing(&self, paths: &[&str], sorted_by: Option<Vec<SortExpr>>) -> Result<LogicalPlan> {
+    /// A scan of Parquet files read as `schema`; `sorted_by` declares the order their
+    /// rows are in.
+    fn listing(
+        &self,
+        paths: &[&str],
+        schema: &SchemaRef,
+        sorted_by: Option<Vec<SortExpr>>,
+    ) -> Result<LogicalPlan> {
         let urls = paths
             .iter()
             .map(ListingTableUrl::parse)
@@ -178,7 +184,7 @@ impl VigilTable {
         }
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
-            .with_schema(Arc::clone(&self.schema));
+            .with_schema(Arc::clone(schema));
         let table = ListingTable::try_new(config)?;
         LogicalPlanBuilder::scan(&self.name, provider_as_source(Arc::new(table)), None)?.build()
     }
@@ -254,6 +260,9 @@ impl TableProvider for VigilTable {
             .collect();
         let key_filter = conjunction(key_filters);
 
+        // The query was planned against the table as it was (`self.schema`, kept by
+        // prepared statements); the merge reads it as it is now (`snap.schema`: a
+        // tag added since is part of the series key), and projects back by name.
         // Group chunks that may hold the same (series, time): overlapping in time
         // and, where the files say, in series key. Only those groups are merged and
         // deduplicated; a file alone in its group is read as it is.
@@ -328,13 +337,14 @@ impl TableProvider for VigilTable {
                     }
                     ChunkKind::File(meta, path) => {
                         let order = sorted_by(&meta, &snap.sort_key).then(|| file_order.clone());
-                        LogicalPlanBuilder::from(self.listing(&[&path], order)?).project(
-                            read_cols
-                                .iter()
-                                .map(|c| ident(*c))
-                                .chain([lit(ScalarValue::UInt64(Some(file_seq(meta.seq))))
-                                    .alias(SEQ_COLUMN)]),
-                        )?
+                        LogicalPlanBuilder::from(self.listing(&[&path], &snap.schema, order)?)
+                            .project(
+                                read_cols
+                                    .iter()
+                                    .map(|c| ident(*c))
+                                    .chain([lit(ScalarValue::UInt64(Some(file_seq(meta.seq))))
+                                        .alias(SEQ_COLUMN)]),
+                            )?
                     }
                 };
                 let plan = match &key_filter {
@@ -415,7 +425,7 @@ impl TableProvider for VigilTable {
         }
         if !plain_files.is_empty() {
             let refs: Vec<&str> = plain_files.iter().map(String::as_str).collect();
-            let mut b = LogicalPlanBuilder::from(self.listing(&refs, None)?);
+            let mut b = LogicalPlanBuilder::from(self.listing(&refs, &self.schema, None)?);
             if let Some(f) = &key_filter {
                 b = b.filter(f.clone())?;
             }

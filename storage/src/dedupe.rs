@@ -121,8 +121,20 @@ pub fn series_key_range(
             })
             .collect()
     };
-    Some((key(0)?, key(batch.num_rows() - 1)?))
+    let range = (key(0)?, key(batch.num_rows() - 1)?);
+    // The range is kept in the catalog, rewritten at every flush: series keys of
+    // huge tag values are not worth their bytes there (no range = overlaps all).
+    let bytes: usize = range
+        .0
+        .iter()
+        .chain(&range.1)
+        .map(|v| v.as_ref().map_or(0, String::len))
+        .sum();
+    (bytes <= MAX_KEY_RANGE_BYTES).then_some(range)
 }
+
+/// Largest series-key range (both ends' tag values) recorded for a file.
+const MAX_KEY_RANGE_BYTES: usize = 1024;
 
 /// Tag column names of an Arrow schema produced by [`crate::TableSchema`].
 pub fn tag_columns(schema: &crate::TableSchema) -> Vec<String> {

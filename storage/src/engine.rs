@@ -780,14 +780,8 @@ impl Storage {
         last_seq: u64,
         written: &mut Vec<ParquetFileMeta>,
     ) -> Result<usize> {
-        let schema = {
-            let mut s = self.schemas.write();
-            let ts = s.get_mut(table).ok_or_else(|| Error::FlushFailed {
-                table: table.to_string(),
-                message: "buffered table has no schema".into(),
-            })?;
-            ts.arrow_schema()
-        };
+        let raw: Vec<RecordBatch> = tb.batches.iter().map(|b| b.batch.clone()).collect();
+        let (schema, tags) = self.schema_and_sort_key(table, &raw)?;
         let seq_schema = with_seq_column(&schema);
         let batches = tb
             .batches
@@ -795,7 +789,6 @@ impl Storage {
             .map(|b| normalize(&b.batch, &schema, Some(b.first_row_seq())))
             .collect::<arrow::error::Result<Vec<_>>>()
             .map_err(|e| Error::arrow(format!("normalizing buffer of table {table}"), e))?;
-        let tags = self.table_sort_key(table, &batches)?;
         let merged = sort_dedupe(&seq_schema, &batches, &tags)
             .map_err(|e| Error::arrow(format!("sorting buffer of table {table}"), e))?;
         let mut rows = 0;
@@ -807,15 +800,33 @@ impl Storage {
         Ok(rows)
     }
 
-    /// The table's sort key, extended (and so fixed) by the tags it lacks, ranked
-    /// on `batches`.
-    fn table_sort_key(&self, table: &str, batches: &[RecordBatch]) -> Result<Vec<String>> {
-        let mut s = self.schemas.write();
-        let ts = s.get_mut(table).ok_or_else(|| Error::FlushFailed {
+    /// The table's Arrow schema and its sort key, extended (and so fixed) by the
+    /// tags it lacks, taken together so that the key names no column the schema
+    /// lacks. New tags are ranked on `batches` before the lock is taken.
+    fn schema_and_sort_key(
+        &self,
+        table: &str,
+        batches: &[RecordBatch],
+    ) -> Result<(SchemaRef, Vec<String>)> {
+        let no_schema = || Error::FlushFailed {
             table: table.to_string(),
             message: "table has no schema".into(),
-        })?;
-        Ok(ts.extend_sort_key(|missing| sort_key_order(batches, missing)))
+        };
+        let missing = self
+            .schemas
+            .read()
+            .get(table)
+            .ok_or_else(no_schema)?
+            .unsorted_tags();
+        let ranked = if missing.is_empty() {
+            missing
+        } else {
+            sort_key_order(batches, &missing)
+        };
+        let mut s = self.schemas.write();
+        let ts = s.get_mut(table).ok_or_else(no_schema)?;
+        let key = ts.extend_sort_key(&ranked);
+        Ok((ts.arrow_schema(), key))
     }
 
     fn write_file(
@@ -881,24 +892,21 @@ impl Storage {
         let mut merged = 0;
         for run in plans {
             let table = run[0].table.clone();
-            let schema = {
-                let mut s = self.schemas.write();
-                let ts = s.get_mut(&table).ok_or_else(|| Error::FlushFailed {
-                    table: table.clone(),
-                    message: "a file's table has no schema".into(),
-                })?;
-                ts.arrow_schema()
-            };
-            let mut batches = Vec::new();
+            let mut raw = Vec::new();
             for f in &run {
                 for b in read_parquet(&self.config.data_dir.join(&f.path))? {
-                    batches.push(
-                        normalize(&b, &schema, Some(row_seq(f.seq, 0)))
-                            .map_err(|e| Error::arrow(format!("normalizing {}", f.path), e))?,
-                    );
+                    raw.push((f, b));
                 }
             }
-            let tags = self.table_sort_key(&table, &batches)?;
+            let files: Vec<RecordBatch> = raw.iter().map(|(_, b)| b.clone()).collect();
+            let (schema, tags) = self.schema_and_sort_key(&table, &files)?;
+            let batches = raw
+                .iter()
+                .map(|(f, b)| {
+                    normalize(b, &schema, Some(row_seq(f.seq, 0)))
+                        .map_err(|e| Error::arrow(format!("normalizing {}", f.path), e))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let out = sort_dedupe(&with_seq_column(&schema), &batches, &tags)
                 .map_err(|e| Error::arrow(format!("merging files of table {table}"), e))?;
             let seq = run.iter().map(|f| f.seq).max().unwrap_or(0);
@@ -909,6 +917,13 @@ impl Storage {
                 let ids: Vec<u64> = run.iter().map(|f| f.id).collect();
                 next.files.retain(|f| !ids.contains(&f.id));
                 next.files.push(meta);
+                // The sort key may have grown: the new file's order must be on record.
+                next.tables = self
+                    .schemas
+                    .read()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 next.save(&self.config.data_dir)?;
                 *c = next;
             }

@@ -143,17 +143,25 @@ impl TableSchema {
         key
     }
 
-    /// Extends the sort key by the tags it lacks, ordered by `order` (given the
-    /// missing tags, it ranks them: most distinct first), and returns the whole key.
-    pub fn extend_sort_key(&mut self, order: impl FnOnce(&[String]) -> Vec<String>) -> Vec<String> {
-        let missing: Vec<String> = self
-            .tags()
+    /// Tags the persisted sort key lacks.
+    pub fn unsorted_tags(&self) -> Vec<String> {
+        self.tags()
             .filter(|t| !self.sort_key.iter().any(|k| k == t))
             .map(str::to_string)
-            .collect();
-        if !missing.is_empty() {
-            self.sort_key.extend(order(&missing));
+            .collect()
+    }
+
+    /// Extends the sort key by the tags it lacks: first those of `ranked` (most
+    /// distinct first), then any others (added since they were ranked) by name.
+    /// Returns the whole key, which now names every tag.
+    pub fn extend_sort_key(&mut self, ranked: &[String]) -> Vec<String> {
+        for t in ranked {
+            if self.column(t) == Some(ColumnKind::Tag) && !self.sort_key.contains(t) {
+                self.sort_key.push(t.clone());
+            }
         }
+        let rest = self.unsorted_tags();
+        self.sort_key.extend(rest);
         self.sort_key.clone()
     }
 
@@ -212,19 +220,13 @@ mod tests {
         s.add_column("host", ColumnKind::Tag);
         s.add_column("az", ColumnKind::Tag);
         assert_eq!(s.full_sort_key(), ["az", "host"]);
-        let key = s.extend_sort_key(|missing| {
-            let mut m = missing.to_vec();
-            m.reverse();
-            m
-        });
+        let key = s.extend_sort_key(&["host".to_string()]);
         assert_eq!(key, ["host", "az"]);
         s.add_column("rack", ColumnKind::Tag);
         assert_eq!(s.full_sort_key(), ["host", "az", "rack"]);
+        assert_eq!(s.unsorted_tags(), ["rack"]);
         // The first flush's order stays whatever later data looks like.
-        let key = s.extend_sort_key(|missing| {
-            assert_eq!(missing, ["rack"]);
-            missing.to_vec()
-        });
+        let key = s.extend_sort_key(&["rack".to_string(), "az".to_string()]);
         assert_eq!(key, ["host", "az", "rack"]);
         let back: TableSchema = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back.sort_key(), ["host", "az", "rack"]);
