@@ -14,9 +14,10 @@ use std::task::{Context, Poll};
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::compute::kernels::boolean::and;
+use datafusion::arrow::compute::kernels::cmp::not_distinct;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
@@ -136,17 +137,10 @@ impl ExecutionPlan for DeduplicateExec {
                 "DeduplicateExec has one partition, asked for {partition}"
             )));
         }
-        let schema = self.input.schema();
-        let fields = self
-            .key
-            .iter()
-            .map(|i| SortField::new(schema.field(*i).data_type().clone()))
-            .collect();
         Ok(Box::pin(DeduplicateStream {
             input: self.input.execute(0, context)?,
-            schema,
+            schema: self.input.schema(),
             key: self.key.clone(),
-            converter: RowConverter::new(fields)?,
             last: None,
             baseline: BaselineMetrics::new(&self.metrics, partition),
             duplicates: MetricBuilder::new(&self.metrics).counter("duplicates_removed", partition),
@@ -158,41 +152,75 @@ struct DeduplicateStream {
     input: SendableRecordBatchStream,
     schema: SchemaRef,
     key: Vec<usize>,
-    converter: RowConverter,
-    /// The key of the last row kept, carried across batches.
-    last: Option<OwnedRow>,
+    /// The key columns (time first) of the previous batch's last row.
+    last: Option<Vec<ArrayRef>>,
     baseline: BaselineMetrics,
     duplicates: Count,
 }
 
 impl DeduplicateStream {
+    /// Which rows repeat the key of the row before them (the first row: of the last
+    /// row of the previous batch). Column by column, time first: in sorted data a
+    /// time rarely equals the previous row's, so most batches are settled by one
+    /// vectorized comparison and never look at the tags.
+    fn repeats(&self, batch: &RecordBatch) -> Result<Vec<bool>> {
+        let n = batch.num_rows();
+        let mut repeat = vec![false; n];
+        // Key columns, the last one (time) first.
+        let columns: Vec<&ArrayRef> = self.key.iter().rev().map(|i| batch.column(*i)).collect();
+        if n > 1 {
+            let mut same: Option<BooleanArray> = None;
+            for c in &columns {
+                let eq = not_distinct(&c.slice(1, n - 1), &c.slice(0, n - 1))?;
+                let eq = match same {
+                    None => eq,
+                    Some(prev) => and(&prev, &eq)?,
+                };
+                if eq.true_count() == 0 {
+                    same = None;
+                    break;
+                }
+                same = Some(eq);
+            }
+            if let Some(same) = same {
+                for (i, r) in same.values().iter().enumerate() {
+                    repeat[i + 1] = r;
+                }
+            }
+        }
+        if let Some(last) = &self.last {
+            let mut equal = true;
+            for (c, l) in columns.iter().zip(last) {
+                if !not_distinct(&c.slice(0, 1), l)?.value(0) {
+                    equal = false;
+                    break;
+                }
+            }
+            repeat[0] = equal;
+        }
+        Ok(repeat)
+    }
+
     fn dedupe(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(batch);
         }
-        let columns: Vec<ArrayRef> = self
-            .key
-            .iter()
-            .map(|i| Arc::clone(batch.column(*i)))
-            .collect();
-        let rows = self.converter.convert_columns(&columns)?;
-        let mut keep = Vec::with_capacity(n);
-        let first_new = match &self.last {
-            Some(last) => last.row() != rows.row(0),
-            None => true,
-        };
-        keep.push(first_new);
-        for i in 1..n {
-            keep.push(rows.row(i) != rows.row(i - 1));
-        }
-        self.last = Some(rows.row(n - 1).owned());
-        let kept = keep.iter().filter(|k| **k).count();
+        let repeat = self.repeats(&batch)?;
+        self.last = Some(
+            self.key
+                .iter()
+                .rev()
+                .map(|i| batch.column(*i).slice(n - 1, 1))
+                .collect(),
+        );
+        let kept = repeat.iter().filter(|r| !**r).count();
         self.duplicates.add(n - kept);
         if kept == n {
             return Ok(batch);
         }
-        Ok(filter_record_batch(&batch, &BooleanArray::from(keep))?)
+        let keep: BooleanArray = repeat.iter().map(|r| Some(!r)).collect();
+        Ok(filter_record_batch(&batch, &keep)?)
     }
 }
 
@@ -238,16 +266,48 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_the_newest_row_of_each_key_across_batches() {
+        dedupes(DataType::Utf8, |h| Arc::new(StringArray::from(h))).await;
+    }
+
+    /// Tags are dictionaries, and batches of different files have different ones.
+    #[tokio::test]
+    async fn compares_dictionary_tags_by_value() {
+        use datafusion::arrow::array::DictionaryArray;
+        use datafusion::arrow::datatypes::Int32Type;
+        let mut flip = false;
+        dedupes(
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            move |h| {
+                // Every other batch gets its dictionary in another order.
+                flip = !flip;
+                let mut values = h.clone();
+                if flip {
+                    values.reverse();
+                }
+                let d: DictionaryArray<Int32Type> = values.into_iter().collect();
+                if !flip {
+                    return Arc::new(d);
+                }
+                let keys = datafusion::arrow::array::Int32Array::from(
+                    (0..d.len() as i32).rev().collect::<Vec<_>>(),
+                );
+                datafusion::arrow::compute::take(&d, &keys, None).unwrap()
+            },
+        )
+        .await;
+    }
+
+    async fn dedupes(host_type: DataType, mut host: impl FnMut(Vec<Option<&str>>) -> ArrayRef) {
         let schema = Arc::new(Schema::new(vec![
-            Field::new("host", DataType::Utf8, true),
+            Field::new("host", host_type, true),
             Field::new("time", DataType::Int64, false),
             Field::new("seq", DataType::UInt64, false),
         ]));
-        let batch = |h: Vec<Option<&str>>, t: Vec<i64>, s: Vec<u64>| {
+        let mut batch = |h: Vec<Option<&str>>, t: Vec<i64>, s: Vec<u64>| {
             RecordBatch::try_new(
                 Arc::clone(&schema),
                 vec![
-                    Arc::new(StringArray::from(h)),
+                    host(h),
                     Arc::new(Int64Array::from(t)),
                     Arc::new(UInt64Array::from(s)),
                 ],
