@@ -779,6 +779,50 @@ mod tests {
         pretty_format_batches(&b).unwrap().to_string()
     }
 
+    /// Files written in time order touch at their edges: only the rows there are
+    /// merged, the rest of each file is read as it is, and the newer write still
+    /// wins at the edge.
+    #[tokio::test]
+    async fn merges_time_ordered_files_only_where_they_meet() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        for pts in [
+            (0..=10)
+                .map(|t| point("a", t as f64, t))
+                .collect::<Vec<_>>(),
+            std::iter::once(point("a", 999.0, 10))
+                .chain((11..20).map(|t| point("a", t as f64, t)))
+                .chain((10..20).map(|t| point("b", 1.0, t)))
+                .collect(),
+        ] {
+            let w = storage.validate(pts.into_iter().enumerate().collect());
+            assert!(w.rejected.is_empty());
+            storage.commit(w.tables).await.unwrap();
+            storage.flush().await.unwrap();
+        }
+        let engine = QueryEngine::new(Arc::clone(&storage), QueryConfig::default()).unwrap();
+        let plan = explain(&engine, "SELECT sum(usage) FROM cpu").await;
+        assert!(
+            plan.contains("deduplicated chunks=2 (sorted 0, merged only where they meet 2)"),
+            "{plan}"
+        );
+        let (_, b) = engine
+            .sql("SELECT host, count(*) AS n, sum(usage) AS s FROM cpu GROUP BY host ORDER BY host")
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&b).unwrap().to_string();
+        // a: 0..=19 once each, 10 overwritten by 999: 190 - 10 + 999.
+        assert!(text.contains("| a    | 20 | 1179.0 |"), "{text}");
+        assert!(text.contains("| b    | 10 | 10.0   |"), "{text}");
+        // The edge alone, and a range that excludes it.
+        let (_, b) = engine
+            .sql("SELECT count(*) AS n, sum(usage) AS s FROM cpu WHERE host = 'a' AND time <= '1970-01-01T00:00:00.000000010Z'")
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&b).unwrap().to_string();
+        assert!(text.contains("| 11 | 1044.0 |"), "{text}");
+    }
+
     /// A backfill written host by host makes files that overlap in time but not in
     /// series: they are read without merging. Files that share a series are merged
     /// (not sorted: they are in the table's order), last write winning, also after
@@ -821,7 +865,10 @@ mod tests {
         q.tags.push((Cow::Borrowed("host"), Cow::Borrowed("a")));
         commit(vec![p, q]).await;
         let plan = explain(&engine, "SELECT sum(usage) FROM cpu").await;
-        assert!(plan.contains("deduplicated chunks=2 (sorted 0)"), "{plan}");
+        assert!(
+            plan.contains("deduplicated chunks=2 (sorted 0, merged only where they meet 1)"),
+            "{plan}"
+        );
         assert!(plan.contains("DeduplicateExec"), "{plan}");
         let (_, b) = engine
             .sql("SELECT host, rack, usage FROM cpu WHERE time = '1970-01-01T00:00:00.000000005Z' ORDER BY host, rack")

@@ -24,6 +24,9 @@ pub(crate) struct ScanSummary {
     /// Of those, chunks not stored in the table's sort order, sorted by the query
     /// (the buffer; files written before sort keys were recorded).
     pub(crate) sorted_chunks: usize,
+    /// Files merged only where they meet another chunk in time, the rest read as
+    /// they are.
+    pub(crate) partly_merged_files: usize,
 }
 
 /// Passes its child's batches through unchanged; exists to be displayed.
@@ -44,7 +47,7 @@ impl DisplayAs for VigilScanExec {
         let s = &self.summary;
         write!(
             f,
-            "VigilScan: table={}, time={}, files={} of {} ({} pruned), buffer batches={} of {}, deduplicated chunks={} (sorted {})",
+            "VigilScan: table={}, time={}, files={} of {} ({} pruned), buffer batches={} of {}, deduplicated chunks={} (sorted {}, merged only where they meet {})",
             s.table,
             s.time_range,
             s.files_read,
@@ -53,7 +56,8 @@ impl DisplayAs for VigilScanExec {
             s.buffer_batches_read,
             s.buffer_batches_total,
             s.deduplicated_chunks,
-            s.sorted_chunks
+            s.sorted_chunks,
+            s.partly_merged_files
         )
     }
 }

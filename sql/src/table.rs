@@ -315,6 +315,8 @@ impl TableProvider for VigilTable {
             .build();
 
         let mut plain_files: Vec<String> = Vec::new();
+        // Parts of files read without merging (outside their overlap windows).
+        let mut plain_parts: Vec<LogicalPlan> = Vec::new();
         let mut parts: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         for group in groups {
             if group.len() == 1 {
@@ -324,8 +326,40 @@ impl TableProvider for VigilTable {
                 }
             }
             summary.deduplicated_chunks += group.len();
+            // Only rows at times where a chunk meets another can have a duplicate:
+            // a file's rows outside those windows are read as they are, so files
+            // written in time order, which touch only at their edges, are merged
+            // only there. (The buffer is not deduplicated within itself: all of it
+            // goes through the merge.)
+            let windows: Vec<Vec<(i64, i64)>> = (0..group.len())
+                .map(|i| {
+                    let meets = (0..group.len())
+                        .filter(|j| *j != i && group[i].overlaps(&group[*j]))
+                        .map(|j| {
+                            (
+                                group[i].min.max(group[j].min),
+                                group[i].max.min(group[j].max),
+                            )
+                        });
+                    union_of(meets)
+                })
+                .collect();
             let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-            for chunk in group {
+            for (chunk, windows) in group.into_iter().zip(windows) {
+                let in_windows =
+                    windows
+                        .iter()
+                        .map(|(a, b)| {
+                            ident(TIME_COLUMN)
+                                .gt_eq(lit(ScalarValue::TimestampNanosecond(
+                                    Some(*a),
+                                    Some("UTC".into()),
+                                )))
+                                .and(ident(TIME_COLUMN).lt_eq(lit(
+                                    ScalarValue::TimestampNanosecond(Some(*b), Some("UTC".into())),
+                                )))
+                        })
+                        .reduce(Expr::or);
                 let plan = match chunk.kind {
                     ChunkKind::Buffer(batches) => {
                         let mem = MemTable::try_new(with_seq_column(&snap.schema), vec![batches])?;
@@ -336,15 +370,39 @@ impl TableProvider for VigilTable {
                         )?
                     }
                     ChunkKind::File(meta, path) => {
+                        let whole = windows.first().map(|w| w.0) <= Some(chunk.min)
+                            && windows.last().map(|w| w.1) >= Some(chunk.max)
+                            && windows.len() == 1;
+                        if let (Some(w), false) = (&in_windows, whole) {
+                            let mut outside = datafusion::logical_expr::not(w.clone());
+                            if let Some(f) = &key_filter {
+                                outside = outside.and(f.clone());
+                            }
+                            summary.partly_merged_files += 1;
+                            plain_parts.push(
+                                LogicalPlanBuilder::from(self.listing(
+                                    &[&path],
+                                    &self.schema,
+                                    None,
+                                )?)
+                                .filter(outside)?
+                                .project(out_cols.clone())?
+                                .build()?,
+                            );
+                        }
                         let order = sorted_by(&meta, &snap.sort_key).then(|| file_order.clone());
-                        LogicalPlanBuilder::from(self.listing(&[&path], &snap.schema, order)?)
-                            .project(
-                                read_cols
-                                    .iter()
-                                    .map(|c| ident(*c))
-                                    .chain([lit(ScalarValue::UInt64(Some(file_seq(meta.seq))))
-                                        .alias(SEQ_COLUMN)]),
-                            )?
+                        let scan = LogicalPlanBuilder::from(self.listing(
+                            &[&path],
+                            &snap.schema,
+                            order,
+                        )?);
+                        let scan = match &in_windows {
+                            Some(w) => scan.filter(w.clone())?,
+                            None => scan,
+                        };
+                        scan.project(read_cols.iter().map(|c| ident(*c)).chain([
+                            lit(ScalarValue::UInt64(Some(file_seq(meta.seq)))).alias(SEQ_COLUMN),
+                        ]))?
                     }
                 };
                 let plan = match &key_filter {
@@ -429,7 +487,9 @@ impl TableProvider for VigilTable {
             if let Some(f) = &key_filter {
                 b = b.filter(f.clone())?;
             }
-            let plan = b.project(out_cols)?.build()?;
+            plain_parts.push(b.project(out_cols)?.build()?);
+        }
+        for plan in plain_parts {
             parts.push(state.create_physical_plan(&plan).await?);
         }
         let plan: Arc<dyn ExecutionPlan> = match parts.len() {
@@ -438,6 +498,20 @@ impl TableProvider for VigilTable {
         };
         Ok(Arc::new(VigilScanExec::new(summary, plan)))
     }
+}
+
+/// The union of closed intervals, sorted and merged.
+fn union_of(intervals: impl Iterator<Item = (i64, i64)>) -> Vec<(i64, i64)> {
+    let mut v: Vec<(i64, i64)> = intervals.collect();
+    v.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::with_capacity(v.len());
+    for (a, b) in v {
+        match out.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
 }
 
 /// Splits chunks that overlap in time into groups that may share a (series,
