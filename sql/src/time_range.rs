@@ -52,7 +52,18 @@ fn timestamp_nanos(v: &ScalarValue) -> Option<i64> {
 fn is_time(e: &Expr) -> bool {
     match e {
         Expr::Column(c) => c.name == TIME_COLUMN,
-        Expr::Cast(c) => is_time(&c.expr),
+        // Only a cast that keeps nanoseconds: `CAST(time AS TIMESTAMP(ms)) <= x`
+        // also matches times up to x + 999,999 ns, so taking x as the bound would
+        // prune files and buffered rows that the predicate matches.
+        Expr::Cast(c) => {
+            matches!(
+                c.field.data_type(),
+                datafusion::arrow::datatypes::DataType::Timestamp(
+                    datafusion::arrow::datatypes::TimeUnit::Nanosecond,
+                    _
+                )
+            ) && is_time(&c.expr)
+        }
         _ => false,
     }
 }
@@ -157,5 +168,27 @@ mod tests {
         assert_eq!(r, TimeRange { min: 1, max: 2 });
         let r = TimeRange::from_filters(&[col("time").gt(ts(1)).or(col("time").lt(ts(0)))]);
         assert_eq!(r, TimeRange::default());
+    }
+
+    /// A cast to milliseconds matches a whole millisecond: no bound from it.
+    #[test]
+    fn coarsening_casts_give_no_bound() {
+        use datafusion::arrow::datatypes::{DataType, TimeUnit};
+        let ms = Expr::Cast(datafusion::logical_expr::Cast::new(
+            Box::new(col("time")),
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        ));
+        let bound = lit(ScalarValue::TimestampMillisecond(
+            Some(10),
+            Some("UTC".into()),
+        ));
+        let r = TimeRange::from_filters(&[ms.lt_eq(bound)]);
+        assert_eq!(r, TimeRange::default());
+        let ns = Expr::Cast(datafusion::logical_expr::Cast::new(
+            Box::new(col("time")),
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+        ));
+        let r = TimeRange::from_filters(&[ns.lt_eq(ts(10))]);
+        assert_eq!(r.max, 10);
     }
 }
