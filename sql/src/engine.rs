@@ -823,6 +823,46 @@ mod tests {
         assert!(text.contains("| 11 | 1044.0 |"), "{text}");
     }
 
+    /// A file is merged against the buffer only where their times meet: the
+    /// buffered rewrite of the file's last point wins, the rest of the file is read
+    /// as it is, and duplicates within the buffer itself are resolved too.
+    #[tokio::test]
+    async fn merges_a_file_with_the_buffer_only_where_they_meet() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let commit = |pts: Vec<Point<'static>>| {
+            let storage = Arc::clone(&storage);
+            async move {
+                let w = storage.validate(pts.into_iter().enumerate().collect());
+                assert!(w.rejected.is_empty());
+                storage.commit(w.tables).await.unwrap();
+            }
+        };
+        commit((0..=10).map(|t| point("a", t as f64, t)).collect()).await;
+        storage.flush().await.unwrap();
+        // Buffered: a@10 written twice (the second wins), then a@11..=14.
+        commit(vec![point("a", 500.0, 10)]).await;
+        commit(
+            std::iter::once(point("a", 999.0, 10))
+                .chain((11..15).map(|t| point("a", t as f64, t)))
+                .collect(),
+        )
+        .await;
+        let engine = QueryEngine::new(Arc::clone(&storage), QueryConfig::default()).unwrap();
+        let plan = explain(&engine, "SELECT sum(usage) FROM cpu").await;
+        assert!(
+            plan.contains("deduplicated chunks=2 (sorted 1, merged only where they meet 1)"),
+            "{plan}"
+        );
+        let (_, b) = engine
+            .sql("SELECT count(*) AS n, sum(usage) AS s, max(usage) AS m FROM cpu")
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&b).unwrap().to_string();
+        // 0..=9 from the file (45), 999 for a@10, 11..=14 (50): 15 rows.
+        assert!(text.contains("| 15 | 1094.0 | 999.0 |"), "{text}");
+    }
+
     /// A backfill written host by host makes files that overlap in time but not in
     /// series: they are read without merging. Files that share a series are merged
     /// (not sorted: they are in the table's order), last write winning, also after
