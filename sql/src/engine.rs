@@ -774,6 +774,13 @@ mod tests {
             .contains("| 1 "));
     }
 
+    /// Validates and commits points that must all be accepted.
+    async fn store(storage: &Storage, pts: Vec<Point<'static>>) {
+        let w = storage.validate(pts.into_iter().enumerate().collect());
+        assert!(w.rejected.is_empty());
+        storage.commit(w.tables).await.unwrap();
+    }
+
     async fn explain(engine: &QueryEngine, sql: &str) -> String {
         let (_, b) = engine.sql(&format!("EXPLAIN {sql}")).await.unwrap();
         pretty_format_batches(&b).unwrap().to_string()
@@ -795,9 +802,7 @@ mod tests {
                 .chain((10..20).map(|t| point("b", 1.0, t)))
                 .collect(),
         ] {
-            let w = storage.validate(pts.into_iter().enumerate().collect());
-            assert!(w.rejected.is_empty());
-            storage.commit(w.tables).await.unwrap();
+            store(&storage, pts).await;
             storage.flush().await.unwrap();
         }
         let engine = QueryEngine::new(Arc::clone(&storage), QueryConfig::default()).unwrap();
@@ -830,19 +835,16 @@ mod tests {
     async fn merges_a_file_with_the_buffer_only_where_they_meet() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
-        let commit = |pts: Vec<Point<'static>>| {
-            let storage = Arc::clone(&storage);
-            async move {
-                let w = storage.validate(pts.into_iter().enumerate().collect());
-                assert!(w.rejected.is_empty());
-                storage.commit(w.tables).await.unwrap();
-            }
-        };
-        commit((0..=10).map(|t| point("a", t as f64, t)).collect()).await;
+        store(
+            &storage,
+            (0..=10).map(|t| point("a", t as f64, t)).collect(),
+        )
+        .await;
         storage.flush().await.unwrap();
         // Buffered: a@10 written twice (the second wins), then a@11..=14.
-        commit(vec![point("a", 500.0, 10)]).await;
-        commit(
+        store(&storage, vec![point("a", 500.0, 10)]).await;
+        store(
+            &storage,
             std::iter::once(point("a", 999.0, 10))
                 .chain((11..15).map(|t| point("a", t as f64, t)))
                 .collect(),
@@ -874,9 +876,7 @@ mod tests {
         let commit = |pts: Vec<Point<'static>>| {
             let storage = Arc::clone(&storage);
             async move {
-                let w = storage.validate(pts.into_iter().enumerate().collect());
-                assert!(w.rejected.is_empty());
-                storage.commit(w.tables).await.unwrap();
+                store(&storage, pts).await;
                 storage.flush().await.unwrap();
             }
         };

@@ -727,12 +727,7 @@ impl Storage {
                 let all = next.flushed_seq;
                 next.table_flushed_seq.retain(|_, s| *s > all);
             }
-            next.tables = self
-                .schemas
-                .read()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            next.tables = self.table_schemas();
             next.save(&self.config.data_dir)?;
             self.persisted.send_replace(next.flushed_seq);
             *c = next;
@@ -798,6 +793,15 @@ impl Storage {
             written.push(meta);
         }
         Ok(rows)
+    }
+
+    /// The table schemas as the catalog keeps them (with their sort keys).
+    fn table_schemas(&self) -> std::collections::BTreeMap<String, TableSchema> {
+        self.schemas
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The table's Arrow schema and its sort key, extended (and so fixed) by the
@@ -918,12 +922,7 @@ impl Storage {
                 next.files.retain(|f| !ids.contains(&f.id));
                 next.files.push(meta);
                 // The sort key may have grown: the new file's order must be on record.
-                next.tables = self
-                    .schemas
-                    .read()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
+                next.tables = self.table_schemas();
                 next.save(&self.config.data_dir)?;
                 *c = next;
             }
