@@ -191,6 +191,9 @@ pub(crate) struct StorageSection {
     #[serde(with = "humantime_serde")]
     pub compaction_interval: Duration,
     pub compaction_min_files: usize,
+    /// Compacted files each hold one window of this length of a day.
+    #[serde(with = "humantime_serde")]
+    pub compaction_window: Duration,
     /// Most tables; a line creating one more is rejected.
     pub max_tables: usize,
     /// Most tag + field columns per table.
@@ -274,6 +277,7 @@ impl Default for StorageSection {
             flush_max_bytes: s.flush_max_bytes,
             compaction_interval: Duration::from_secs(60),
             compaction_min_files: s.compaction_min_files,
+            compaction_window: s.compaction_window,
             max_tables: s.max_tables,
             max_columns_per_table: s.max_columns_per_table,
             max_wal_record_bytes: s.max_wal_record_bytes,
@@ -395,6 +399,19 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be > 0")));
             }
         }
+        let window = self.storage.compaction_window.as_secs();
+        if window < 60 || 86_400 % window != 0 || self.storage.compaction_window.subsec_nanos() != 0
+        {
+            return Err(ConfigError::Invalid(format!(
+                "storage.compaction_window must be whole seconds, at least 1m, and divide a day (1h, 2h, 15m...), got {}",
+                humantime::format_duration(self.storage.compaction_window)
+            )));
+        }
+        if self.storage.compaction_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "storage.compaction_interval must be > 0".into(),
+            ));
+        }
         if self.storage.flush_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "storage.flush_interval must be > 0".into(),
@@ -409,6 +426,7 @@ impl Config {
         s.flush_max_rows = self.storage.flush_max_rows;
         s.flush_max_bytes = self.storage.flush_max_bytes;
         s.compaction_min_files = self.storage.compaction_min_files;
+        s.compaction_window = self.storage.compaction_window;
         s.max_tables = self.storage.max_tables;
         s.max_columns_per_table = self.storage.max_columns_per_table;
         s.max_wal_record_bytes = self.storage.max_wal_record_bytes;
@@ -655,12 +673,16 @@ pub(crate) struct ServeArgs {
     /// Flush when the buffer holds this many bytes [default: 268435456].
     #[arg(long, env = "VIGIL_FLUSH_MAX_BYTES")]
     pub flush_max_bytes: Option<usize>,
-    /// How often the compactor looks for small files [default: 1m].
+    /// How often the compactor looks for files to merge [default: 1m].
     #[arg(long, env = "VIGIL_COMPACTION_INTERVAL")]
     pub compaction_interval: Option<humantime::Duration>,
-    /// Merge a day's small files once there are this many [default: 4].
+    /// Compact a table's day once it has this many freshly flushed files, or
+    /// sooner if they overlap [default: 4].
     #[arg(long, env = "VIGIL_COMPACTION_MIN_FILES")]
     pub compaction_min_files: Option<usize>,
+    /// Time window each compacted file holds, dividing a day [default: 1h].
+    #[arg(long, env = "VIGIL_COMPACTION_WINDOW")]
+    pub compaction_window: Option<humantime::Duration>,
     /// Memory all queries together may use, in bytes [default: 4294967296].
     #[arg(long, env = "VIGIL_QUERY_MEMORY_LIMIT")]
     pub query_memory_limit: Option<usize>,
@@ -759,6 +781,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.compaction_min_files {
             c.storage.compaction_min_files = v;
+        }
+        if let Some(v) = self.compaction_window {
+            c.storage.compaction_window = v.into();
         }
         if let Some(v) = self.query_memory_limit {
             c.query.memory_limit_bytes = v;

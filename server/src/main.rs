@@ -58,6 +58,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => {
+            // Crash tests pause or stop the server at named points (FAILPOINTS,
+            // e.g. "compaction-before-commit=sleep(60000)"); without it, none fires.
+            let _failpoints = fail::FailScenario::setup();
             let config = args.load()?;
             init_logging(&config);
             rt.block_on(serve(config))
@@ -226,7 +229,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     flight_task.abort();
     pg_task.abort();
-    // Let a running flush or compaction finish rather than abandoning it halfway.
+    // Let a running flush finish rather than abandoning it halfway.
     let _ = stop_tx.send(true);
     let _ = background.await;
     info!("shutting down: flushing the buffer");
@@ -241,20 +244,43 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Flushes when the buffer is full or old, compacts on an interval.
+/// Flushes when the buffer is full or old, and compacts on an interval in a task of
+/// its own, so that a long compaction never holds up a flush (and so writes).
 async fn background_tasks(
     storage: Arc<vigil_storage::Storage>,
     health: Arc<health::Health>,
     compaction_interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let compactor = {
+        let storage = Arc::clone(&storage);
+        let health = Arc::clone(&health);
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(compaction_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                match storage.compact().await {
+                    Ok(_) => health.recover("compaction"),
+                    Err(e) => {
+                        error!(error = %e, "compaction failed");
+                        health.fail("compaction", format!("compaction failed: {e}"));
+                    }
+                }
+            }
+        })
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut last_compaction = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = storage.flush_wanted() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
         if storage.should_flush() {
             match storage.flush().await {
@@ -268,17 +294,11 @@ async fn background_tasks(
                 }
             }
         }
-        if last_compaction.elapsed() >= compaction_interval {
-            last_compaction = tokio::time::Instant::now();
-            match storage.compact().await {
-                Ok(_) => health.recover("compaction"),
-                Err(e) => {
-                    error!(error = %e, "compaction failed");
-                    health.fail("compaction", format!("compaction failed: {e}"));
-                }
-            }
-        }
     }
+    // A running compaction gives up between batches (its output is discarded; the
+    // next start compacts again).
+    storage.stop_compaction();
+    let _ = compactor.await;
 }
 
 async fn shutdown_signal() {

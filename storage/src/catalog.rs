@@ -41,6 +41,10 @@ pub struct ParquetFileMeta {
     /// need not deduplicate them against each other even when their times overlap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_range: Option<(SeriesKey, SeriesKey)>,
+    /// 0: written by a flush, may overlap any other file of its day. 1: written by
+    /// compaction, holds one time window and overlaps no other level-1 file.
+    #[serde(default)]
+    pub level: u8,
 }
 
 /// Tag values of one series in sort-key order; `None` (no such tag on the series)
@@ -50,6 +54,21 @@ pub type SeriesKey = Vec<Option<String>>;
 impl ParquetFileMeta {
     pub fn overlaps(&self, min: i64, max: i64) -> bool {
         self.min_time <= max && self.max_time >= min
+    }
+
+    /// Whether the two files may hold a row of the same series and time: their
+    /// times meet and their series-key ranges meet (files without a recorded range,
+    /// or sorted by different keys, are assumed to meet).
+    pub fn may_share_rows(&self, other: &ParquetFileMeta) -> bool {
+        if !self.overlaps(other.min_time, other.max_time) {
+            return false;
+        }
+        match (&self.key_range, &other.key_range) {
+            (Some((a_min, a_max)), Some((b_min, b_max))) if self.sort_key == other.sort_key => {
+                a_min <= b_max && b_min <= a_max
+            }
+            _ => true,
+        }
     }
 }
 

@@ -106,31 +106,45 @@ pub fn series_key_range(
     if batch.num_rows() == 0 {
         return None;
     }
-    let key = |row: usize| -> Option<crate::catalog::SeriesKey> {
-        tags.iter()
-            .map(|t| match batch.column_by_name(t) {
-                None => Some(None),
-                Some(c) if c.is_null(row) => Some(None),
-                Some(c) => {
-                    let one =
-                        arrow::compute::cast(&c.slice(row, 1), &arrow::datatypes::DataType::Utf8)
-                            .ok()?;
-                    use arrow::array::AsArray;
-                    Some(Some(one.as_string::<i32>().value(0).to_string()))
-                }
-            })
-            .collect()
-    };
-    let range = (key(0)?, key(batch.num_rows() - 1)?);
+    capped_key_range(
+        series_key(batch, tags, 0)?,
+        series_key(batch, tags, batch.num_rows() - 1)?,
+    )
+}
+
+/// The series key (tag values in `tags` order) of one row.
+pub fn series_key(
+    batch: &RecordBatch,
+    tags: &[String],
+    row: usize,
+) -> Option<crate::catalog::SeriesKey> {
+    tags.iter()
+        .map(|t| match batch.column_by_name(t) {
+            None => Some(None),
+            Some(c) if c.is_null(row) => Some(None),
+            Some(c) => {
+                let one = arrow::compute::cast(&c.slice(row, 1), &arrow::datatypes::DataType::Utf8)
+                    .ok()?;
+                use arrow::array::AsArray;
+                Some(Some(one.as_string::<i32>().value(0).to_string()))
+            }
+        })
+        .collect()
+}
+
+/// The range as the catalog keeps it, or `None` when it is too big to keep.
+pub fn capped_key_range(
+    first: crate::catalog::SeriesKey,
+    last: crate::catalog::SeriesKey,
+) -> Option<(crate::catalog::SeriesKey, crate::catalog::SeriesKey)> {
     // The range is kept in the catalog, rewritten at every flush: series keys of
     // huge tag values are not worth their bytes there (no range = overlaps all).
-    let bytes: usize = range
-        .0
+    let bytes: usize = first
         .iter()
-        .chain(&range.1)
+        .chain(&last)
         .map(|v| v.as_ref().map_or(0, String::len))
         .sum();
-    (bytes <= MAX_KEY_RANGE_BYTES).then_some(range)
+    (bytes <= MAX_KEY_RANGE_BYTES).then_some((first, last))
 }
 
 /// Largest series-key range (both ends' tag values) recorded for a file.

@@ -13,13 +13,13 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::buffer::{
-    normalize, row_seq, with_seq_column, BatchBuilder, BufferedBatch, TableBuffer, WriteBuffer,
+    normalize, with_seq_column, BatchBuilder, BufferedBatch, TableBuffer, WriteBuffer,
 };
 use crate::catalog::{CatalogState, ParquetFileMeta};
-use crate::compact::plan_compactions;
+use crate::compact::{merge_files, plan_compactions, CompactionPlan, MergeError, MergeSpec};
 use crate::dedupe::{series_key_range, sort_dedupe, sort_key_order};
 use crate::error::{Error, Result};
-use crate::flush::{read_parquet, split_by_day, time_range, write_parquet};
+use crate::flush::{split_by_day, time_range, write_parquet};
 use crate::metrics::StorageMetrics;
 use crate::schema::{ColumnKind, FieldType, TableSchema, TIME_COLUMN};
 use crate::wal::{self, WalSegment};
@@ -36,10 +36,11 @@ pub struct StorageConfig {
     pub flush_max_bytes: usize,
     /// ...or its oldest data is this old.
     pub flush_interval: Duration,
-    /// Merge a run of at least this many small files of one table and day.
+    /// Compact a table's day once it has this many freshly flushed files (or
+    /// sooner, when they overlap).
     pub compaction_min_files: usize,
-    /// Files at least this big are left alone by compaction.
-    pub compaction_small_bytes: u64,
+    /// Compacted files each hold one window of this length.
+    pub compaction_window: Duration,
     /// Files removed by compaction are deleted after this grace time, so running
     /// queries can finish reading them.
     pub deletion_grace: Duration,
@@ -64,7 +65,7 @@ impl StorageConfig {
             flush_max_bytes: 256 << 20,
             flush_interval: Duration::from_secs(300),
             compaction_min_files: 4,
-            compaction_small_bytes: 64 << 20,
+            compaction_window: Duration::from_secs(3600),
             deletion_grace: Duration::from_secs(120),
             max_tables: 10_000,
             max_columns_per_table: 1_000,
@@ -137,6 +138,10 @@ pub struct Storage {
     wal_tx: Mutex<Option<mpsc::Sender<WalCommand>>>,
     wal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     flush_lock: tokio::sync::Mutex<()>,
+    /// One compaction at a time; flushes and queries do not wait for it.
+    compaction_lock: tokio::sync::Mutex<()>,
+    /// Set at shutdown: a running compaction gives up between batches.
+    compaction_cancel: std::sync::atomic::AtomicBool,
     last_flush: Mutex<Instant>,
     pending_deletes: Mutex<Vec<(Instant, PathBuf)>>,
     /// Woken when a write takes the buffer over its limits, so the flusher does not
@@ -319,6 +324,8 @@ impl Storage {
             wal_tx: Mutex::new(None),
             wal_thread: Mutex::new(None),
             flush_lock: tokio::sync::Mutex::new(()),
+            compaction_lock: tokio::sync::Mutex::new(()),
+            compaction_cancel: std::sync::atomic::AtomicBool::new(false),
             last_flush: Mutex::new(Instant::now()),
             pending_deletes: Mutex::new(Vec::new()),
             flush_wanted: tokio::sync::Notify::new(),
@@ -715,6 +722,7 @@ impl Storage {
                 }
             }
         }
+        fail::fail_point!("flush-before-commit");
         {
             let mut c = self.catalog.lock();
             let mut next = c.clone();
@@ -865,24 +873,46 @@ impl Storage {
             day,
             sort_key: tags.to_vec(),
             key_range: series_key_range(batch, tags),
+            level: 0,
         })
     }
 
     fn update_file_gauges(&self) {
-        let c = self.catalog.lock();
-        self.metrics.parquet_files.set(c.files.len() as i64);
+        let files = {
+            let c = self.catalog.lock();
+            self.metrics.parquet_files.set(c.files.len() as i64);
+            self.metrics
+                .parquet_bytes
+                .set(c.files.iter().map(|f| f.size_bytes as i64).sum());
+            c.files.clone()
+        };
+        let plans = plan_compactions(
+            &files,
+            self.config.compaction_min_files,
+            self.window_nanos(),
+        );
         self.metrics
-            .parquet_bytes
-            .set(c.files.iter().map(|f| f.size_bytes as i64).sum());
+            .compaction_debt_bytes
+            .set(plans.iter().map(|p| p.level0_bytes as i64).sum());
+        self.metrics.compaction_debt_days.set(plans.len() as i64);
+        self.metrics
+            .level0_files
+            .set(files.iter().filter(|f| f.level == 0).count() as i64);
     }
 
-    /// Merges runs of small files; returns how many runs were merged.
+    /// Merges each table's day of overlapping or many freshly flushed files into
+    /// files that do not overlap (see [`crate::compact`]); returns how many days
+    /// were merged. Flushes, writes and queries go on meanwhile.
     pub async fn compact(self: &Arc<Self>) -> Result<usize> {
-        let _guard = self.flush_lock.lock().await;
+        let _guard = self.compaction_lock.lock().await;
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || this.compact_blocking())
             .await
             .map_err(|e| Error::io("compaction task", std::io::Error::other(e.to_string())))?
+    }
+
+    fn window_nanos(&self) -> i64 {
+        (self.config.compaction_window.as_nanos() as i64).max(1)
     }
 
     fn compact_blocking(&self) -> Result<usize> {
@@ -890,59 +920,156 @@ impl Storage {
         let plans = plan_compactions(
             &files,
             self.config.compaction_min_files,
-            self.config.compaction_small_bytes,
-            self.config.compaction_small_bytes * 8,
+            self.window_nanos(),
         );
         let mut merged = 0;
-        for run in plans {
-            let table = run[0].table.clone();
-            let mut raw = Vec::new();
-            for f in &run {
-                for b in read_parquet(&self.config.data_dir.join(&f.path))? {
-                    raw.push((f, b));
+        for plan in plans {
+            if self
+                .compaction_cancel
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                break;
+            }
+            match self.compact_plan(&plan) {
+                Ok(true) => merged += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    self.update_file_gauges();
+                    return Err(e);
                 }
             }
-            let files: Vec<RecordBatch> = raw.iter().map(|(_, b)| b.clone()).collect();
-            let (schema, tags) = self.schema_and_sort_key(&table, &files)?;
-            let batches = raw
-                .iter()
-                .map(|(f, b)| {
-                    normalize(b, &schema, Some(row_seq(f.seq, 0)))
-                        .map_err(|e| Error::arrow(format!("normalizing {}", f.path), e))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let out = sort_dedupe(&with_seq_column(&schema), &batches, &tags)
-                .map_err(|e| Error::arrow(format!("merging files of table {table}"), e))?;
-            let seq = run.iter().map(|f| f.seq).max().unwrap_or(0);
-            let meta = self.write_file(&table, run[0].day, &out, &tags, seq)?;
-            {
-                let mut c = self.catalog.lock();
-                let mut next = c.clone();
-                let ids: Vec<u64> = run.iter().map(|f| f.id).collect();
-                next.files.retain(|f| !ids.contains(&f.id));
-                next.files.push(meta);
-                // The sort key may have grown: the new file's order must be on record.
-                next.tables = self.table_schemas();
-                next.save(&self.config.data_dir)?;
-                *c = next;
-            }
-            let when = Instant::now() + self.config.deletion_grace;
-            self.pending_deletes.lock().extend(
-                run.iter()
-                    .map(|f| (when, self.config.data_dir.join(&f.path))),
-            );
-            self.metrics.compactions.inc();
-            merged += 1;
-            info!(
-                table,
-                files = run.len(),
-                rows = out.num_rows(),
-                "compacted files"
-            );
         }
         self.update_file_gauges();
         self.delete_expired_files(false);
         Ok(merged)
+    }
+
+    /// Runs one merge and commits it; false if it was cancelled or its inputs
+    /// changed meanwhile.
+    fn compact_plan(&self, plan: &CompactionPlan) -> Result<bool> {
+        let started = Instant::now();
+        let table = &plan.table;
+        let in_bytes: u64 = plan.inputs.iter().map(|f| f.size_bytes).sum();
+        let in_rows: u64 = plan.inputs.iter().map(|f| f.rows).sum();
+        info!(
+            table,
+            day = plan.day,
+            files = plan.inputs.len(),
+            bytes = in_bytes,
+            rows = in_rows,
+            "compacting"
+        );
+        // The persisted key, not extended: tags no flush has seen are in no file.
+        let (schema, sort_key) = {
+            let mut s = self.schemas.write();
+            let Some(ts) = s.get_mut(table.as_str()) else {
+                return Ok(false);
+            };
+            (ts.arrow_schema(), ts.sort_key().to_vec())
+        };
+        let mut force_float = std::collections::HashSet::new();
+        let outputs = loop {
+            let spec = MergeSpec {
+                data_dir: &self.config.data_dir,
+                table,
+                day: plan.day,
+                schema: &schema,
+                sort_key: &sort_key,
+                window_nanos: self.window_nanos(),
+                force_float: &force_float,
+                cancel: &self.compaction_cancel,
+            };
+            let mut new_file = || {
+                let mut c = self.catalog.lock();
+                let id = c.next_file_id;
+                c.next_file_id += 1;
+                (id, format!("parquet/{id:020}.parquet"))
+            };
+            match merge_files(&spec, &plan.inputs, &mut new_file) {
+                Ok(outputs) => break outputs,
+                Err(MergeError::Rescale(column)) => {
+                    warn!(
+                        table,
+                        column,
+                        "a decimal column cannot be rescaled exactly; compacting it as floats"
+                    );
+                    force_float.insert(column);
+                }
+                Err(MergeError::Cancelled) => {
+                    info!(table, day = plan.day, "compaction cancelled");
+                    return Ok(false);
+                }
+                Err(MergeError::Failed(e)) => return Err(e),
+            }
+        };
+        let seq = plan.inputs.iter().map(|f| f.seq).max().unwrap_or(0);
+        let outputs: Vec<ParquetFileMeta> = outputs
+            .into_iter()
+            .map(|o| ParquetFileMeta { seq, ..o.meta })
+            .collect();
+        let discard = |outputs: &[ParquetFileMeta]| {
+            for o in outputs {
+                let _ = std::fs::remove_file(self.config.data_dir.join(&o.path));
+            }
+        };
+        fail::fail_point!("compaction-before-commit");
+        {
+            let mut c = self.catalog.lock();
+            let ids: std::collections::HashSet<u64> = plan.inputs.iter().map(|f| f.id).collect();
+            if c.files.iter().filter(|f| ids.contains(&f.id)).count() != ids.len() {
+                // Something else (retention) removed an input meanwhile.
+                drop(c);
+                discard(&outputs);
+                warn!(
+                    table,
+                    day = plan.day,
+                    "inputs of the compaction changed; its output is dropped"
+                );
+                return Ok(false);
+            }
+            let mut next = c.clone();
+            next.files.retain(|f| !ids.contains(&f.id));
+            next.files.extend(outputs.iter().cloned());
+            next.tables = self.table_schemas();
+            if let Err(e) = next.save(&self.config.data_dir) {
+                drop(c);
+                discard(&outputs);
+                return Err(e);
+            }
+            *c = next;
+        }
+        fail::fail_point!("compaction-after-commit");
+        let when = Instant::now() + self.config.deletion_grace;
+        self.pending_deletes.lock().extend(
+            plan.inputs
+                .iter()
+                .map(|f| (when, self.config.data_dir.join(&f.path))),
+        );
+        let out_bytes: u64 = outputs.iter().map(|f| f.size_bytes).sum();
+        let out_rows: u64 = outputs.iter().map(|f| f.rows).sum();
+        self.metrics.compactions.inc();
+        self.metrics.compaction_input_bytes.inc_by(in_bytes);
+        self.metrics.compaction_output_bytes.inc_by(out_bytes);
+        self.metrics.compaction_output_rows.inc_by(out_rows);
+        self.metrics
+            .parquet_files_written
+            .inc_by(outputs.len() as u64);
+        self.metrics.parquet_bytes_written.inc_by(out_bytes);
+        let secs = started.elapsed().as_secs_f64();
+        info!(
+            table,
+            day = plan.day,
+            input_files = plan.inputs.len(),
+            output_files = outputs.len(),
+            rows = out_rows,
+            duplicates_removed = in_rows.saturating_sub(out_rows),
+            bytes = out_bytes,
+            elapsed_ms = (secs * 1000.0) as u64,
+            rows_per_sec = (out_rows as f64 / secs.max(1e-9)) as u64,
+            "compacted"
+        );
+        self.update_file_gauges();
+        Ok(true)
     }
 
     /// Deletes files that compaction replaced, once their grace time is over (or all
@@ -964,8 +1091,16 @@ impl Storage {
         });
     }
 
+    /// Makes a running compaction give up (between batches) and keeps new ones
+    /// from starting: the server is stopping.
+    pub fn stop_compaction(&self) {
+        self.compaction_cancel
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Flushes the buffer and stops the WAL thread.
     pub async fn shutdown(self: &Arc<Self>) -> Result<()> {
+        self.stop_compaction();
         let r = self.flush().await;
         self.delete_expired_files(true);
         self.wal_tx.lock().take();
@@ -1143,6 +1278,7 @@ fn wal_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flush::{read_parquet, NANOS_PER_DAY};
     use std::borrow::Cow;
     use vigil_model::FieldValue;
 
@@ -1258,6 +1394,164 @@ mod tests {
                 .unwrap()
                 .count(),
             1
+        );
+    }
+
+    /// Reads a file whole: (host, time, value) in file order, and the value column's
+    /// stored type.
+    fn file_rows(path: &std::path::Path) -> (Vec<(String, i64, f64)>, DataType) {
+        use arrow::array::AsArray;
+        let batches = read_parquet(path).unwrap();
+        let mut out = Vec::new();
+        let mut vtype = DataType::Null;
+        for b in &batches {
+            let host =
+                arrow::compute::cast(b.column_by_name("host").unwrap(), &DataType::Utf8).unwrap();
+            let host = host.as_string::<i32>();
+            vtype = b.column_by_name("v").unwrap().data_type().clone();
+            let v =
+                arrow::compute::cast(b.column_by_name("v").unwrap(), &DataType::Float64).unwrap();
+            let v = v.as_primitive::<arrow::datatypes::Float64Type>();
+            let t = b
+                .column_by_name("time")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+            for i in 0..b.num_rows() {
+                out.push((host.value(i).to_string(), t.value(i), v.value(i)));
+            }
+        }
+        (out, vtype)
+    }
+
+    /// Backfill host by host, time order, and a shuffled replay with rewrites: after
+    /// compaction every file is level 1, within one window, sorted, overlapping no
+    /// other, and the rows are exactly the last write of each (host, time).
+    #[tokio::test]
+    async fn compaction_converges_to_non_overlapping_windows_whatever_the_order() {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let hosts = ["h00", "h01", "h02", "h03", "h04", "h05", "h06", "h07"];
+        let day0 = 19_700 * NANOS_PER_DAY;
+        let step = 600_000_000_000i64; // 10 min
+        let times: Vec<i64> = (0..40)
+            .map(|k| day0 + 20 * 3_600_000_000_000 + k * step)
+            .collect();
+        for order in ["time", "host", "shuffled"] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = StorageConfig::new(dir.path());
+            cfg.compaction_min_files = 3;
+            cfg.deletion_grace = Duration::ZERO;
+            let s = Storage::open(cfg).unwrap();
+            let mut pts: Vec<(usize, i64, f64)> = Vec::new();
+            for (h, _) in hosts.iter().enumerate() {
+                for (k, t) in times.iter().enumerate() {
+                    pts.push((h, *t, (h * 1000 + k) as f64 / 100.0));
+                }
+            }
+            match order {
+                "time" => pts.sort_by_key(|p| (p.1, p.0)),
+                "host" => pts.sort_by_key(|p| (p.0, p.1)),
+                _ => pts.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7)),
+            }
+            // Rewrites of a third of the points, with a value of another scale.
+            let mut rewrites: Vec<(usize, i64, f64)> = pts
+                .iter()
+                .step_by(3)
+                .map(|p| (p.0, p.1, ((p.2 * 100.0).round() * 10.0 + 1.0) / 1000.0))
+                .collect();
+            rewrites.reverse();
+            pts.extend(rewrites);
+            let mut expected = std::collections::BTreeMap::new();
+            for chunk in pts.chunks(70) {
+                let batch: Vec<(usize, Point<'static>)> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (h, t, v))| {
+                        (i + 1, p("cpu", hosts[*h], "v", FieldValue::F64(*v), *t))
+                    })
+                    .collect();
+                for (h, t, v) in chunk {
+                    expected.insert((hosts[*h].to_string(), *t), *v);
+                }
+                let w = s.validate(batch);
+                assert!(w.rejected.is_empty());
+                s.commit(w.tables).await.unwrap();
+                s.flush().await.unwrap();
+            }
+            let before = s.snapshot("cpu").unwrap().files.len();
+            assert!(before > 5, "{order}: {before} files");
+            let mut rounds = 0;
+            while s.compact().await.unwrap() > 0 {
+                rounds += 1;
+                assert!(rounds < 5, "{order}: compaction does not converge");
+            }
+            assert!(rounds >= 1, "{order}: nothing compacted");
+            let files = s.catalog.lock().files.clone();
+            let mut stored = std::collections::BTreeMap::new();
+            for f in &files {
+                assert_eq!(f.level, 1, "{order}: {f:?}");
+                let window = 3_600_000_000_000i64;
+                assert_eq!(
+                    f.min_time.div_euclid(window),
+                    f.max_time.div_euclid(window),
+                    "{order}: {f:?}"
+                );
+                for g in &files {
+                    assert!(
+                        f.id == g.id || !f.may_share_rows(g),
+                        "{order}: {f:?} overlaps {g:?}"
+                    );
+                }
+                let (rows, vtype) = file_rows(&dir.path().join(&f.path));
+                assert_eq!(vtype, DataType::Decimal128(18, 3), "{order}: decimals kept");
+                assert_eq!(rows.len() as u64, f.rows);
+                for pair in rows.windows(2) {
+                    assert!(
+                        (&pair[0].0, pair[0].1) < (&pair[1].0, pair[1].1),
+                        "{order}: not sorted: {pair:?}"
+                    );
+                }
+                assert_eq!(rows.iter().map(|r| r.1).min(), Some(f.min_time));
+                assert_eq!(rows.iter().map(|r| r.1).max(), Some(f.max_time));
+                for (h, t, v) in rows {
+                    assert!(stored.insert((h, t), v).is_none(), "{order}: duplicate row");
+                }
+            }
+            assert_eq!(stored, expected, "{order}");
+            // Replaced files are gone from the disk.
+            assert_eq!(
+                std::fs::read_dir(dir.path().join("parquet"))
+                    .unwrap()
+                    .count(),
+                files.len()
+            );
+            assert_eq!(s.metrics.compaction_debt_bytes.get(), 0);
+        }
+    }
+
+    /// A decimal column whose rescale to a common scale would lose exactness is
+    /// written as floats, value for value.
+    #[tokio::test]
+    async fn compaction_keeps_values_a_rescale_would_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StorageConfig::new(dir.path());
+        cfg.compaction_min_files = 2;
+        cfg.deletion_grace = Duration::ZERO;
+        let s = Storage::open(cfg).unwrap();
+        let big = (1u64 << 52) as f64 + 1.0;
+        for (v, t) in [(big, 10), (0.125, 20)] {
+            let w = s.validate(vec![(1, p("cpu", "a", "v", FieldValue::F64(v), t))]);
+            s.commit(w.tables).await.unwrap();
+            s.flush().await.unwrap();
+        }
+        assert_eq!(s.compact().await.unwrap(), 1);
+        let files = s.catalog.lock().files.clone();
+        assert_eq!(files.len(), 1);
+        let (rows, vtype) = file_rows(&dir.path().join(&files[0].path));
+        assert_eq!(vtype, DataType::Float64);
+        assert_eq!(
+            rows.iter().map(|r| r.2.to_bits()).collect::<Vec<_>>(),
+            vec![big.to_bits(), 0.125f64.to_bits()]
         );
     }
 }

@@ -2,11 +2,11 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, BooleanArray, TimestampNanosecondArray};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -100,7 +100,7 @@ fn decimal_scale(values: &arrow::array::Float64Array) -> Option<i32> {
 /// [`decimal_scale`]. Readers cast them back to `Float64` losslessly.
 pub fn encode_decimal_floats(batch: &RecordBatch) -> Result<RecordBatch> {
     use arrow::array::{ArrayRef, AsArray, Decimal128Array};
-    use arrow::datatypes::{Field, Float64Type, Schema};
+    use arrow::datatypes::{Field, Float64Type};
     let schema = batch.schema();
     let mut fields = Vec::with_capacity(schema.fields().len());
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
@@ -131,13 +131,12 @@ pub fn encode_decimal_floats(batch: &RecordBatch) -> Result<RecordBatch> {
 /// Writer settings that suit time series: zstd everywhere, dictionary for tags, delta
 /// for timestamps and integers, byte-stream-split for floats, page statistics so
 /// queries can prune, and the sort order recorded.
-pub fn writer_properties(batch: &RecordBatch, tags: &[String]) -> WriterProperties {
+pub fn writer_properties(schema: &Schema, tags: &[String]) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap()))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(1 << 20))
         .set_created_by("vigil".to_string());
-    let schema = batch.schema();
     let mut sorting = Vec::new();
     for t in tags {
         if let Ok(i) = schema.index_of(t) {
@@ -174,27 +173,72 @@ pub fn writer_properties(batch: &RecordBatch, tags: &[String]) -> WriterProperti
     b.build()
 }
 
+/// A Parquet file being written: to a temporary name, renamed into place only once
+/// complete and synced, so a crash never leaves a half-written file under a name
+/// the catalog could reference.
+pub struct ParquetFileWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: ArrowWriter<File>,
+}
+
+impl ParquetFileWriter {
+    pub fn create(path: &Path, schema: SchemaRef, tags: &[String]) -> Result<Self> {
+        let tmp = path.with_extension("parquet.tmp");
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let props = writer_properties(&schema, tags);
+        let writer =
+            ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| Error::Parquet {
+                path: tmp.clone(),
+                source: e,
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            writer,
+        })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer.write(batch).map_err(|e| Error::Parquet {
+            path: self.tmp.clone(),
+            source: e,
+        })
+    }
+
+    /// Finishes the file, syncs it and renames it into place; returns its size.
+    pub fn finish(self) -> Result<u64> {
+        let tmp = self.tmp;
+        let file = self.writer.into_inner().map_err(|e| Error::Parquet {
+            path: tmp.clone(),
+            source: e,
+        })?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        let size = file.metadata().map_err(|e| Error::io(&tmp, e))?.len();
+        std::fs::rename(&tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        if let Some(dir) = self.path.parent() {
+            crate::wal::sync_dir(dir)?;
+        }
+        Ok(size)
+    }
+
+    /// Gives up on the file (removes the temporary file).
+    pub fn abandon(self) {
+        drop(self.writer);
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 /// Writes `batch` to `path` (through a temporary file and rename, then fsync), returns
 /// the file size.
 pub fn write_parquet(path: &Path, batch: &RecordBatch, tags: &[String]) -> Result<u64> {
-    let tmp = path.with_extension("parquet.tmp");
-    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let batch = &encode_decimal_floats(batch)?;
-    let props = writer_properties(batch, tags);
-    let perr = |e| Error::Parquet {
-        path: tmp.clone(),
-        source: e,
-    };
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(perr)?;
-    w.write(batch).map_err(perr)?;
-    let file = w.into_inner().map_err(perr)?;
-    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    let size = file.metadata().map_err(|e| Error::io(&tmp, e))?.len();
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    if let Some(dir) = path.parent() {
-        crate::wal::sync_dir(dir)?;
+    let mut w = ParquetFileWriter::create(path, batch.schema(), tags)?;
+    if let Err(e) = w.write(batch) {
+        w.abandon();
+        return Err(e);
     }
-    Ok(size)
+    w.finish()
 }
 
 /// Reads a whole Parquet file (used by compaction).

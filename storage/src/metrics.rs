@@ -14,6 +14,14 @@ pub struct StorageMetrics {
     pub parquet_files_written: Counter,
     pub parquet_bytes_written: Counter,
     pub compactions: Counter,
+    pub compaction_input_bytes: Counter,
+    pub compaction_output_bytes: Counter,
+    pub compaction_output_rows: Counter,
+    /// Bytes of freshly flushed files in days due for compaction.
+    pub compaction_debt_bytes: Gauge,
+    /// Table-days due for compaction.
+    pub compaction_debt_days: Gauge,
+    pub level0_files: Gauge,
     pub buffer_rows: Gauge,
     pub buffer_bytes: Gauge,
     pub parquet_files: Gauge,
@@ -59,8 +67,38 @@ impl StorageMetrics {
         );
         r.register(
             "vigil_compactions",
-            "Compactions run",
+            "Compactions run (one per table-day merged)",
             self.compactions.clone(),
+        );
+        r.register(
+            "vigil_compaction_input_bytes",
+            "Bytes of Parquet files read by compaction",
+            self.compaction_input_bytes.clone(),
+        );
+        r.register(
+            "vigil_compaction_output_bytes",
+            "Bytes of Parquet files written by compaction",
+            self.compaction_output_bytes.clone(),
+        );
+        r.register(
+            "vigil_compaction_output_rows",
+            "Rows written by compaction",
+            self.compaction_output_rows.clone(),
+        );
+        r.register(
+            "vigil_compaction_debt_bytes",
+            "Bytes of freshly flushed (level-0) files in table-days due for compaction",
+            self.compaction_debt_bytes.clone(),
+        );
+        r.register(
+            "vigil_compaction_debt_days",
+            "Table-days due for compaction",
+            self.compaction_debt_days.clone(),
+        );
+        r.register(
+            "vigil_level0_files",
+            "Freshly flushed Parquet files not yet compacted",
+            self.level0_files.clone(),
         );
         r.register(
             "vigil_buffer_rows",
