@@ -50,25 +50,29 @@ def queries(hosts, hours, rng):
     def host_list(n):
         return ", ".join(f"'host_{h}'" for h in rng.sample(range(hosts), n))
     q = {}
-    a, b = window(3600)
-    q["single-groupby-1-1-1"] = (
-        f"SELECT date_trunc('minute', time) AS minute, max(usage_user) AS max_usage_user FROM cpu "
-        f"WHERE hostname IN ({host_list(1)}) AND time >= '{a}' AND time < '{b}' GROUP BY 1 ORDER BY 1")
-    a, b = window(3600)
     metrics5 = ["usage_user", "usage_system", "usage_idle", "usage_nice", "usage_iowait"]
-    q["single-groupby-5-8-1"] = (
-        "SELECT date_trunc('minute', time) AS minute, "
-        + ", ".join(f"max({m}) AS max_{m}" for m in metrics5)
-        + f" FROM cpu WHERE hostname IN ({host_list(8)}) AND time >= '{a}' AND time < '{b}' GROUP BY 1 ORDER BY 1")
-    a, b = window(min(12, hours) * 3600)
-    q["double-groupby-1"] = (
-        f"SELECT date_trunc('hour', time) AS hour, hostname, avg(usage_user) AS mean_usage_user FROM cpu "
-        f"WHERE time >= '{a}' AND time < '{b}' GROUP BY 1, 2 ORDER BY 1, 2")
     all10 = metrics5 + ["usage_irq", "usage_softirq", "usage_steal", "usage_guest", "usage_guest_nice"]
-    q["double-groupby-all"] = (
-        "SELECT date_trunc('hour', time) AS hour, hostname, "
-        + ", ".join(f"avg({m}) AS mean_{m}" for m in all10)
-        + f" FROM cpu WHERE time >= '{a}' AND time < '{b}' GROUP BY 1, 2 ORDER BY 1, 2")
+    # single-groupby-M-H-T: max of M metrics per minute, H random hosts, T hours.
+    for m, h, t in [(1, 1, 1), (1, 1, 12), (1, 8, 1), (5, 1, 1), (5, 1, 12), (5, 8, 1)]:
+        a, b = window(min(t, hours) * 3600)
+        q[f"single-groupby-{m}-{h}-{t}"] = (
+            "SELECT date_trunc('minute', time) AS minute, "
+            + ", ".join(f"max({x}) AS max_{x}" for x in metrics5[:m])
+            + f" FROM cpu WHERE hostname IN ({host_list(h)}) AND time >= '{a}' AND time < '{b}' GROUP BY 1 ORDER BY 1")
+    # cpu-max-all-H: max of all metrics per hour, H hosts, 8 hours.
+    for h in [1, 8]:
+        a, b = window(min(8, hours) * 3600)
+        q[f"cpu-max-all-{h}"] = (
+            "SELECT date_trunc('hour', time) AS hour, "
+            + ", ".join(f"max({x}) AS max_{x}" for x in all10)
+            + f" FROM cpu WHERE hostname IN ({host_list(h)}) AND time >= '{a}' AND time < '{b}' GROUP BY 1 ORDER BY 1")
+    # double-groupby-M: mean of M metrics per hour and host, 12 hours.
+    for name, ms in [("1", metrics5[:1]), ("5", metrics5), ("all", all10)]:
+        a, b = window(min(12, hours) * 3600)
+        q[f"double-groupby-{name}"] = (
+            "SELECT date_trunc('hour', time) AS hour, hostname, "
+            + ", ".join(f"avg({x}) AS mean_{x}" for x in ms)
+            + f" FROM cpu WHERE time >= '{a}' AND time < '{b}' GROUP BY 1, 2 ORDER BY 1, 2")
     a, b = window(min(12, hours) * 3600)
     q["high-cpu-1"] = (
         f"SELECT * FROM cpu WHERE usage_user > 90.0 AND time >= '{a}' AND time < '{b}' "
@@ -106,6 +110,87 @@ def start_vigil(data, port, result_cache=True):
             time.sleep(0.1)
     p.kill()
     raise SystemExit("vigil did not start")
+
+
+def interleave(lp, writers, batch):
+    """Rewrites the time-ordered file `lp` as `writers` interleaved streams: writer
+    g has the hosts h with h % writers == g, in time order but starting a g-th of
+    the way through the period (and wrapping round); batches of `batch` lines
+    are taken from the writers in turn."""
+    streams = [[] for _ in range(writers)]
+    with open(lp) as f:
+        for line in f:
+            host = line.split(",", 2)[1]  # hostname=host_N
+            streams[int(host.rsplit("_", 1)[1]) % writers].append(line)
+    for g, s in enumerate(streams):
+        cut = len(s) * g // writers
+        streams[g] = s[cut:] + s[:cut]
+    with open(lp + ".tmp", "w") as out:
+        pos = [0] * writers
+        while any(p < len(s) for p, s in zip(pos, streams)):
+            for g, s in enumerate(streams):
+                out.writelines(s[pos[g]:pos[g] + batch])
+                pos[g] += batch
+    os.replace(lp + ".tmp", lp)
+
+
+def metric(port, name):
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def compact(data):
+    """Runs vigil with compaction on until no table-day is due, reporting the time
+    taken and vigil's peak RSS."""
+    port = free_port()
+    env = dict(os.environ, VIGIL_LOG="info")
+    p = subprocess.Popen([os.path.join(BIN, "vigil"), "serve", "--data-dir", data,
+                          "--http-addr", f"127.0.0.1:{port}", "--compaction-interval", "1s"],
+                         env=env, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.1)
+        rss0 = _rss_kb(p.pid)
+        t0 = time.perf_counter()
+        written = 0.0
+        while True:
+            time.sleep(0.5)
+            debt = metric(port, "vigil_compaction_debt_bytes")
+            written = metric(port, "vigil_compaction_output_bytes_total")
+            print(f"\rcompacting: debt {debt / 1e6:8.1f} MB, written {written / 1e6:8.1f} MB, "
+                  f"{time.perf_counter() - t0:6.1f} s", end="", file=sys.stderr)
+            if debt == 0 and time.perf_counter() - t0 > 2:
+                break
+        took = time.perf_counter() - t0
+        peak = _hwm_kb(p.pid)
+        print(f"\ncompaction: {took:.1f} s, {written / 1e6:.1f} MB written, "
+              f"vigil RSS {rss0 / 1024:.0f} MB before, peak {peak / 1024:.0f} MB", file=sys.stderr)
+    finally:
+        p.terminate()
+        p.wait()
+
+
+def _status_kb(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _rss_kb(pid):
+    return _status_kb(pid, "VmRSS")
+
+
+def _hwm_kb(pid):
+    return _status_kb(pid, "VmHWM")
 
 
 def vigil_query(port, sql):
@@ -159,13 +244,15 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--work", default=None, help="work directory (kept; data reused if present)")
     ap.add_argument("--clients", type=int, default=2)
-    ap.add_argument("--order", choices=["time", "host"], default="time",
-                    help="write order: all hosts per timestamp, or host by host (a backfill)")
-    ap.add_argument("--compaction", action="store_true",
-                    help="let vigil compact (default: off, to measure the files as ingest left them)")
+    ap.add_argument("--order", choices=["time", "host", "interleaved"], default="time",
+                    help="write order: all hosts per timestamp; host by host (a backfill); or 4 "
+                         "writers, each with a quarter of the hosts in time order, starting a "
+                         "quarter of the period apart, their batches interleaved (a replay)")
+    ap.add_argument("--compact", action="store_true",
+                    help="compact the ingested data first (timed, peak RSS reported), then query")
     args = ap.parse_args()
-    if not args.compaction:
-        COMPACTION.extend(["--compaction-interval", "100000h"])
+    # Queries run on the files as they are: ingest left them (or --compact did).
+    COMPACTION.extend(["--compaction-interval", "100000h"])
     import duckdb
 
     work = args.work or tempfile.mkdtemp(prefix="vigil-query-bench-")
@@ -183,6 +270,8 @@ def main():
             run(["sort", "-s", "-t", ",", "-k2,2", "-S", "2G", "-o", lp + ".sorted", lp],
                 env=dict(os.environ, LC_ALL="C"))
             os.replace(lp + ".sorted", lp)
+        elif args.order == "interleaved":
+            interleave(lp, writers=4, batch=5000)
         port = free_port()
         p = start_vigil(data, port)
         try:
@@ -194,6 +283,8 @@ def main():
         os.remove(lp)
         open(marker, "w").close()
 
+    if args.compact:
+        compact(data)
     parquet = os.path.join(data, "parquet")
     files = [f for f in os.listdir(parquet) if f.endswith(".parquet")]
     size = sum(os.path.getsize(os.path.join(parquet, f)) for f in files)

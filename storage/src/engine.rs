@@ -261,6 +261,12 @@ impl Storage {
             std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
         }
         let catalog = CatalogState::load(dir)?;
+        if !crate::catalog::catalog_path(dir).exists() {
+            // A new data directory gets its (empty) catalog now: a crash during the
+            // first flush must leave a catalog behind, or the next start would find
+            // Parquet files without one and refuse to start.
+            catalog.save(dir)?;
+        }
         remove_orphans(dir, &catalog)?;
         let mut schemas: HashMap<String, TableSchema> = catalog
             .tables

@@ -21,6 +21,8 @@ pub struct TestServer {
     /// The certificate when the server runs TLS (`--tls-cert`): HTTP is https.
     pub tls_cert: Option<PathBuf>,
     extra: Vec<String>,
+    /// Extra environment of the server process (e.g. `FAILPOINTS`).
+    pub env: Vec<(String, String)>,
 }
 
 fn arg_after(extra: &[&str], flag: &str) -> Option<String> {
@@ -41,6 +43,10 @@ pub fn free_port() -> u16 {
 
 impl TestServer {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut s = Self {
             child: None,
             url: String::new(),
@@ -51,6 +57,10 @@ impl TestServer {
             token: arg_after(extra, "--auth-token").or_else(|| arg_after(extra, "--auth-password")),
             tls_cert: arg_after(extra, "--tls-cert").map(PathBuf::from),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.pick_ports();
         s.spawn();
@@ -98,6 +108,7 @@ impl TestServer {
             .arg("--pg-addr")
             .arg(&self.pg_addr)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "VIGIL_LOG",
                 std::env::var("VIGIL_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -143,6 +154,22 @@ impl TestServer {
             let status = c.wait().unwrap();
             assert!(status.success(), "vigil exited with {status} after SIGTERM");
         }
+    }
+
+    /// The value of an unlabelled metric on `/metrics` (0 if absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        let body = self
+            .request(reqwest::Method::GET, "/metrics")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        body.lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(' ')?;
+                (n == name).then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0.0)
     }
 
     pub fn restart(&mut self) {
