@@ -112,6 +112,63 @@ def start_vigil(data, port, result_cache=True):
     raise SystemExit("vigil did not start")
 
 
+def buffer_bench(args):
+    """Dashboard queries over recent data held in the buffer (flush limits raised
+    so nothing is flushed)."""
+    work = args.work or tempfile.mkdtemp(prefix="vigil-buffer-bench-")
+    os.makedirs(work, exist_ok=True)
+    data = os.path.join(work, "data")
+    lp = os.path.join(work, "cpu.lp")
+    run(["rm", "-rf", data])
+    if not os.path.exists(lp):
+        run([os.path.join(BIN, "vigil-bench"), "generate", "--hosts", str(args.hosts),
+             "--seconds", str(args.hours * 3600), "--start", str(START), "--out", lp])
+        if args.order == "host":
+            run(["sort", "-s", "-t", ",", "-k2,2", "-S", "2G", "-o", lp + ".sorted", lp],
+                env=dict(os.environ, LC_ALL="C"))
+            os.replace(lp + ".sorted", lp)
+        elif args.order == "interleaved":
+            interleave(lp, writers=4, batch=5000)
+    port = free_port()
+    p = subprocess.Popen([os.path.join(BIN, "vigil"), "serve", "--data-dir", data,
+                          "--http-addr", f"127.0.0.1:{port}", "--query-result-cache-bytes", "0",
+                          "--flush-max-rows", "100000000", "--flush-max-bytes", str(16 << 30),
+                          "--flush-interval", "10h", "--compaction-interval", "100000h"],
+                         env=dict(os.environ, VIGIL_LOG="warn"))
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.1)
+        run([os.path.join(BIN, "vigil-bench"), "ingest", "--file", lp,
+             "--url", f"http://127.0.0.1:{port}", "--clients", str(args.clients)])
+        rows = metric(port, "vigil_buffer_rows")
+        end = START + args.hours * 3600
+        a = ts(end - 15 * 60)
+        rng = random.Random(42)
+        hosts = lambda n: ", ".join(f"'host_{h}'" for h in rng.sample(range(args.hosts), n))
+        qs = {
+            "1 host, max per minute": f"SELECT date_trunc('minute', time) AS m, max(usage_user) FROM cpu WHERE hostname IN ({hosts(1)}) AND time >= '{a}' GROUP BY 1 ORDER BY 1",
+            "8 hosts, 5 metrics per minute": f"SELECT date_trunc('minute', time) AS m, max(usage_user), max(usage_system), max(usage_idle), max(usage_nice), max(usage_iowait) FROM cpu WHERE hostname IN ({hosts(8)}) AND time >= '{a}' GROUP BY 1 ORDER BY 1",
+            "all hosts, mean per host": f"SELECT hostname, avg(usage_user) FROM cpu WHERE time >= '{a}' GROUP BY 1 ORDER BY 1",
+            "all hosts, count": f"SELECT count(*) FROM cpu WHERE time >= '{a}'",
+        }
+        print(f"buffer: {rows:.0f} rows ({args.hosts} hosts x {args.hours} h, {args.order} order), "
+              f"queries over the last 15 minutes", file=sys.stderr)
+        print(f"| dashboard query over the last 15 min, {rows / 1e6:.2f} M rows buffered ({args.order} order) | rows | vigil (ms) |")
+        print("|---|---:|---:|")
+        for name, sql in qs.items():
+            n = vigil_query(port, sql).num_rows
+            tv = timed(lambda: vigil_query(port, sql), max(args.runs, 5))
+            print(f"{name:32} rows={n:>6}  {tv * 1000:8.1f} ms", file=sys.stderr)
+            print(f"| {name} | {n} | {tv * 1000:.1f} |")
+    finally:
+        p.terminate()
+        p.wait()
+
+
 def interleave(lp, writers, batch):
     """Rewrites the time-ordered file `lp` as `writers` interleaved streams: writer
     g has the hosts h with h % writers == g, in time order but starting a g-th of
@@ -248,9 +305,14 @@ def main():
                     help="write order: all hosts per timestamp; host by host (a backfill); or 4 "
                          "writers, each with a quarter of the hosts in time order, starting a "
                          "quarter of the period apart, their batches interleaved (a replay)")
+    ap.add_argument("--buffer", action="store_true",
+                    help="dashboard queries over the last 15 minutes while the buffer holds "
+                         "--hosts x --hours of unflushed data (no Parquet, no DuckDB)")
     ap.add_argument("--compact", action="store_true",
                     help="compact the ingested data first (timed, peak RSS reported), then query")
     args = ap.parse_args()
+    if args.buffer:
+        return buffer_bench(args)
     # Queries run on the files as they are: ingest left them (or --compact did).
     COMPACTION.extend(["--compaction-interval", "100000h"])
     import duckdb

@@ -400,10 +400,12 @@ impl Config {
             }
         }
         let window = self.storage.compaction_window.as_secs();
-        if window < 60 || 86_400 % window != 0 || self.storage.compaction_window.subsec_nanos() != 0
+        if window < 600
+            || 86_400 % window != 0
+            || self.storage.compaction_window.subsec_nanos() != 0
         {
             return Err(ConfigError::Invalid(format!(
-                "storage.compaction_window must be whole seconds, at least 1m, and divide a day (1h, 2h, 15m...), got {}",
+                "storage.compaction_window must be whole seconds, at least 10m, and divide a day (1h, 2h, 15m...), got {}",
                 humantime::format_duration(self.storage.compaction_window)
             )));
         }

@@ -58,9 +58,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => {
-            // Crash tests pause or stop the server at named points (FAILPOINTS,
-            // e.g. "compaction-before-commit=sleep(60000)"); without it, none fires.
-            let _failpoints = fail::FailScenario::setup();
+            configure_failpoints()?;
             let config = args.load()?;
             init_logging(&config);
             rt.block_on(serve(config))
@@ -241,6 +239,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = task.await;
     }
     info!("stopped");
+    Ok(())
+}
+
+/// Crash tests pause the server at named points of a flush or compaction
+/// (`VIGIL_FAILPOINTS="compaction-before-commit=sleep(60000)"`, several separated
+/// by `;`) and kill it there; without the variable no point does anything.
+fn configure_failpoints() -> anyhow::Result<()> {
+    let Ok(spec) = std::env::var("VIGIL_FAILPOINTS") else {
+        return Ok(());
+    };
+    for item in spec.split(';').filter(|s| !s.trim().is_empty()) {
+        let (name, action) = item
+            .split_once('=')
+            .with_context(|| format!("VIGIL_FAILPOINTS: '{item}' is not name=action"))?;
+        fail::cfg(name.trim(), action.trim())
+            .map_err(|e| anyhow::anyhow!("VIGIL_FAILPOINTS: '{item}': {e}"))?;
+    }
     Ok(())
 }
 

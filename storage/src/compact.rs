@@ -40,6 +40,9 @@ use crate::error::Error;
 use crate::flush::ParquetFileWriter;
 use crate::schema::TIME_COLUMN;
 
+/// Most fresh files one merge takes (each is an open file and a batch in memory).
+pub const MAX_LEVEL0_INPUTS: usize = 64;
+
 /// One merge to run: every level-0 file of a table's day plus the level-1 files
 /// of the windows they touch.
 #[derive(Debug, Clone)]
@@ -66,7 +69,7 @@ pub fn plan_compactions(
     }
     let mut plans = Vec::new();
     for ((table, day), group) in groups {
-        let level0: Vec<&ParquetFileMeta> =
+        let mut level0: Vec<&ParquetFileMeta> =
             group.iter().copied().filter(|f| f.level == 0).collect();
         if level0.is_empty() {
             continue;
@@ -77,6 +80,12 @@ pub fn plan_compactions(
         if level0.len() < min_files.max(2) && !overlapping {
             continue;
         }
+        let level0_bytes = level0.iter().map(|f| f.size_bytes).sum();
+        // Bounded work per merge: the oldest fresh files first. Any left out have
+        // higher sequences than the merge's output, so they still win on a
+        // duplicate, and the next merge takes them.
+        level0.sort_by_key(|f| (f.seq, f.id));
+        level0.truncate(MAX_LEVEL0_INPUTS);
         let touched: BTreeSet<i64> = level0
             .iter()
             .flat_map(|f| f.min_time.div_euclid(window)..=f.max_time.div_euclid(window))
@@ -84,11 +93,12 @@ pub fn plan_compactions(
         let mut inputs: Vec<ParquetFileMeta> = group
             .iter()
             .filter(|f| {
-                f.level == 0
-                    || touched
-                        .range(f.min_time.div_euclid(window)..=f.max_time.div_euclid(window))
-                        .next()
-                        .is_some()
+                (f.level == 0 && level0.iter().any(|l| l.id == f.id))
+                    || f.level > 0
+                        && touched
+                            .range(f.min_time.div_euclid(window)..=f.max_time.div_euclid(window))
+                            .next()
+                            .is_some()
             })
             .map(|f| (*f).clone())
             .collect();
@@ -96,7 +106,7 @@ pub fn plan_compactions(
         plans.push(CompactionPlan {
             table: table.to_string(),
             day,
-            level0_bytes: level0.iter().map(|f| f.size_bytes).sum(),
+            level0_bytes,
             inputs,
         });
     }
@@ -143,6 +153,8 @@ impl From<Error> for MergeError {
 
 /// Rows gathered before they are copied into output batches.
 const OUTPUT_BATCH_ROWS: usize = 64 * 1024;
+/// Most bytes the output files' row groups in progress may hold together.
+const WRITE_BUFFER_BYTES: usize = 256 << 20;
 /// Rows read from an input at a time.
 const INPUT_BATCH_ROWS: usize = 8 * 1024;
 
@@ -370,7 +382,7 @@ impl Merge<'_, '_> {
             loop {
                 self.emit(&cursors[best]);
                 self.advance(&mut cursors[best])?;
-                if cursors[best].done {
+                if cursors[best].done || self.must_materialize(cursors.len()) {
                     break;
                 }
                 if let Some(o) = next_other {
@@ -381,15 +393,13 @@ impl Merge<'_, '_> {
                 }
             }
             cursors.retain(|c| !c.done);
-            if self.pending_rows >= OUTPUT_BATCH_ROWS
-                || self.retained.len() > 4 * cursors.len() + 64
-            {
+            if self.must_materialize(cursors.len()) {
                 self.materialize(&mut cursors)?;
             }
         }
         self.materialize(&mut cursors)?;
-        let windows = std::mem::take(&mut self.windows);
-        for (_, w) in windows {
+        // Windows not yet finished stay in `self.windows`, so a failure removes them.
+        while let Some((_, w)) = self.windows.pop_first() {
             let Some((id, rel, writer)) = w.writer else {
                 continue;
             };
@@ -504,6 +514,12 @@ impl Merge<'_, '_> {
         Ok(false)
     }
 
+    /// Whether the rows gathered (or the batches they point into) are enough to be
+    /// copied out now: what bounds the merge's memory.
+    fn must_materialize(&self, inputs: usize) -> bool {
+        self.pending_rows >= OUTPUT_BATCH_ROWS || self.retained.len() > 4 * inputs + 64
+    }
+
     /// Moves a cursor on by a row, loading its next batch when needed; at the end
     /// of its input it is marked done.
     fn advance(&mut self, c: &mut Cursor) -> std::result::Result<(), MergeError> {
@@ -559,6 +575,27 @@ impl Merge<'_, '_> {
                 out.writer.as_mut().expect("opened above").2.write(&batch)?;
             }
             self.pending_rows = 0;
+            // Every window's file stays open to the end (rows come series by
+            // series, each across all windows): bound what their row groups in
+            // progress hold by closing the biggest early.
+            loop {
+                let in_progress: usize = self
+                    .windows
+                    .values()
+                    .filter_map(|w| w.writer.as_ref())
+                    .map(|w| w.2.in_progress_bytes())
+                    .sum();
+                if in_progress <= WRITE_BUFFER_BYTES {
+                    break;
+                }
+                let biggest = self
+                    .windows
+                    .values_mut()
+                    .filter_map(|w| w.writer.as_mut())
+                    .max_by_key(|w| w.2.in_progress_bytes())
+                    .expect("some writer holds the bytes");
+                biggest.2.flush_row_group()?;
+            }
         }
         // Keep only the batches the cursors still read.
         self.retained.clear();

@@ -19,7 +19,7 @@ use crate::catalog::{CatalogState, ParquetFileMeta};
 use crate::compact::{merge_files, plan_compactions, CompactionPlan, MergeError, MergeSpec};
 use crate::dedupe::{series_key_range, sort_dedupe, sort_key_order};
 use crate::error::{Error, Result};
-use crate::flush::{split_by_day, time_range, write_parquet};
+use crate::flush::{split_by_day, time_range, write_parquet, NANOS_PER_DAY};
 use crate::metrics::StorageMetrics;
 use crate::schema::{ColumnKind, FieldType, TableSchema, TIME_COLUMN};
 use crate::wal::{self, WalSegment};
@@ -917,8 +917,15 @@ impl Storage {
             .map_err(|e| Error::io("compaction task", std::io::Error::other(e.to_string())))?
     }
 
+    /// The compaction window, kept between a minute and a day (the server's
+    /// configuration allows only windows that divide a day).
     fn window_nanos(&self) -> i64 {
-        (self.config.compaction_window.as_nanos() as i64).max(1)
+        let nanos = self
+            .config
+            .compaction_window
+            .as_nanos()
+            .min(NANOS_PER_DAY as u128) as i64;
+        nanos.max(60_000_000_000)
     }
 
     fn compact_blocking(&self) -> Result<usize> {
@@ -929,6 +936,7 @@ impl Storage {
             self.window_nanos(),
         );
         let mut merged = 0;
+        let mut first_error = None;
         for plan in plans {
             if self
                 .compaction_cancel
@@ -936,18 +944,23 @@ impl Storage {
             {
                 break;
             }
+            // One day that cannot be compacted (a damaged file, a full disk) must
+            // not hold up the others.
             match self.compact_plan(&plan) {
                 Ok(true) => merged += 1,
                 Ok(false) => {}
                 Err(e) => {
-                    self.update_file_gauges();
-                    return Err(e);
+                    warn!(table = plan.table, day = plan.day, error = %e, "compaction failed");
+                    first_error.get_or_insert(e);
                 }
             }
         }
         self.update_file_gauges();
         self.delete_expired_files(false);
-        Ok(merged)
+        match first_error {
+            None => Ok(merged),
+            Some(e) => Err(e),
+        }
     }
 
     /// Runs one merge and commits it; false if it was cancelled or its inputs
@@ -1037,11 +1050,10 @@ impl Storage {
             next.files.retain(|f| !ids.contains(&f.id));
             next.files.extend(outputs.iter().cloned());
             next.tables = self.table_schemas();
-            if let Err(e) = next.save(&self.config.data_dir) {
-                drop(c);
-                discard(&outputs);
-                return Err(e);
-            }
+            // On failure the outputs stay: the save may have failed after its
+            // rename (syncing the directory), leaving a catalog that names them.
+            // If it does not, the next start removes them as orphans.
+            next.save(&self.config.data_dir)?;
             *c = next;
         }
         fail::fail_point!("compaction-after-commit");
@@ -1284,7 +1296,7 @@ fn wal_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flush::{read_parquet, NANOS_PER_DAY};
+    use crate::flush::read_parquet;
     use std::borrow::Cow;
     use vigil_model::FieldValue;
 
@@ -1559,5 +1571,43 @@ mod tests {
             rows.iter().map(|r| r.2.to_bits()).collect::<Vec<_>>(),
             vec![big.to_bits(), 0.125f64.to_bits()]
         );
+    }
+
+    /// A day that cannot be compacted (here a damaged file) fails alone: the other
+    /// tables' days are compacted, and the error is reported.
+    #[tokio::test]
+    async fn one_failing_day_does_not_hold_up_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StorageConfig::new(dir.path());
+        cfg.compaction_min_files = 2;
+        cfg.deletion_grace = Duration::ZERO;
+        let s = Storage::open(cfg).unwrap();
+        for v in [1.0, 2.0] {
+            let w = s.validate(vec![
+                (1, p("aaa", "a", "v", FieldValue::F64(v), 10)),
+                (2, p("zzz", "a", "v", FieldValue::F64(v), 10)),
+            ]);
+            s.commit(w.tables).await.unwrap();
+            s.flush().await.unwrap();
+        }
+        let damaged = s.snapshot("aaa").unwrap().files[0].1.clone();
+        std::fs::write(&damaged, b"not parquet").unwrap();
+        let err = s.compact().await.unwrap_err().to_string();
+        assert!(err.contains(&damaged.display().to_string()), "{err}");
+        let files = s.catalog.lock().files.clone();
+        let level = |t: &str| {
+            files
+                .iter()
+                .filter(|f| f.table == t)
+                .map(|f| f.level)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(level("zzz"), vec![1]);
+        assert_eq!(level("aaa"), vec![0, 0]);
+        // Nothing half-written is left behind.
+        let on_disk = std::fs::read_dir(dir.path().join("parquet"))
+            .unwrap()
+            .count();
+        assert_eq!(on_disk, files.len());
     }
 }

@@ -206,17 +206,39 @@ impl ParquetFileWriter {
         })
     }
 
-    /// Finishes the file, syncs it and renames it into place; returns its size.
-    pub fn finish(self) -> Result<u64> {
-        let tmp = self.tmp;
-        let file = self.writer.into_inner().map_err(|e| Error::Parquet {
-            path: tmp.clone(),
+    /// Bytes of the row group in progress (encoded, held in memory).
+    pub fn in_progress_bytes(&self) -> usize {
+        self.writer.in_progress_size()
+    }
+
+    /// Writes out the row group in progress, freeing its memory.
+    pub fn flush_row_group(&mut self) -> Result<()> {
+        self.writer.flush().map_err(|e| Error::Parquet {
+            path: self.tmp.clone(),
             source: e,
-        })?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        let size = file.metadata().map_err(|e| Error::io(&tmp, e))?.len();
-        std::fs::rename(&tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
-        if let Some(dir) = self.path.parent() {
+        })
+    }
+
+    /// Finishes the file, syncs it and renames it into place; returns its size. On
+    /// failure the temporary file is removed.
+    pub fn finish(self) -> Result<u64> {
+        let tmp = self.tmp.clone();
+        let path = self.path.clone();
+        let result = (|| {
+            let file = self.writer.into_inner().map_err(|e| Error::Parquet {
+                path: tmp.clone(),
+                source: e,
+            })?;
+            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            let size = file.metadata().map_err(|e| Error::io(&tmp, e))?.len();
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+            Ok(size)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        let size = result?;
+        if let Some(dir) = path.parent() {
             crate::wal::sync_dir(dir)?;
         }
         Ok(size)

@@ -190,7 +190,7 @@ fn sigkill_during_flush_and_compaction_loses_and_duplicates_nothing() {
                 "--compaction-min-files",
                 "3",
             ],
-            &[("FAILPOINTS", &failpoint)],
+            &[("VIGIL_FAILPOINTS", &failpoint)],
         );
         // Three flushes of 1,000 points: the second rewrites the first's (host,
         // time) with new values, the third adds later times. The files overlap.
@@ -207,6 +207,14 @@ fn sigkill_during_flush_and_compaction_loses_and_duplicates_nothing() {
                 }
             }
             s.write_lp(&body);
+            if point == "flush-before-commit" && round == 0 {
+                // The first flush takes the buffer and gets stuck: the next writes
+                // go to a fresh buffer, within its limit.
+                wait_for("the flush's file", || {
+                    let (disk, cat, _) = files_on_disk_and_in_catalog(dir.path());
+                    disk > cat
+                });
+            }
             if point != "flush-before-commit" {
                 let want = (round + 1) as f64;
                 wait_for("a flush", || s.metric("vigil_flushes_total") >= want);
@@ -240,7 +248,7 @@ fn sigkill_during_flush_and_compaction_loses_and_duplicates_nothing() {
         // the end (after the flush crash, the replayed buffer is one file).
         wait_for("flush and compaction after the restart", || {
             let (_, cat, level1) = files_on_disk_and_in_catalog(dir.path());
-            let compacted = point == "flush-before-commit" || (level1 > 0 && level1 == cat);
+            let compacted = point == "flush-before-commit" || level1 > 0;
             cat > 0 && compacted && s.metric("vigil_compaction_debt_bytes") == 0.0
         });
         assert_stored(&s, &expected, &format!("{point}, compacted"));
