@@ -269,6 +269,12 @@ impl QueryEngine {
         if config.target_partitions > 0 {
             session = session.with_target_partitions(config.target_partitions);
         }
+        // Filters are evaluated while decoding Parquet (late materialization): the
+        // tag and time columns first, then the other columns only for the rows that
+        // pass. Files are sorted by series, so a query for a few hosts decodes the
+        // pages of those hosts, not every column of the whole file.
+        session.options_mut().execution.parquet.pushdown_filters = true;
+        session.options_mut().execution.parquet.reorder_filters = true;
         let memory: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
             FairSpillPool::new(config.memory_limit_bytes),
             NonZeroUsize::new(3).expect("3 > 0"),
