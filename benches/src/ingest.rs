@@ -32,11 +32,13 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<()> {
     let batches: Vec<Bytes> = chunks.into_iter().map(Bytes::copy_from_slice).collect();
     let batches = Arc::new(batches);
     let next = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(AtomicUsize::new(0));
     let client = reqwest::Client::new();
     let url = format!("{}/api/v3/write_lp?db=bench", a.url.trim_end_matches('/'));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..a.clients {
+        let retries = Arc::clone(&retries);
         let (batches, next, client, url) = (
             Arc::clone(&batches),
             Arc::clone(&next),
@@ -49,9 +51,27 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<()> {
                 let Some(b) = batches.get(i) else {
                     return Ok::<_, anyhow::Error>(());
                 };
-                let r = client.post(&url).body(b.clone()).send().await?;
-                if r.status() != 204 {
-                    anyhow::bail!("write failed: {} {}", r.status(), r.text().await?);
+                // Like a well-behaved agent (Telegraf, Prometheus), a refused write
+                // is retried after the server's Retry-After; the time spent waiting
+                // counts against the measured rate.
+                loop {
+                    let r = client.post(&url).body(b.clone()).send().await?;
+                    if r.status() == 503 {
+                        let wait = r
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<f64>().ok())
+                            .unwrap_or(1.0)
+                            .clamp(0.05, 5.0);
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
+                        continue;
+                    }
+                    if r.status() != 204 {
+                        anyhow::bail!("write failed: {} {}", r.status(), r.text().await?);
+                    }
+                    break;
                 }
             }
         }));
@@ -62,12 +82,13 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let samples = lines * a.fields_per_line;
     println!(
-        "{{\"lines\": {lines}, \"samples\": {samples}, \"bytes\": {}, \"seconds\": {secs:.3}, \"samples_per_sec\": {:.0}, \"lines_per_sec\": {:.0}, \"clients\": {}, \"batch_lines\": {}}}",
+        "{{\"lines\": {lines}, \"samples\": {samples}, \"bytes\": {}, \"seconds\": {secs:.3}, \"samples_per_sec\": {:.0}, \"lines_per_sec\": {:.0}, \"clients\": {}, \"batch_lines\": {}, \"retries_after_503\": {}}}",
         data.len(),
         samples as f64 / secs,
         lines as f64 / secs,
         a.clients,
-        a.batch_lines
+        a.batch_lines,
+        retries.load(Ordering::Relaxed)
     );
     Ok(())
 }
