@@ -12,13 +12,14 @@
 //!
 //! The merge streams: every input is read a batch at a time in its sort order and
 //! merged k-way (rows compared in Arrow's row format), with the last write of each
-//! (series, time) kept; memory is bounded by a batch per input plus each window's
-//! row group in progress, not by the size of the day.
+//! (series, time) kept; memory is bounded by a batch per input (at most 64 fresh
+//! files plus the compacted files of the windows they touch), 32 batches more, and
+//! the output row groups in progress (256 MiB together), not by the size of the day.
 //!
 //! Sequence numbers: a level-1 file takes the highest sequence of its inputs. That
-//! is right because a plan takes *every* level-0 file of the day and every level-1
-//! file it could share a row with; any file written later has a higher sequence
-//! and wins, as it should.
+//! is right because a plan takes the day's *oldest* level-0 files and every level-1
+//! file of the windows they touch; any level-0 file left out (or written later) has
+//! a higher sequence and wins, as it should.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -88,6 +89,7 @@ pub fn plan_compactions(
         level0.truncate(MAX_LEVEL0_INPUTS);
         let touched: BTreeSet<i64> = level0
             .iter()
+            .filter(|f| f.min_time <= f.max_time)
             .flat_map(|f| f.min_time.div_euclid(window)..=f.max_time.div_euclid(window))
             .collect();
         let mut inputs: Vec<ParquetFileMeta> = group
@@ -95,6 +97,7 @@ pub fn plan_compactions(
             .filter(|f| {
                 (f.level == 0 && level0.iter().any(|l| l.id == f.id))
                     || f.level > 0
+                        && f.min_time <= f.max_time
                         && touched
                             .range(f.min_time.div_euclid(window)..=f.max_time.div_euclid(window))
                             .next()
@@ -155,6 +158,9 @@ impl From<Error> for MergeError {
 const OUTPUT_BATCH_ROWS: usize = 64 * 1024;
 /// Most bytes the output files' row groups in progress may hold together.
 const WRITE_BUFFER_BYTES: usize = 256 << 20;
+/// Batches kept beyond each input's current one before the pending rows are
+/// copied out (rows skipped as duplicates do not count as pending).
+const MAX_EXTRA_BATCHES: usize = 32;
 /// Rows read from an input at a time.
 const INPUT_BATCH_ROWS: usize = 8 * 1024;
 
@@ -517,7 +523,7 @@ impl Merge<'_, '_> {
     /// Whether the rows gathered (or the batches they point into) are enough to be
     /// copied out now: what bounds the merge's memory.
     fn must_materialize(&self, inputs: usize) -> bool {
-        self.pending_rows >= OUTPUT_BATCH_ROWS || self.retained.len() > 4 * inputs + 64
+        self.pending_rows >= OUTPUT_BATCH_ROWS || self.retained.len() > inputs + MAX_EXTRA_BATCHES
     }
 
     /// Moves a cursor on by a row, loading its next batch when needed; at the end

@@ -1050,10 +1050,20 @@ impl Storage {
             next.files.retain(|f| !ids.contains(&f.id));
             next.files.extend(outputs.iter().cloned());
             next.tables = self.table_schemas();
-            // On failure the outputs stay: the save may have failed after its
-            // rename (syncing the directory), leaving a catalog that names them.
-            // If it does not, the next start removes them as orphans.
-            next.save(&self.config.data_dir)?;
+            if let Err(e) = next.save(&self.config.data_dir) {
+                // Failed before its rename (the temporary catalog is still there):
+                // nothing names the outputs. Failed after it (syncing the
+                // directory): the catalog on disk may name them, so they stay; if
+                // it does not, the next start removes them as orphans.
+                let tmp =
+                    crate::catalog::catalog_path(&self.config.data_dir).with_extension("json.tmp");
+                if tmp.exists() {
+                    let _ = std::fs::remove_file(&tmp);
+                    drop(c);
+                    discard(&outputs);
+                }
+                return Err(e);
+            }
             *c = next;
         }
         fail::fail_point!("compaction-after-commit");

@@ -206,9 +206,10 @@ impl ParquetFileWriter {
         })
     }
 
-    /// Bytes of the row group in progress (encoded, held in memory).
+    /// Memory the writer holds for the row group in progress (encoded pages and
+    /// the buffers of the pages being built).
     pub fn in_progress_bytes(&self) -> usize {
-        self.writer.in_progress_size()
+        self.writer.memory_size()
     }
 
     /// Writes out the row group in progress, freeing its memory.
@@ -239,7 +240,11 @@ impl ParquetFileWriter {
         }
         let size = result?;
         if let Some(dir) = path.parent() {
-            crate::wal::sync_dir(dir)?;
+            if let Err(e) = crate::wal::sync_dir(dir) {
+                // Not durably named: callers treat the file as never written.
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
         }
         Ok(size)
     }
