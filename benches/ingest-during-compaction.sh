@@ -4,7 +4,7 @@
 # (`benches/run-query.py --order host --work /tmp/qb24-host --compact`), so the new
 # files overlap its windows. Prints each run's rate and vigil's peak RSS.
 set -e
-B=/work/main/target/release
+B="$(cd "$(dirname "$0")/.." && pwd)/target/release"
 LP=/tmp/icmp/cpu6h.lp
 mkdir -p /tmp/icmp
 if [ ! -f $LP ]; then

@@ -171,7 +171,11 @@ impl VigilSession {
                         Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                             "ERROR".into(),
                             "57014".into(),
-                            format!("canceling statement due to statement timeout ({timeout:?})"),
+                            // Worded like the engine's own timeout error, which
+                            // races this deadline and may be the one the client sees.
+                            format!(
+                                "canceling statement due to statement timeout: query timed out after {timeout:?} (query.timeout)"
+                            ),
                         )))),
                         (rows, cancelled, running, true),
                     )),

@@ -705,4 +705,38 @@ mod tests {
             vec![vec![1, 2, 3, 4]]
         );
     }
+
+    #[test]
+    fn a_merge_takes_the_oldest_fresh_files_and_only_their_windows() {
+        // 70 fresh files of one series, each an hour of its own, in seq order;
+        // plus a compacted file in the window of the newest one.
+        let mut files: Vec<ParquetFileMeta> = (1..=70)
+            .map(|i| f(i, 0, (i as i64 - 1, i as i64), ("a", "a")))
+            .collect();
+        files.push(f(100, 1, (69, 70), ("a", "a")));
+        let plans = plan_compactions(&files, 4, HOUR);
+        assert_eq!(plans.len(), 1);
+        let ids: Vec<u64> = plans[0].inputs.iter().map(|f| f.id).collect();
+        // The 64 oldest by seq; file 100's window (hour 69) is touched only by file
+        // 70, which waits for the next merge, so file 100 waits too.
+        assert_eq!(ids, (1..=64).collect::<Vec<u64>>());
+        assert_eq!(
+            plans[0].level0_bytes,
+            70 * 100,
+            "the debt counts every fresh file"
+        );
+    }
+
+    #[test]
+    fn a_damaged_time_range_is_skipped_not_a_panic() {
+        let mut bad = f(2, 1, (0, 1), ("a", "z"));
+        bad.min_time = 10 * HOUR;
+        let files = vec![
+            f(1, 0, (0, 1), ("a", "z")),
+            f(3, 0, (0, 1), ("a", "z")),
+            bad,
+        ];
+        let plans = plan_compactions(&files, 4, HOUR);
+        assert_eq!(ids(&plans), vec![vec![1, 3]]);
+    }
 }
