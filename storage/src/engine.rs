@@ -978,14 +978,13 @@ impl Storage {
             rows = in_rows,
             "compacting"
         );
-        // The persisted key, not extended: tags no flush has seen are in no file.
-        let (schema, sort_key) = {
-            let mut s = self.schemas.write();
-            let Some(ts) = s.get_mut(table.as_str()) else {
-                return Ok(false);
-            };
-            (ts.arrow_schema(), ts.sort_key().to_vec())
-        };
+        // The whole key (fixed now if it is not yet): a table from before sort keys
+        // were recorded has tags in its files but none in its key, and merging by
+        // time alone would take different series at one time for duplicates.
+        if !self.schemas.read().contains_key(table.as_str()) {
+            return Ok(false);
+        }
+        let (schema, sort_key) = self.schema_and_sort_key(table, &[])?;
         let mut force_float = std::collections::HashSet::new();
         let outputs = loop {
             let spec = MergeSpec {
@@ -1619,5 +1618,51 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(on_disk, files.len());
+    }
+
+    /// A table written before sort keys were recorded (none in its schema or
+    /// files): compaction sorts by every tag, so two series at the same time stay
+    /// two rows.
+    #[tokio::test]
+    async fn compaction_of_a_table_without_a_recorded_sort_key_keeps_every_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StorageConfig::new(dir.path());
+        cfg.compaction_min_files = 2;
+        cfg.deletion_grace = Duration::ZERO;
+        {
+            let s = Storage::open(cfg.clone()).unwrap();
+            for v in [1.0, 2.0] {
+                let w = s.validate(vec![
+                    (1, p("cpu", "a", "v", FieldValue::F64(v), 10)),
+                    (2, p("cpu", "b", "v", FieldValue::F64(v), 10)),
+                ]);
+                s.commit(w.tables).await.unwrap();
+                s.flush().await.unwrap();
+            }
+            s.shutdown().await.unwrap();
+        }
+        // Forget the sort keys, as catalogs of earlier versions had none.
+        let path = crate::catalog::catalog_path(dir.path());
+        let mut c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        c["tables"]["cpu"]
+            .as_object_mut()
+            .unwrap()
+            .remove("sort_key");
+        for f in c["files"].as_array_mut().unwrap() {
+            f.as_object_mut().unwrap().remove("sort_key");
+            f.as_object_mut().unwrap().remove("key_range");
+        }
+        std::fs::write(&path, serde_json::to_vec(&c).unwrap()).unwrap();
+        let s = Storage::open(cfg).unwrap();
+        assert_eq!(s.compact().await.unwrap(), 1);
+        let files = s.catalog.lock().files.clone();
+        assert_eq!(files.len(), 1);
+        let (rows, _) = file_rows(&dir.path().join(&files[0].path));
+        assert_eq!(
+            rows,
+            vec![("a".to_string(), 10, 2.0), ("b".to_string(), 10, 2.0)]
+        );
+        assert_eq!(files[0].sort_key, vec!["host".to_string()]);
     }
 }
