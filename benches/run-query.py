@@ -96,12 +96,14 @@ def run(cmd, **kw):
 COMPACTION = []
 
 
-def start_vigil(data, port, result_cache=True):
+def start_vigil(data, port, result_cache=True, extra=None, **popen):
+    """Starts vigil and waits until it is healthy. `extra` replaces the default
+    compaction setting (COMPACTION)."""
     env = dict(os.environ, VIGIL_LOG="warn")
-    extra = [] if result_cache else ["--query-result-cache-bytes", "0"]
-    extra += COMPACTION
+    args = [] if result_cache else ["--query-result-cache-bytes", "0"]
+    args += COMPACTION if extra is None else extra
     p = subprocess.Popen([os.path.join(BIN, "vigil"), "serve", "--data-dir", data,
-                          "--http-addr", f"127.0.0.1:{port}"] + extra, env=env)
+                          "--http-addr", f"127.0.0.1:{port}"] + args, env=env, **popen)
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
@@ -110,6 +112,20 @@ def start_vigil(data, port, result_cache=True):
             time.sleep(0.1)
     p.kill()
     raise SystemExit("vigil did not start")
+
+
+def generate(lp, args):
+    """TSBS cpu-only line protocol for --hosts x --hours, in the --order asked for."""
+    run([os.path.join(BIN, "vigil-bench"), "generate", "--hosts", str(args.hosts),
+         "--seconds", str(args.hours * 3600), "--start", str(START), "--out", lp])
+    if args.order == "host":
+        # Host by host, each host's rows in time order (a stable sort on the
+        # hostname tag, the second comma-separated part of every line).
+        run(["sort", "-s", "-t", ",", "-k2,2", "-S", "2G", "-o", lp + ".sorted", lp],
+            env=dict(os.environ, LC_ALL="C"))
+        os.replace(lp + ".sorted", lp)
+    elif args.order == "interleaved":
+        interleave(lp, writers=4, batch=5000)
 
 
 def buffer_bench(args):
@@ -121,27 +137,12 @@ def buffer_bench(args):
     lp = os.path.join(work, "cpu.lp")
     run(["rm", "-rf", data])
     if not os.path.exists(lp):
-        run([os.path.join(BIN, "vigil-bench"), "generate", "--hosts", str(args.hosts),
-             "--seconds", str(args.hours * 3600), "--start", str(START), "--out", lp])
-        if args.order == "host":
-            run(["sort", "-s", "-t", ",", "-k2,2", "-S", "2G", "-o", lp + ".sorted", lp],
-                env=dict(os.environ, LC_ALL="C"))
-            os.replace(lp + ".sorted", lp)
-        elif args.order == "interleaved":
-            interleave(lp, writers=4, batch=5000)
+        generate(lp, args)
     port = free_port()
-    p = subprocess.Popen([os.path.join(BIN, "vigil"), "serve", "--data-dir", data,
-                          "--http-addr", f"127.0.0.1:{port}", "--query-result-cache-bytes", "0",
-                          "--flush-max-rows", "100000000", "--flush-max-bytes", str(16 << 30),
-                          "--flush-interval", "10h", "--compaction-interval", "100000h"],
-                         env=dict(os.environ, VIGIL_LOG="warn"))
+    p = start_vigil(data, port, result_cache=False, extra=[
+        "--flush-max-rows", "100000000", "--flush-max-bytes", str(16 << 30),
+        "--flush-interval", "10h", "--compaction-interval", "100000h"])
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.1)
         run([os.path.join(BIN, "vigil-bench"), "ingest", "--file", lp,
              "--url", f"http://127.0.0.1:{port}", "--clients", str(args.clients)])
         rows = metric(port, "vigil_buffer_rows")
@@ -203,17 +204,8 @@ def compact(data):
     """Runs vigil with compaction on until no table-day is due, reporting the time
     taken and vigil's peak RSS."""
     port = free_port()
-    env = dict(os.environ, VIGIL_LOG="info")
-    p = subprocess.Popen([os.path.join(BIN, "vigil"), "serve", "--data-dir", data,
-                          "--http-addr", f"127.0.0.1:{port}", "--compaction-interval", "1s"],
-                         env=env, stderr=subprocess.DEVNULL)
+    p = start_vigil(data, port, extra=["--compaction-interval", "1s"], stderr=subprocess.DEVNULL)
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.1)
         rss0 = _rss_kb(p.pid)
         t0 = time.perf_counter()
         written = 0.0
@@ -324,16 +316,7 @@ def main():
     marker = os.path.join(work, f"loaded-{args.hosts}-{args.hours}-{args.order}")
     if not os.path.exists(marker):
         run(["rm", "-rf", data, lp])
-        run([os.path.join(BIN, "vigil-bench"), "generate", "--hosts", str(args.hosts),
-             "--seconds", str(args.hours * 3600), "--start", str(START), "--out", lp])
-        if args.order == "host":
-            # Host by host, each host's rows in time order (a stable sort on the
-            # hostname tag, the second comma-separated part of every line).
-            run(["sort", "-s", "-t", ",", "-k2,2", "-S", "2G", "-o", lp + ".sorted", lp],
-                env=dict(os.environ, LC_ALL="C"))
-            os.replace(lp + ".sorted", lp)
-        elif args.order == "interleaved":
-            interleave(lp, writers=4, batch=5000)
+        generate(lp, args)
         port = free_port()
         p = start_vigil(data, port)
         try:
