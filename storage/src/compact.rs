@@ -133,12 +133,6 @@ pub struct MergeSpec<'a> {
     pub cancel: &'a AtomicBool,
 }
 
-/// A file the merge wrote (renamed into place, not yet in the catalog).
-#[derive(Debug)]
-pub struct MergedFile {
-    pub meta: ParquetFileMeta,
-}
-
 /// Why a merge did not finish.
 #[derive(Debug)]
 pub enum MergeError {
@@ -171,7 +165,7 @@ pub fn merge_files(
     spec: &MergeSpec<'_>,
     inputs: &[ParquetFileMeta],
     new_file: &mut dyn FnMut() -> (u64, String),
-) -> std::result::Result<Vec<MergedFile>, MergeError> {
+) -> std::result::Result<Vec<ParquetFileMeta>, MergeError> {
     let out_schema = output_schema(spec, inputs)?;
     let mut sort_fields = Vec::new();
     let mut key_cols = Vec::new();
@@ -342,7 +336,8 @@ struct Merge<'a, 'b> {
     retained: Vec<RecordBatch>,
     windows: BTreeMap<i64, WindowOutput>,
     pending_rows: usize,
-    outputs: Vec<MergedFile>,
+    /// Files written (renamed into place, not yet in the catalog).
+    outputs: Vec<ParquetFileMeta>,
     new_file: &'b mut dyn FnMut() -> (u64, String),
 }
 
@@ -350,7 +345,9 @@ impl Merge<'_, '_> {
     fn run(
         &mut self,
         inputs: &[ParquetFileMeta],
-    ) -> std::result::Result<Vec<MergedFile>, MergeError> {
+    ) -> std::result::Result<Vec<ParquetFileMeta>, MergeError> {
+        // Each output holds the newest of its inputs' writes (see the module doc).
+        let seq = inputs.iter().map(|f| f.seq).max().unwrap_or(0);
         let mut cursors = Vec::with_capacity(inputs.len());
         for f in inputs {
             if let Some(c) = self.open(f)? {
@@ -410,24 +407,22 @@ impl Merge<'_, '_> {
                 continue;
             };
             let size = writer.finish()?;
-            self.outputs.push(MergedFile {
-                meta: ParquetFileMeta {
-                    id,
-                    table: self.spec.table.to_string(),
-                    path: rel,
-                    min_time: w.min_time,
-                    max_time: w.max_time,
-                    rows: w.rows,
-                    size_bytes: size,
-                    seq: 0,
-                    day: self.spec.day,
-                    sort_key: self.spec.sort_key.to_vec(),
-                    key_range: match (w.first_key, w.last_key) {
-                        (Some(a), Some(b)) => capped_key_range(a, b),
-                        _ => None,
-                    },
-                    level: 1,
+            self.outputs.push(ParquetFileMeta {
+                id,
+                table: self.spec.table.to_string(),
+                path: rel,
+                min_time: w.min_time,
+                max_time: w.max_time,
+                rows: w.rows,
+                size_bytes: size,
+                seq,
+                day: self.spec.day,
+                sort_key: self.spec.sort_key.to_vec(),
+                key_range: match (w.first_key, w.last_key) {
+                    (Some(a), Some(b)) => capped_key_range(a, b),
+                    _ => None,
                 },
+                level: 1,
             });
         }
         Ok(std::mem::take(&mut self.outputs))
@@ -620,7 +615,7 @@ impl Merge<'_, '_> {
             }
         }
         for f in self.outputs.drain(..) {
-            let _ = std::fs::remove_file(self.spec.data_dir.join(&f.meta.path));
+            let _ = std::fs::remove_file(self.spec.data_dir.join(&f.path));
         }
     }
 }

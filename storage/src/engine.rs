@@ -1020,11 +1020,6 @@ impl Storage {
                 Err(MergeError::Failed(e)) => return Err(e),
             }
         };
-        let seq = plan.inputs.iter().map(|f| f.seq).max().unwrap_or(0);
-        let outputs: Vec<ParquetFileMeta> = outputs
-            .into_iter()
-            .map(|o| ParquetFileMeta { seq, ..o.meta })
-            .collect();
         let discard = |outputs: &[ParquetFileMeta]| {
             for o in outputs {
                 let _ = std::fs::remove_file(self.config.data_dir.join(&o.path));
@@ -1337,6 +1332,15 @@ mod tests {
         }
     }
 
+    /// Settings for compaction tests: compact at `min_files` files, delete replaced
+    /// files at once.
+    fn compacting_config(dir: &std::path::Path, min_files: usize) -> StorageConfig {
+        let mut cfg = StorageConfig::new(dir);
+        cfg.compaction_min_files = min_files;
+        cfg.deletion_grace = Duration::ZERO;
+        cfg
+    }
+
     fn rows(s: &Storage, table: &str) -> usize {
         let snap = s.snapshot(table).unwrap();
         snap.buffer
@@ -1402,9 +1406,7 @@ mod tests {
     #[tokio::test]
     async fn compaction_merges_and_dedupes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = StorageConfig::new(dir.path());
-        cfg.compaction_min_files = 2;
-        cfg.deletion_grace = Duration::ZERO;
+        let cfg = compacting_config(dir.path(), 2);
         let s = Storage::open(cfg).unwrap();
         for v in [1.0, 2.0, 3.0] {
             let w = s.validate(vec![(1, p("cpu", "a", "v", FieldValue::F64(v), 10))]);
@@ -1465,9 +1467,7 @@ mod tests {
             .collect();
         for order in ["time", "host", "shuffled"] {
             let dir = tempfile::tempdir().unwrap();
-            let mut cfg = StorageConfig::new(dir.path());
-            cfg.compaction_min_files = 3;
-            cfg.deletion_grace = Duration::ZERO;
+            let cfg = compacting_config(dir.path(), 3);
             let s = Storage::open(cfg).unwrap();
             let mut pts: Vec<(usize, i64, f64)> = Vec::new();
             for (h, _) in hosts.iter().enumerate() {
@@ -1561,9 +1561,7 @@ mod tests {
     #[tokio::test]
     async fn compaction_keeps_values_a_rescale_would_change() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = StorageConfig::new(dir.path());
-        cfg.compaction_min_files = 2;
-        cfg.deletion_grace = Duration::ZERO;
+        let cfg = compacting_config(dir.path(), 2);
         let s = Storage::open(cfg).unwrap();
         let big = (1u64 << 52) as f64 + 1.0;
         for (v, t) in [(big, 10), (0.125, 20)] {
@@ -1587,9 +1585,7 @@ mod tests {
     #[tokio::test]
     async fn one_failing_day_does_not_hold_up_the_others() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = StorageConfig::new(dir.path());
-        cfg.compaction_min_files = 2;
-        cfg.deletion_grace = Duration::ZERO;
+        let cfg = compacting_config(dir.path(), 2);
         let s = Storage::open(cfg).unwrap();
         for v in [1.0, 2.0] {
             let w = s.validate(vec![
@@ -1626,9 +1622,7 @@ mod tests {
     #[tokio::test]
     async fn compaction_of_a_table_without_a_recorded_sort_key_keeps_every_series() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = StorageConfig::new(dir.path());
-        cfg.compaction_min_files = 2;
-        cfg.deletion_grace = Duration::ZERO;
+        let cfg = compacting_config(dir.path(), 2);
         {
             let s = Storage::open(cfg.clone()).unwrap();
             for v in [1.0, 2.0] {

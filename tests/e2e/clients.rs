@@ -626,18 +626,7 @@ print(count({fs.DatabaseOptions.AUTHORIZATION_HEADER.value: "Bearer wrong"}))
 }
 
 fn running_queries(server: &TestServer) -> i64 {
-    let text = server
-        .request(reqwest::Method::GET, "/metrics")
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("vigil_queries_running "))
-        .unwrap_or_else(|| panic!("no vigil_queries_running in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
+    server.metric("vigil_queries_running") as i64
 }
 
 /// A Flight client that stops reading and goes away frees its query; 1,000 idle

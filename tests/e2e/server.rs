@@ -156,7 +156,7 @@ impl TestServer {
         }
     }
 
-    /// The value of an unlabelled metric on `/metrics` (0 if absent).
+    /// The value of an unlabelled metric on `/metrics` (panics if it is not there).
     pub fn metric(&self, name: &str) -> f64 {
         let body = self
             .request(reqwest::Method::GET, "/metrics")
@@ -167,9 +167,9 @@ impl TestServer {
         body.lines()
             .find_map(|l| {
                 let (n, v) = l.split_once(' ')?;
-                (n == name).then(|| v.trim().parse().ok())?
+                (n == name).then(|| v.trim().parse().unwrap())
             })
-            .unwrap_or(0.0)
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
     }
 
     pub fn restart(&mut self) {
