@@ -25,17 +25,20 @@ fn harness() -> &'static Harness {
         let mut config = StorageConfig::new(&dir);
         config.max_tables = 200;
         config.max_columns_per_table = 50;
-        let storage = Storage::open(config).expect("open storage");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let storage = runtime
+            .block_on(Storage::open(config))
+            .expect("open storage");
         let limits = WriteLimits {
             max_body_bytes: 1 << 20,
             max_days_per_write: 3,
             ..WriteLimits::default()
         };
         Harness {
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
+            runtime,
             pipeline: Arc::new(WritePipeline::new(storage, limits)),
             runs: Default::default(),
         }

@@ -459,11 +459,14 @@ mod tests {
     use super::*;
     use vigil_storage::StorageConfig;
 
-    fn pipeline(dir: &std::path::Path, limits: WriteLimits) -> Arc<WritePipeline> {
+    async fn pipeline(dir: &std::path::Path, limits: WriteLimits) -> Arc<WritePipeline> {
         let mut config = StorageConfig::new(dir);
         config.max_tables = 3;
         config.max_columns_per_table = 4;
-        Arc::new(WritePipeline::new(Storage::open(config).unwrap(), limits))
+        Arc::new(WritePipeline::new(
+            Storage::open(config).await.unwrap(),
+            limits,
+        ))
     }
 
     fn lp(body: &str) -> bytes::Bytes {
@@ -473,7 +476,7 @@ mod tests {
     #[tokio::test]
     async fn repeated_keys_reject_only_their_line_and_the_rest_is_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let p = pipeline(dir.path(), WriteLimits::default());
+        let p = pipeline(dir.path(), WriteLimits::default()).await;
         let report = p
             .write(
                 lp("m,a=1 f=1 1\nm,a=1,a=2 f=1 2\nm,a=2 f=3 3"),
@@ -498,7 +501,7 @@ mod tests {
     #[tokio::test]
     async fn table_and_column_limits_reject_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let p = pipeline(dir.path(), WriteLimits::default());
+        let p = pipeline(dir.path(), WriteLimits::default()).await;
         let report = p
             .write(
                 lp("a f=1 1\nb f=1 1\nc f=1 1\nd f=1 1\na g=1,h=1,i=1,j=1 1\na g=1,h=1 1"),
@@ -526,7 +529,7 @@ mod tests {
         let mut config = StorageConfig::new(dir.path());
         config.max_columns_per_table = 100_000;
         let p = Arc::new(WritePipeline::new(
-            Storage::open(config).unwrap(),
+            Storage::open(config).await.unwrap(),
             WriteLimits::default(),
         ));
         let body: String = (0..30_000).map(|i| format!("m f{i}=1 {i}\n")).collect();
@@ -565,7 +568,7 @@ mod tests {
             max_days_per_write: 2,
             ..WriteLimits::default()
         };
-        let p = pipeline(dir.path(), limits);
+        let p = pipeline(dir.path(), limits).await;
         let body: String = "bad\n".repeat(100_000);
         let report = p
             .write(
@@ -598,8 +601,8 @@ mod tests {
             .contains("write.max_days_per_write"));
     }
 
-    #[test]
-    fn gzip_members_are_all_read_and_bombs_refused() {
+    #[tokio::test]
+    async fn gzip_members_are_all_read_and_bombs_refused() {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let p = pipeline(
@@ -608,7 +611,8 @@ mod tests {
                 max_body_bytes: 1000,
                 ..WriteLimits::default()
             },
-        );
+        )
+        .await;
         let gz = |data: &[u8]| {
             let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             e.write_all(data).unwrap();
@@ -628,10 +632,10 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn snappy_length_bomb_is_refused_before_allocating() {
+    #[tokio::test]
+    async fn snappy_length_bomb_is_refused_before_allocating() {
         let dir = tempfile::tempdir().unwrap();
-        let p = pipeline(dir.path(), WriteLimits::default());
+        let p = pipeline(dir.path(), WriteLimits::default()).await;
         // A varint header announcing ~4 GiB, and no data.
         let body = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00];
         let e = p.decode_remote_write(&body).unwrap_err();
@@ -642,7 +646,7 @@ mod tests {
     #[tokio::test]
     async fn a_token_writes_only_its_tables() {
         let dir = tempfile::tempdir().unwrap();
-        let p = pipeline(dir.path(), WriteLimits::default());
+        let p = pipeline(dir.path(), WriteLimits::default()).await;
         let report = p
             .write(
                 lp("team_a f=1 1\nother f=1 1\nteam_b f=1 1"),

@@ -21,11 +21,6 @@ impl Health {
         self.failures.lock().insert(component, reason.into());
     }
 
-    /// Marks a component healthy again (a flush that succeeds after a failure).
-    pub(crate) fn recover(&self, component: &'static str) {
-        self.failures.lock().remove(component);
-    }
-
     /// Takes in the storage engine's current problems.
     pub(crate) fn sync_storage(&self, problems: &[(String, String)]) {
         *self.storage.lock() = problems.to_vec();
@@ -57,13 +52,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fails_until_recovered() {
+    fn reports_failed_components_and_storage_problems() {
         let h = Health::default();
         assert!(h.is_ok());
-        h.fail("flush", "disk full");
-        assert!(!h.is_ok());
-        assert_eq!(h.report()["checks"][0]["message"], "disk full");
-        h.recover("flush");
         assert_eq!(h.report()["status"], "pass");
+        h.fail("kafka", "broker gone");
+        assert!(!h.is_ok());
+        assert_eq!(h.report()["checks"][0]["message"], "broker gone");
+        h.sync_storage(&[("flush".into(), "disk full".into())]);
+        assert_eq!(h.report()["checks"][1]["name"], "storage:flush");
+        assert_eq!(h.report()["checks"][1]["message"], "disk full");
     }
 }

@@ -9,7 +9,6 @@ mod metrics;
 mod tls;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -104,6 +103,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         info!("no tokens configured: authentication is off and vigil serves loopback clients only");
     }
     let storage = vigil_storage::Storage::open(config.storage_config())
+        .await
         .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
     let engine = Arc::new(vigil_sql::QueryEngine::new(
         Arc::clone(&storage),
@@ -198,20 +198,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let background = tokio::spawn(background_tasks(
-        Arc::clone(&storage),
-        Arc::clone(&health),
-        config.storage.compaction_interval,
-        stop_rx,
-    ));
-    let watched = Arc::clone(&health);
-    let background = tokio::spawn(async move {
-        if let Err(e) = background.await {
-            error!(error = %e, "flusher and compactor stopped");
-            watched.fail("flusher", format!("flusher and compactor stopped: {e}"));
-        }
-    });
+    // Flushing, compaction and deleting replaced files; their failures show on
+    // /health through the storage engine's problems.
+    let jobs = storage.start_jobs(config.storage.compaction_interval);
     let app = http::router(state);
     match https {
         Some(acceptor) => {
@@ -228,8 +217,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     flight_task.abort();
     pg_task.abort();
     // Let a running flush finish rather than abandoning it halfway.
-    let _ = stop_tx.send(true);
-    let _ = background.await;
+    jobs.stop().await;
     info!("shutting down: flushing the buffer");
     // Kafka stops reading first; its offsets are committed once the shutdown flush
     // has persisted what it wrote.
@@ -257,63 +245,6 @@ fn configure_failpoints() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("VIGIL_FAILPOINTS: '{item}': {e}"))?;
     }
     Ok(())
-}
-
-/// Flushes when the buffer is full or old, and compacts on an interval in a task of
-/// its own, so that a long compaction never holds up a flush (and so writes).
-async fn background_tasks(
-    storage: Arc<vigil_storage::Storage>,
-    health: Arc<health::Health>,
-    compaction_interval: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let compactor = {
-        let storage = Arc::clone(&storage);
-        let health = Arc::clone(&health);
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(compaction_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.changed() => return,
-                }
-                match storage.compact().await {
-                    Ok(_) => health.recover("compaction"),
-                    Err(e) => {
-                        error!(error = %e, "compaction failed");
-                        health.fail("compaction", format!("compaction failed: {e}"));
-                    }
-                }
-            }
-        })
-    };
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = storage.flush_wanted() => {}
-            _ = stop.changed() => break,
-        }
-        if storage.should_flush() {
-            match storage.flush().await {
-                Ok(_) => health.recover("flush"),
-                Err(e) => {
-                    error!(error = %e, "flush failed");
-                    health.fail(
-                        "flush",
-                        format!("flush failed (data stays in the WAL and is retried): {e}"),
-                    );
-                }
-            }
-        }
-    }
-    // A running compaction gives up between batches (its output is discarded; the
-    // next start compacts again).
-    storage.stop_compaction();
-    let _ = compactor.await;
 }
 
 async fn shutdown_signal() {

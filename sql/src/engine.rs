@@ -290,6 +290,10 @@ impl QueryEngine {
         )
         .build();
         let ctx = SessionContext::new_with_state(state);
+        // Parquet files are read through the storage engine's object store.
+        let store = storage.parquet_store();
+        let store_url = datafusion::execution::object_store::ObjectStoreUrl::parse(store.url())?;
+        ctx.register_object_store(store_url.as_ref(), store.object_store());
         crate::functions::register(&ctx);
         ctx.register_udtf(
             "last_cache",
@@ -727,7 +731,7 @@ mod tests {
     #[tokio::test]
     async fn dedupes_across_buffer_and_files() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
         let write = |pts: Vec<Point<'static>>| {
             let w = storage.validate(pts.into_iter().enumerate().collect());
             assert!(w.rejected.is_empty());
@@ -798,7 +802,7 @@ mod tests {
     #[tokio::test]
     async fn merges_time_ordered_files_only_where_they_meet() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
         for pts in [
             (0..=10)
                 .map(|t| point("a", t as f64, t))
@@ -840,7 +844,7 @@ mod tests {
     #[tokio::test]
     async fn merges_a_file_with_the_buffer_only_where_they_meet() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
         store(
             &storage,
             (0..=10).map(|t| point("a", t as f64, t)).collect(),
@@ -871,6 +875,53 @@ mod tests {
         assert!(text.contains("| 15 | 1094.0 | 999.0 |"), "{text}");
     }
 
+    /// A buffer without a repeated (series, time) is read as it is when nothing
+    /// overlaps it, and merged only where it meets a file otherwise; a repeat makes
+    /// the query sort and deduplicate it, last write winning.
+    #[tokio::test]
+    async fn a_buffer_without_repeats_is_read_without_sorting() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        let engine = QueryEngine::new(Arc::clone(&storage), QueryConfig::default()).unwrap();
+        async fn sum(engine: &QueryEngine) -> String {
+            let (_, b) = engine
+                .sql("SELECT count(*) AS n, sum(usage) AS s FROM cpu")
+                .await
+                .unwrap();
+            pretty_format_batches(&b).unwrap().to_string()
+        }
+        store(&storage, (0..10).map(|t| point("a", t as f64, t)).collect()).await;
+        store(&storage, (0..10).map(|t| point("b", 100.0, t)).collect()).await;
+        let plan = explain(&engine, "SELECT sum(usage) FROM cpu").await;
+        assert!(plan.contains("buffer read as it is"), "{plan}");
+        assert!(!plan.contains("DeduplicateExec"), "{plan}");
+        assert!(sum(&engine).await.contains("| 20 | 1045.0 |"));
+
+        // Flushed, then the buffer rewrites the file's last point and goes on.
+        storage.flush().await.unwrap();
+        store(&storage, (9..15).map(|t| point("a", 1000.0, t)).collect()).await;
+        let plan = explain(&engine, "SELECT sum(usage) FROM cpu").await;
+        assert!(
+            plan.contains("deduplicated chunks=2 (sorted 1, merged only where they meet 2)"),
+            "{plan}"
+        );
+        // a 0..=8 (36) + b (1000) + a 9..=14 at 1000 (6000): 25 rows.
+        assert!(sum(&engine).await.contains("| 25 | 7036.0 |"));
+
+        // A repeat within the buffer: sorted and deduplicated, the later write wins.
+        store(&storage, vec![point("a", 2000.0, 14)]).await;
+        let plan = explain(&engine, "SELECT sum(usage) FROM cpu").await;
+        assert!(!plan.contains("buffer read as it is"), "{plan}");
+        assert!(
+            plan.contains("deduplicated chunks=2 (sorted 1, merged only where they meet 1)"),
+            "{plan}"
+        );
+        assert!(sum(&engine).await.contains("| 25 | 8036.0 |"));
+        // Flushed: the buffer is empty, the two files merge where they meet.
+        storage.flush().await.unwrap();
+        assert!(sum(&engine).await.contains("| 25 | 8036.0 |"));
+    }
+
     /// A backfill written host by host makes files that overlap in time but not in
     /// series: they are read without merging. Files that share a series are merged
     /// (not sorted: they are in the table's order), last write winning, also after
@@ -878,7 +929,7 @@ mod tests {
     #[tokio::test]
     async fn merges_only_files_that_share_a_series() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
         let commit = |pts: Vec<Point<'static>>| {
             let storage = Arc::clone(&storage);
             async move {

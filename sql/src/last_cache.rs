@@ -146,7 +146,8 @@ impl TableProvider for LastCacheTable {
             .downcast_ref::<SessionState>()
             .ok_or_else(|| DataFusionError::Internal("last_cache needs a SessionState".into()))?;
         self.filled.get_or_try_init(|| self.fill(session)).await?;
-        let rows = match self.storage.last_values(&self.table) {
+        // The table may have gained columns since planning: the planned ones.
+        let rows = match self.storage.last_values(&self.table, &self.schema) {
             Some(rows) => rows.map_err(|e| DataFusionError::External(Box::new(e)))?,
             None => {
                 return Err(DataFusionError::Internal(format!(
@@ -155,8 +156,6 @@ impl TableProvider for LastCacheTable {
                 )))
             }
         };
-        // The table may have gained columns since planning: keep the planned ones.
-        let rows = vigil_storage::buffer::normalize(&rows, &self.schema, None)?;
         MemTable::try_new(Arc::clone(&self.schema), vec![vec![rows]])?
             .scan(state, projection, filters, limit)
             .await

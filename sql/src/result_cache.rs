@@ -213,14 +213,14 @@ impl ResultCache {
 /// Ids of the files of `table` overlapping `range`, if no buffered row does.
 fn immutable_files(storage: &Storage, table: &str, range: TimeRange) -> Option<Vec<u64>> {
     let snap = storage.snapshot(table)?;
-    if snap.buffer.iter().any(|b| b.overlaps(range.min, range.max)) {
+    if snap.buffer_overlaps(range.min, range.max) {
         return None;
     }
     let mut ids: Vec<u64> = snap
         .files
         .iter()
-        .filter(|(m, _)| m.overlaps(range.min, range.max))
-        .map(|(m, _)| m.id)
+        .filter(|f| f.meta.overlaps(range.min, range.max))
+        .map(|f| f.meta.id)
         .collect();
     ids.sort_unstable();
     Some(ids)

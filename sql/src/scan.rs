@@ -24,9 +24,12 @@ pub(crate) struct ScanSummary {
     /// Of those, chunks not stored in the table's sort order, sorted by the query
     /// (the buffer; files written before sort keys were recorded).
     pub(crate) sorted_chunks: usize,
-    /// Files merged only where they meet another chunk in time, the rest read as
-    /// they are.
+    /// Chunks (files, a buffer without repeats) merged only where they meet another
+    /// chunk in time, the rest read as they are.
     pub(crate) partly_merged_files: usize,
+    /// The buffer was read without sorting or deduplicating it (nothing else
+    /// overlaps it and no (series, time) repeats in it).
+    pub(crate) plain_buffer: bool,
 }
 
 /// Passes its child's batches through unchanged; exists to be displayed.
@@ -47,7 +50,7 @@ impl DisplayAs for VigilScanExec {
         let s = &self.summary;
         write!(
             f,
-            "VigilScan: table={}, time={}, files={} of {} ({} pruned), buffer batches={} of {}, deduplicated chunks={} (sorted {}, merged only where they meet {})",
+            "VigilScan: table={}, time={}, files={} of {} ({} pruned), buffer batches={} of {}, deduplicated chunks={} (sorted {}, merged only where they meet {}){}",
             s.table,
             s.time_range,
             s.files_read,
@@ -57,7 +60,12 @@ impl DisplayAs for VigilScanExec {
             s.buffer_batches_total,
             s.deduplicated_chunks,
             s.sorted_chunks,
-            s.partly_merged_files
+            s.partly_merged_files,
+            if s.plain_buffer {
+                ", buffer read as it is"
+            } else {
+                ""
+            }
         )
     }
 }

@@ -15,6 +15,7 @@ use datafusion::datasource::listing::{
 };
 use datafusion::datasource::{provider_as_source, MemTable};
 use datafusion::execution::context::SessionState;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
@@ -29,9 +30,8 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
-use vigil_storage::buffer::{file_seq, normalize, with_seq_column};
 use vigil_storage::catalog::{ParquetFileMeta, SeriesKey};
-use vigil_storage::{Storage, TableSnapshot, SEQ_COLUMN, TIME_COLUMN};
+use vigil_storage::{SnapshotFile, Storage, TableSnapshot, SEQ_COLUMN, TIME_COLUMN};
 
 use crate::dedupe::DeduplicateExec;
 use crate::scan::{ScanSummary, VigilScanExec};
@@ -110,8 +110,12 @@ fn sorted_by(meta: &ParquetFileMeta, key: &[String]) -> bool {
 }
 
 enum ChunkKind {
-    Buffer(Vec<RecordBatch>),
-    File(ParquetFileMeta, String),
+    /// Buffered batches; `duplicate_free`: no (series, time) repeats among them.
+    Buffer {
+        batches: Vec<RecordBatch>,
+        duplicate_free: bool,
+    },
+    File(Box<SnapshotFile>),
 }
 
 impl VigilTable {
@@ -121,27 +125,22 @@ impl VigilTable {
 
     fn chunks(&self, snap: &TableSnapshot, range: TimeRange) -> Result<Vec<Chunk>> {
         let mut chunks = Vec::new();
-        if !snap.buffer.is_empty() {
-            let mut batches = Vec::with_capacity(snap.buffer.len());
-            let (mut min, mut max) = (i64::MAX, i64::MIN);
-            for b in &snap.buffer {
-                if !b.overlaps(range.min, range.max) {
-                    continue;
-                }
-                min = min.min(b.min_time);
-                max = max.max(b.max_time);
-                batches.push(normalize(&b.batch, &snap.schema, Some(b.first_row_seq()))?);
-            }
-            if !batches.is_empty() {
-                chunks.push(Chunk {
-                    min,
-                    max,
-                    keys: None,
-                    kind: ChunkKind::Buffer(batches),
-                });
-            }
+        let buffered = snap
+            .buffered(range.min, range.max)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if let Some(rows) = buffered {
+            chunks.push(Chunk {
+                min: rows.min_time,
+                max: rows.max_time,
+                keys: None,
+                kind: ChunkKind::Buffer {
+                    batches: rows.batches,
+                    duplicate_free: snap.buffer_duplicate_free,
+                },
+            });
         }
-        for (meta, path) in &snap.files {
+        for file in &snap.files {
+            let meta = &file.meta;
             if meta.overlaps(range.min, range.max) {
                 let keys = match &meta.key_range {
                     Some((lo, hi)) if sorted_by(meta, &snap.sort_key) => {
@@ -158,7 +157,7 @@ impl VigilTable {
                     min: meta.min_time,
                     max: meta.max_time,
                     keys,
-                    kind: ChunkKind::File(meta.clone(), path.to_string_lossy().into_owned()),
+                    kind: ChunkKind::File(Box::new(file.clone())),
                 });
             }
         }
@@ -224,6 +223,15 @@ impl TableProvider for VigilTable {
                 self.name
             )));
         };
+        // Parquet files are read through the storage engine's object store; a
+        // session this provider was registered with by hand may not know it yet.
+        let store = self.storage.parquet_store();
+        let store_url = ObjectStoreUrl::parse(store.url())?;
+        if state.runtime_env().object_store(&store_url).is_err() {
+            state
+                .runtime_env()
+                .register_object_store(store_url.as_ref(), store.object_store());
+        }
         let range = TimeRange::from_filters(filters);
         let mut chunks = self.chunks(&snap, range)?;
         let mut summary = ScanSummary {
@@ -235,7 +243,7 @@ impl TableProvider for VigilTable {
         };
         for c in &chunks {
             match &c.kind {
-                ChunkKind::Buffer(b) => summary.buffer_batches_read += b.len(),
+                ChunkKind::Buffer { batches, .. } => summary.buffer_batches_read += batches.len(),
                 ChunkKind::File(..) => summary.files_read += 1,
             }
         }
@@ -320,9 +328,31 @@ impl TableProvider for VigilTable {
         let mut parts: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         for group in groups {
             if group.len() == 1 {
-                if let ChunkKind::File(_, path) = &group[0].kind {
-                    plain_files.push(path.clone());
-                    continue;
+                match &group[0].kind {
+                    ChunkKind::File(file) => {
+                        plain_files.push(file.url.clone());
+                        continue;
+                    }
+                    ChunkKind::Buffer {
+                        batches,
+                        duplicate_free: true,
+                    } => {
+                        // The buffer alone, without a repeated (series, time):
+                        // read as it is, like a file alone.
+                        summary.plain_buffer = true;
+                        let mem = MemTable::try_new(snap.seq_schema(), vec![batches.clone()])?;
+                        let mut b = LogicalPlanBuilder::scan(
+                            &self.name,
+                            provider_as_source(Arc::new(mem)),
+                            None,
+                        )?;
+                        if let Some(f) = &key_filter {
+                            b = b.filter(f.clone())?;
+                        }
+                        plain_parts.push(b.project(out_cols.clone())?.build()?);
+                        continue;
+                    }
+                    ChunkKind::Buffer { .. } => {}
                 }
             }
             summary.deduplicated_chunks += group.len();
@@ -360,19 +390,46 @@ impl TableProvider for VigilTable {
                                 )))
                         })
                         .reduce(Expr::or);
+                let whole = windows.first().map(|w| w.0) <= Some(chunk.min)
+                    && windows.last().map(|w| w.1) >= Some(chunk.max)
+                    && windows.len() == 1;
                 let plan = match chunk.kind {
-                    ChunkKind::Buffer(batches) => {
-                        let mem = MemTable::try_new(with_seq_column(&snap.schema), vec![batches])?;
-                        LogicalPlanBuilder::scan(
+                    ChunkKind::Buffer {
+                        batches,
+                        duplicate_free,
+                    } => {
+                        let mem = Arc::new(MemTable::try_new(snap.seq_schema(), vec![batches])?);
+                        let scan = LogicalPlanBuilder::scan(
                             &self.name,
-                            provider_as_source(Arc::new(mem)),
+                            provider_as_source(Arc::clone(&mem) as Arc<dyn TableProvider>),
                             None,
-                        )?
+                        )?;
+                        match (&in_windows, duplicate_free && !whole) {
+                            // Without repeats of its own, the buffer merges only
+                            // where it meets a file, as files do.
+                            (Some(w), true) => {
+                                let mut outside = datafusion::logical_expr::not(w.clone());
+                                if let Some(f) = &key_filter {
+                                    outside = outside.and(f.clone());
+                                }
+                                summary.partly_merged_files += 1;
+                                plain_parts.push(
+                                    LogicalPlanBuilder::scan(
+                                        &self.name,
+                                        provider_as_source(mem as Arc<dyn TableProvider>),
+                                        None,
+                                    )?
+                                    .filter(outside)?
+                                    .project(out_cols.clone())?
+                                    .build()?,
+                                );
+                                scan.filter(w.clone())?
+                            }
+                            _ => scan,
+                        }
                     }
-                    ChunkKind::File(meta, path) => {
-                        let whole = windows.first().map(|w| w.0) <= Some(chunk.min)
-                            && windows.last().map(|w| w.1) >= Some(chunk.max)
-                            && windows.len() == 1;
+                    ChunkKind::File(file) => {
+                        let (meta, path) = (&file.meta, file.url.as_str());
                         if let (Some(w), false) = (&in_windows, whole) {
                             let mut outside = datafusion::logical_expr::not(w.clone());
                             if let Some(f) = &key_filter {
@@ -381,7 +438,7 @@ impl TableProvider for VigilTable {
                             summary.partly_merged_files += 1;
                             plain_parts.push(
                                 LogicalPlanBuilder::from(self.listing(
-                                    &[&path],
+                                    &[path],
                                     &self.schema,
                                     None,
                                 )?)
@@ -390,18 +447,15 @@ impl TableProvider for VigilTable {
                                 .build()?,
                             );
                         }
-                        let order = sorted_by(&meta, &snap.sort_key).then(|| file_order.clone());
-                        let scan = LogicalPlanBuilder::from(self.listing(
-                            &[&path],
-                            &snap.schema,
-                            order,
-                        )?);
+                        let order = sorted_by(meta, &snap.sort_key).then(|| file_order.clone());
+                        let scan =
+                            LogicalPlanBuilder::from(self.listing(&[path], &snap.schema, order)?);
                         let scan = match &in_windows {
                             Some(w) => scan.filter(w.clone())?,
                             None => scan,
                         };
                         scan.project(read_cols.iter().map(|c| ident(*c)).chain([
-                            lit(ScalarValue::UInt64(Some(file_seq(meta.seq)))).alias(SEQ_COLUMN),
+                            lit(ScalarValue::UInt64(Some(file.row_seq()))).alias(SEQ_COLUMN),
                         ]))?
                     }
                 };

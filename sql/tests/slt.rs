@@ -39,9 +39,9 @@ struct Vigil {
 struct SltError(String);
 
 impl Vigil {
-    fn new() -> Self {
+    async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
         let config = QueryConfig {
             target_partitions: 2,
             ..QueryConfig::default()
@@ -140,7 +140,7 @@ impl sqllogictest::AsyncDB for Vigil {
 
 async fn run_file(path: &Path) {
     let complete = std::env::var("VIGIL_SLT_COMPLETE").is_ok_and(|v| v == "1");
-    let mut runner = sqllogictest::Runner::new(|| async { Ok(Vigil::new()) });
+    let mut runner = sqllogictest::Runner::new(|| async { Ok(Vigil::new().await) });
     if complete {
         runner
             .update_test_file(

@@ -1,6 +1,7 @@
 //! The in-memory write buffer: Arrow batches per table, in WAL order, queryable at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -73,6 +74,134 @@ pub struct WriteBuffer {
     pub active_bytes: usize,
     /// Updated here, where writes become visible, so it never lags a query.
     pub last_values: crate::last_values::LastValueCache,
+    /// Per table, which (series, time) the buffer holds: a query over a buffer
+    /// without a repeated one needs neither to sort nor to deduplicate it.
+    keys: HashMap<String, BufferedKeys>,
+}
+
+/// Hashes of the (series, time) of a table's buffered rows, per generation
+/// (written since the last flush began; being flushed), and whether a row
+/// repeated one. A collision of two hashes only costs a query the slower path.
+#[derive(Debug, Default)]
+struct BufferedKeys {
+    active: HashSet<u64, BuildHasherDefault<PrehashedHasher>>,
+    flushing: HashSet<u64, BuildHasherDefault<PrehashedHasher>>,
+    /// A row of the active generation repeats one of the active generation...
+    active_repeats: bool,
+    /// ...or one being flushed (until that flush ends)...
+    repeats_flushing: bool,
+    /// ...or the flushing generation repeats within itself.
+    flushing_repeats: bool,
+}
+
+/// The keys are hashes already.
+#[derive(Debug, Default)]
+struct PrehashedHasher(u64);
+
+impl std::hash::Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// A 64-bit finalizer (splitmix64): spreads the bits of a combined hash.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The hash of each row's (series, time): the tags by name and value (a tag the
+/// row lacks counts as absent, as in the series key), then the time.
+fn series_time_hashes(batch: &RecordBatch) -> Vec<u64> {
+    use arrow::array::{Array, AsArray};
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let n = batch.num_rows();
+    let mut hashes = vec![0u64; n];
+    // A fixed hasher: the same key hashes the same in every batch.
+    let state =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    let schema = batch.schema();
+    for (f, col) in schema.fields().iter().zip(batch.columns()) {
+        let DataType::Dictionary(..) = f.data_type() else {
+            continue;
+        };
+        let Some(dict) = col.as_dictionary_opt::<Int32Type>() else {
+            continue;
+        };
+        let Some(values) = dict.values().as_string_opt::<i32>() else {
+            continue;
+        };
+        let value_hashes: Vec<u64> = (0..values.len())
+            .map(|i| {
+                let mut h = state.build_hasher();
+                f.name().hash(&mut h);
+                values.is_valid(i).then(|| values.value(i)).hash(&mut h);
+                mix(h.finish())
+            })
+            .collect();
+        for (row, key) in dict.keys().iter().enumerate() {
+            if let Some(k) = key {
+                if values.is_valid(k as usize) {
+                    // Added: the order of the tag columns does not matter.
+                    hashes[row] = hashes[row].wrapping_add(value_hashes[k as usize]);
+                }
+            }
+        }
+    }
+    match crate::flush::time_values(batch) {
+        Some(times) => {
+            for (h, t) in hashes.iter_mut().zip(times) {
+                *h = mix(*h ^ mix(*t as u64));
+            }
+        }
+        None => hashes.iter_mut().for_each(|h| *h = mix(*h)),
+    }
+    hashes
+}
+
+impl BufferedKeys {
+    fn add(&mut self, batch: &RecordBatch) {
+        for h in series_time_hashes(batch) {
+            if self.flushing.contains(&h) {
+                self.repeats_flushing = true;
+            }
+            if !self.active.insert(h) {
+                self.active_repeats = true;
+            }
+        }
+    }
+
+    fn start_flush(&mut self) {
+        let active = std::mem::take(&mut self.active);
+        self.flushing_repeats |= self.active_repeats || self.repeats_flushing;
+        if self.flushing.is_empty() {
+            self.flushing = active;
+        } else {
+            // An earlier flush of the table failed: its rows are flushed again.
+            self.flushing.extend(active);
+        }
+        self.active_repeats = false;
+        self.repeats_flushing = false;
+    }
+
+    fn finish_flush(&mut self) {
+        self.flushing = Default::default();
+        self.flushing_repeats = false;
+        self.repeats_flushing = false;
+    }
+
+    fn repeats(&self) -> bool {
+        self.active_repeats || self.repeats_flushing || self.flushing_repeats
+    }
 }
 
 impl WriteBuffer {
@@ -87,6 +216,7 @@ impl WriteBuffer {
             self.active_rows += batch.num_rows();
             self.active_bytes += batch.get_array_memory_size();
             self.last_values.observe(table, batch);
+            self.keys.entry(table.clone()).or_default().add(batch);
             self.active
                 .entry(table.clone())
                 .or_default()
@@ -99,6 +229,11 @@ impl WriteBuffer {
     /// flush never drops WAL segments whose data is not in Parquet.
     pub fn start_flush(&mut self) -> HashMap<String, TableBuffer> {
         let taken = std::mem::take(&mut self.active);
+        for (t, k) in self.keys.iter_mut() {
+            if taken.contains_key(t) {
+                k.start_flush();
+            }
+        }
         self.active_rows = 0;
         self.active_bytes = 0;
         for (t, b) in taken {
@@ -115,7 +250,18 @@ impl WriteBuffer {
     pub fn finish_flush(&mut self, flushed: &[String]) {
         for t in flushed {
             self.flushing.remove(t);
+            if let Some(k) = self.keys.get_mut(t) {
+                k.finish_flush();
+            }
         }
+        self.keys.retain(|t, k| {
+            !k.active.is_empty() || !k.flushing.is_empty() || self.active.contains_key(t)
+        });
+    }
+
+    /// Whether no two buffered rows of `table` have the same series and time.
+    pub fn duplicate_free(&self, table: &str) -> bool {
+        self.keys.get(table).is_none_or(|k| !k.repeats())
     }
 
     /// Batches of one table, flushing ones first (they are older).
@@ -418,5 +564,94 @@ impl BatchBuilder {
         ));
         arrays.push(Arc::new(self.time.finish()));
         RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    /// A batch of points `(tags, time)` of table `m` with one float field.
+    fn batch(points: &[(&[(&str, &str)], i64)]) -> RecordBatch {
+        let mut b = BatchBuilder::default();
+        for (tags, time) in points {
+            let p = Point {
+                table: Cow::Borrowed("m"),
+                tags: tags
+                    .iter()
+                    .map(|(k, v)| (Cow::Owned(k.to_string()), Cow::Owned(v.to_string())))
+                    .collect(),
+                fields: vec![(Cow::Borrowed("v"), FieldValue::F64(1.0))],
+                time: *time,
+            };
+            assert!(b.append(&p, &[ColumnKind::Field(FieldType::Float)]));
+        }
+        b.finish().unwrap()
+    }
+
+    fn write(buf: &mut WriteBuffer, seq: u64, b: RecordBatch) {
+        buf.apply(seq, &[("m".to_string(), b)]);
+    }
+
+    #[test]
+    fn distinct_series_and_times_need_no_dedupe() {
+        let mut buf = WriteBuffer::default();
+        write(
+            &mut buf,
+            1,
+            batch(&[(&[("host", "a")], 1), (&[("host", "b")], 1)]),
+        );
+        // Same time, another series (more tags, or a tag absent) is not a repeat.
+        write(
+            &mut buf,
+            2,
+            batch(&[
+                (&[("host", "a"), ("dc", "x")], 1),
+                (&[], 1),
+                (&[("host", "a")], 2),
+            ]),
+        );
+        assert!(buf.duplicate_free("m"));
+        assert!(buf.duplicate_free("unknown"));
+    }
+
+    #[test]
+    fn a_repeated_series_and_time_is_noticed_whatever_the_tag_order() {
+        let mut buf = WriteBuffer::default();
+        write(&mut buf, 1, batch(&[(&[("host", "a"), ("dc", "x")], 5)]));
+        assert!(buf.duplicate_free("m"));
+        write(&mut buf, 2, batch(&[(&[("dc", "x"), ("host", "a")], 5)]));
+        assert!(!buf.duplicate_free("m"));
+        // Within one write too.
+        let mut buf = WriteBuffer::default();
+        write(
+            &mut buf,
+            1,
+            batch(&[(&[("host", "a")], 5), (&[("host", "a")], 5)]),
+        );
+        assert!(!buf.duplicate_free("m"));
+    }
+
+    #[test]
+    fn repeats_last_until_the_rows_are_flushed() {
+        let mut buf = WriteBuffer::default();
+        write(&mut buf, 1, batch(&[(&[("host", "a")], 5)]));
+        buf.start_flush();
+        // Repeats a row being flushed: both are visible until the flush ends.
+        write(&mut buf, 2, batch(&[(&[("host", "a")], 5)]));
+        assert!(!buf.duplicate_free("m"));
+        buf.finish_flush(&["m".to_string()]);
+        assert!(buf.duplicate_free("m"));
+        // A failed flush keeps its rows (and what is known of them) for the next.
+        write(&mut buf, 3, batch(&[(&[("host", "a")], 5)]));
+        assert!(!buf.duplicate_free("m"));
+        buf.start_flush();
+        buf.finish_flush(&[]);
+        write(&mut buf, 4, batch(&[(&[("host", "b")], 5)]));
+        assert!(!buf.duplicate_free("m"));
+        buf.start_flush();
+        buf.finish_flush(&["m".to_string()]);
+        assert!(buf.duplicate_free("m"));
     }
 }

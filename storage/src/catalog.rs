@@ -2,13 +2,16 @@
 //! sequence number the buffer has been persisted, and the table schemas.
 //!
 //! Saved as JSON by write-to-temp, fsync, rename, fsync-directory, so a crash leaves
-//! either the old or the new catalog, never a mix.
+//! either the old or the new catalog, never a mix. [`Catalog`] changes it only in
+//! transactions: a copy is changed and saved, and becomes the state queries see
+//! only once saved.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -128,17 +131,113 @@ impl CatalogState {
     }
 
     pub fn save(&self, data_dir: &Path) -> Result<()> {
+        self.save_reporting(data_dir).map_err(|e| e.error)
+    }
+
+    /// Saves; a failure says whether the new catalog had already replaced the old.
+    fn save_reporting(&self, data_dir: &Path) -> std::result::Result<(), CommitError> {
+        let before = |error| CommitError {
+            error,
+            maybe_saved: false,
+        };
         let path = catalog_path(data_dir);
         let tmp = data_dir.join(format!("{CATALOG_FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::CorruptCatalog {
-            path: path.clone(),
-            message: e.to_string(),
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| {
+            before(Error::CorruptCatalog {
+                path: path.clone(),
+                message: e.to_string(),
+            })
         })?;
-        let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        sync_dir(data_dir)
+        let written = (|| {
+            let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            f.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
+            f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(before(e));
+        }
+        sync_dir(data_dir).map_err(|error| CommitError {
+            error,
+            maybe_saved: true,
+        })
+    }
+}
+
+/// A save that failed. `maybe_saved`: it failed after the new catalog replaced the
+/// old one (syncing the directory), so the new state may be what the next start
+/// loads, and the files it names must be kept.
+#[derive(Debug)]
+pub struct CommitError {
+    pub error: Error,
+    pub maybe_saved: bool,
+}
+
+impl From<CommitError> for Error {
+    fn from(e: CommitError) -> Self {
+        e.error
+    }
+}
+
+/// The catalog of a data directory, changed by transactions.
+#[derive(Debug)]
+pub struct Catalog {
+    dir: PathBuf,
+    state: Mutex<CatalogState>,
+}
+
+impl Catalog {
+    /// Loads the catalog of `data_dir`; a new directory gets its (empty) catalog
+    /// saved now, so that a crash during the first flush leaves one behind (or the
+    /// next start would find Parquet files without a catalog and refuse to start).
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let state = CatalogState::load(data_dir)?;
+        if !catalog_path(data_dir).exists() {
+            state.save(data_dir)?;
+        }
+        Ok(Self {
+            dir: data_dir.to_path_buf(),
+            state: Mutex::new(state),
+        })
+    }
+
+    /// Reads the current state.
+    pub fn read<T>(&self, f: impl FnOnce(&CatalogState) -> T) -> T {
+        f(&self.state.lock())
+    }
+
+    pub fn files(&self) -> Vec<ParquetFileMeta> {
+        self.read(|c| c.files.clone())
+    }
+
+    /// A new file id. Not saved until a commit names the file: a crash before it
+    /// leaves an orphan (removed at start) whose id may be given out again.
+    pub fn allocate_file_id(&self) -> u64 {
+        let mut c = self.state.lock();
+        let id = c.next_file_id;
+        c.next_file_id += 1;
+        id
+    }
+
+    /// Changes the catalog: `change` edits a copy (and may refuse by returning an
+    /// error), the copy is saved, and only then replaces the state. One transaction
+    /// at a time; readers see the old state until the new one is saved.
+    pub fn commit<T>(
+        &self,
+        change: impl FnOnce(&mut CatalogState) -> Result<T>,
+    ) -> std::result::Result<T, CommitError> {
+        let mut current = self.state.lock();
+        let mut next = current.clone();
+        let out = change(&mut next).map_err(|error| CommitError {
+            error,
+            maybe_saved: false,
+        })?;
+        // Ids handed out meanwhile stay handed out.
+        next.next_file_id = next.next_file_id.max(current.next_file_id);
+        next.save_reporting(&self.dir)?;
+        *current = next;
+        Ok(out)
     }
 }
 

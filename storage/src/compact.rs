@@ -22,23 +22,20 @@
 //! a higher sequence and wins, as it should.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fs::File;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, TimestampNanosecondArray};
 use arrow::compute::interleave_record_batch;
 use arrow::datatypes::{DataType, Decimal128Type, Field, Schema, SchemaRef};
-use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::catalog::{ParquetFileMeta, SeriesKey};
 use crate::dedupe::{capped_key_range, series_key};
 use crate::error::Error;
-use crate::flush::ParquetFileWriter;
+use crate::flush::writer_properties;
+use crate::parquet_store::{ParquetFileWriter, ParquetStore};
 use crate::schema::TIME_COLUMN;
 
 /// Most fresh files one merge takes (each is an open file and a batch in memory).
@@ -118,7 +115,8 @@ pub fn plan_compactions(
 
 /// What a merge needs besides its inputs.
 pub struct MergeSpec<'a> {
-    pub data_dir: &'a Path,
+    /// Where the inputs are and the outputs go.
+    pub store: &'a ParquetStore,
     pub table: &'a str,
     pub day: i64,
     /// The table's Arrow schema (float fields as `Float64`).
@@ -212,14 +210,8 @@ fn output_schema(
 ) -> std::result::Result<SchemaRef, MergeError> {
     let mut stored: HashMap<String, Vec<DataType>> = HashMap::new();
     for f in inputs {
-        let path = spec.data_dir.join(&f.path);
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::Parquet {
-                path: path.clone(),
-                source: e,
-            })?;
-        for field in builder.schema().fields() {
+        let meta = spec.store.metadata(&f.path, Some(f.size_bytes))?;
+        for field in meta.schema().fields() {
             stored
                 .entry(field.name().clone())
                 .or_default()
@@ -302,7 +294,7 @@ fn conform(
 
 /// One input being read in order.
 struct Cursor {
-    batches: Box<dyn Iterator<Item = std::result::Result<RecordBatch, ArrowError>> + Send>,
+    batches: Box<dyn Iterator<Item = crate::error::Result<RecordBatch>> + Send>,
     path: String,
     seq: u64,
     batch: RecordBatch,
@@ -430,17 +422,10 @@ impl Merge<'_, '_> {
 
     /// Opens an input at its first row; `None` if it is empty.
     fn open(&mut self, f: &ParquetFileMeta) -> std::result::Result<Option<Cursor>, MergeError> {
-        let path = self.spec.data_dir.join(&f.path);
-        let perr = |e| Error::Parquet {
-            path: path.clone(),
-            source: e,
-        };
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(perr)?
-            .with_batch_size(INPUT_BATCH_ROWS)
-            .build()
-            .map_err(perr)?;
+        let reader = self
+            .spec
+            .store
+            .open(&f.path, Some(f.size_bytes), INPUT_BATCH_ROWS)?;
         // A file records the key it is sorted by, a prefix of the table's (tags added
         // later are null in it); a table without tags sorts by time alone.
         let sorted = self.spec.sort_key.is_empty()
@@ -452,7 +437,7 @@ impl Merge<'_, '_> {
             // a file is one flush, bounded by the flush limits).
             let all = reader
                 .map(|b| {
-                    b.map_err(|e| Error::arrow(format!("reading {}", f.path), e).into())
+                    b.map_err(MergeError::from)
                         .and_then(|b| conform(&b, &self.out_schema))
                 })
                 .collect::<std::result::Result<Vec<_>, MergeError>>()?;
@@ -488,7 +473,7 @@ impl Merge<'_, '_> {
     /// Loads the cursor's next non-empty batch; false at the end of its input.
     fn load(&mut self, c: &mut Cursor) -> std::result::Result<bool, MergeError> {
         for b in c.batches.by_ref() {
-            let b = b.map_err(|e| Error::arrow(format!("reading {}", c.path), e))?;
+            let b = b?;
             if b.num_rows() == 0 {
                 continue;
             }
@@ -563,11 +548,11 @@ impl Merge<'_, '_> {
                 out.pending.clear();
                 if out.writer.is_none() {
                     let (id, rel) = (self.new_file)();
-                    let w = ParquetFileWriter::create(
-                        &self.spec.data_dir.join(&rel),
-                        Arc::clone(&self.out_schema),
-                        self.spec.sort_key,
-                    )?;
+                    let props = writer_properties(&self.out_schema, self.spec.sort_key);
+                    let w = self
+                        .spec
+                        .store
+                        .create(&rel, Arc::clone(&self.out_schema), props)?;
                     out.writer = Some((id, rel, w));
                     out.first_key = series_key(&batch, self.spec.sort_key, 0);
                 }
@@ -615,7 +600,9 @@ impl Merge<'_, '_> {
             }
         }
         for f in self.outputs.drain(..) {
-            let _ = std::fs::remove_file(self.spec.data_dir.join(&f.path));
+            if let Err(e) = self.spec.store.delete(&f.path) {
+                tracing::warn!(file = f.path, error = %e, "could not remove the output of a failed merge");
+            }
         }
     }
 }

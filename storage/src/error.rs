@@ -21,6 +21,12 @@ pub enum Error {
         #[source]
         source: parquet::errors::ParquetError,
     },
+    #[error("object store error on {path}: {source}")]
+    ObjectStore {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
     #[error("catalog {path} is corrupt: {message}")]
     CorruptCatalog { path: PathBuf, message: String },
     #[error("WAL segment {path} is corrupt at offset {offset}: {message}")]

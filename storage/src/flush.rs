@@ -1,21 +1,18 @@
 //! Persisting buffered data: sorted, deduplicated Parquet files, one per table and UTC day.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, BooleanArray, TimestampNanosecondArray};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
+use crate::parquet_store::ParquetStore;
 use crate::schema::TIME_COLUMN;
 
 pub const NANOS_PER_DAY: i64 = 86_400_000_000_000;
@@ -33,6 +30,11 @@ fn time_column(batch: &RecordBatch) -> Result<&TimestampNanosecondArray> {
 }
 
 /// Min and max of the time column.
+/// The time of each row, if the batch has a time column.
+pub(crate) fn time_values(batch: &RecordBatch) -> Option<&[i64]> {
+    time_column(batch).ok().map(|t| t.values().as_ref())
+}
+
 pub fn time_range(batch: &RecordBatch) -> Result<(i64, i64)> {
     let t = time_column(batch)?;
     let min = arrow::compute::min(t).unwrap_or(0);
@@ -173,94 +175,17 @@ pub fn writer_properties(schema: &Schema, tags: &[String]) -> WriterProperties {
     b.build()
 }
 
-/// A Parquet file being written: to a temporary name, renamed into place only once
-/// complete and synced, so a crash never leaves a half-written file under a name
-/// the catalog could reference.
-pub struct ParquetFileWriter {
-    path: PathBuf,
-    tmp: PathBuf,
-    writer: ArrowWriter<File>,
-}
-
-impl ParquetFileWriter {
-    pub fn create(path: &Path, schema: SchemaRef, tags: &[String]) -> Result<Self> {
-        let tmp = path.with_extension("parquet.tmp");
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let props = writer_properties(&schema, tags);
-        let writer =
-            ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| Error::Parquet {
-                path: tmp.clone(),
-                source: e,
-            })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            tmp,
-            writer,
-        })
-    }
-
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.writer.write(batch).map_err(|e| Error::Parquet {
-            path: self.tmp.clone(),
-            source: e,
-        })
-    }
-
-    /// Memory the writer holds for the row group in progress (encoded pages and
-    /// the buffers of the pages being built).
-    pub fn in_progress_bytes(&self) -> usize {
-        self.writer.memory_size()
-    }
-
-    /// Writes out the row group in progress, freeing its memory.
-    pub fn flush_row_group(&mut self) -> Result<()> {
-        self.writer.flush().map_err(|e| Error::Parquet {
-            path: self.tmp.clone(),
-            source: e,
-        })
-    }
-
-    /// Finishes the file, syncs it and renames it into place; returns its size. On
-    /// failure the temporary file is removed.
-    pub fn finish(self) -> Result<u64> {
-        let tmp = self.tmp.clone();
-        let path = self.path.clone();
-        let result = (|| {
-            let file = self.writer.into_inner().map_err(|e| Error::Parquet {
-                path: tmp.clone(),
-                source: e,
-            })?;
-            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-            let size = file.metadata().map_err(|e| Error::io(&tmp, e))?.len();
-            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-            Ok(size)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        let size = result?;
-        if let Some(dir) = path.parent() {
-            if let Err(e) = crate::wal::sync_dir(dir) {
-                // Not durably named: callers treat the file as never written.
-                let _ = std::fs::remove_file(&path);
-                return Err(e);
-            }
-        }
-        Ok(size)
-    }
-
-    /// Gives up on the file (removes the temporary file).
-    pub fn abandon(self) {
-        drop(self.writer);
-        let _ = std::fs::remove_file(&self.tmp);
-    }
-}
-
-/// Writes `batch` to `path` (through a temporary file and rename, then fsync), returns
-/// the file size.
-pub fn write_parquet(path: &Path, batch: &RecordBatch, tags: &[String]) -> Result<u64> {
+/// Writes `batch` as the Parquet file `path` of `store` (durable once this
+/// returns), returns the file size.
+pub fn write_parquet(
+    store: &ParquetStore,
+    path: &str,
+    batch: &RecordBatch,
+    tags: &[String],
+) -> Result<u64> {
     let batch = &encode_decimal_floats(batch)?;
-    let mut w = ParquetFileWriter::create(path, batch.schema(), tags)?;
+    let props = writer_properties(&batch.schema(), tags);
+    let mut w = store.create(path, batch.schema(), props)?;
     if let Err(e) = w.write(batch) {
         w.abandon();
         return Err(e);
@@ -268,21 +193,9 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch, tags: &[String]) -> Resul
     w.finish()
 }
 
-/// Reads a whole Parquet file (used by compaction).
-pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let perr = |e| Error::Parquet {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(perr)?
-        .with_batch_size(64 * 1024)
-        .build()
-        .map_err(perr)?;
-    reader
-        .map(|b| b.map_err(|e| Error::arrow(format!("reading {}", path.display()), e)))
-        .collect()
+/// Reads a whole Parquet file of `store` (tests, small files).
+pub fn read_parquet(store: &ParquetStore, path: &str) -> Result<Vec<RecordBatch>> {
+    store.open(path, None, 64 * 1024)?.collect()
 }
 
 #[cfg(test)]

@@ -11,16 +11,27 @@
 pub mod buffer;
 pub mod catalog;
 pub mod compact;
+mod compactor;
 pub mod dedupe;
 mod engine;
 mod error;
 pub mod flush;
 pub mod last_values;
 pub mod metrics;
+pub mod parquet_store;
+mod persister;
+mod problems;
+mod reaper;
+mod scheduler;
 pub mod schema;
+mod tables;
 pub mod wal;
+mod wal_writer;
 
-pub use engine::{Storage, StorageConfig, TableSnapshot, ValidatedWrite};
+pub use engine::{BufferedRows, SnapshotFile, Storage, StorageConfig, TableSnapshot};
 pub use error::{Error, Result};
+pub use parquet_store::ParquetStore;
+pub use scheduler::BackgroundJobs;
 pub use schema::{ColumnKind, FieldType, TableSchema, SEQ_COLUMN, TIME_COLUMN};
+pub use tables::{TableDescription, TableSchemas, ValidatedWrite};
 pub use vigil_model::{FieldValue, LineError, Point};

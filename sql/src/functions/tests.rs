@@ -23,13 +23,13 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Self {
-        Self::with_config(QueryConfig::default())
+    async fn new() -> Self {
+        Self::with_config(QueryConfig::default()).await
     }
 
-    fn with_config(config: QueryConfig) -> Self {
+    async fn with_config(config: QueryConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
         let engine = QueryEngine::new(Arc::clone(&storage), config).unwrap();
         Self {
             _dir: dir,
@@ -91,7 +91,7 @@ fn strings(b: &RecordBatch, col: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn time_bucket_matches_timescale_semantics() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     // 2026-11-25T13:00:00Z
     let t0 = 1_795_611_600 * S;
     f.write(&format!(
@@ -127,7 +127,7 @@ async fn time_bucket_matches_timescale_semantics() {
 
 #[tokio::test]
 async fn counter_functions_handle_resets_and_out_of_order_input() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     // Host a: 10, 15, reset to 3, 7 at 0/10/20/30 s, written out of order across a
     // flushed file and the buffer. Host b has one sample only.
     f.write("c,host=a v=3 20000000000\nc,host=a v=10 0\nc,host=b v=5 0")
@@ -165,7 +165,7 @@ async fn counter_functions_handle_resets_and_out_of_order_input() {
 
 #[tokio::test]
 async fn counter_rate_per_bucket_matches_a_plain_recomputation() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut expected: BTreeMap<(String, i64), Vec<(i64, f64)>> = BTreeMap::new();
     let mut lp = String::new();
@@ -223,7 +223,7 @@ async fn counter_rate_per_bucket_matches_a_plain_recomputation() {
 
 #[tokio::test]
 async fn first_last_skip_nulls_and_moving_average_slides() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     f.write("s,host=a x=1,y=10 1000\ns,host=a x=2 2000\ns,host=a x=3,y=30 3000\ns,host=a x=4 4000\ns,host=a x=5 5000")
         .await;
     let b = f
@@ -248,7 +248,7 @@ async fn first_last_skip_nulls_and_moving_average_slides() {
 
 #[tokio::test]
 async fn gapfill_inserts_missing_buckets_with_null_locf_and_interpolate() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     // Host a at minutes 0 and 3 (values 10, 40); host b at minute 1 (value 7).
     f.write(&format!(
         "g,host=a v=10 {}\ng,host=a v=40 {}\ng,host=b v=7 {}",
@@ -367,7 +367,7 @@ async fn gapfill_inserts_missing_buckets_with_null_locf_and_interpolate() {
 
 #[tokio::test]
 async fn relative_time_literals_work() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
     f.write(&format!(
         "r v=1 {}\nr v=2 {}",
@@ -391,7 +391,8 @@ async fn a_query_over_its_memory_limit_fails_alone() {
     let f = Fixture::with_config(QueryConfig {
         memory_limit_bytes: 256 << 10,
         ..QueryConfig::default()
-    });
+    })
+    .await;
     let mut lp = String::new();
     for i in 0..50_000 {
         lp.push_str(&format!("big,host=h{} v={i} {i}\n", i % 5000));
@@ -410,7 +411,7 @@ async fn a_query_over_its_memory_limit_fails_alone() {
 
 #[tokio::test]
 async fn explain_shows_files_pruned_by_time() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     for day in 0..3i64 {
         f.write(&format!("e,host=a v={day} {}", day * 86_400 * S))
             .await;
@@ -435,7 +436,7 @@ fn rows_text(b: &RecordBatch) -> String {
 
 #[tokio::test]
 async fn last_cache_serves_the_latest_row_per_series_and_follows_writes() {
-    let f = Fixture::new();
+    let f = Fixture::new().await;
     f.write("lv,host=a v=1 1\nlv,host=a v=2 2\nlv,host=b v=50 5")
         .await;
     f.storage.flush().await.unwrap();
@@ -460,7 +461,7 @@ async fn last_cache_serves_the_latest_row_per_series_and_follows_writes() {
 
 #[tokio::test]
 async fn last_cache_stays_right_under_concurrent_writes() {
-    let f = Arc::new(Fixture::new());
+    let f = Arc::new(Fixture::new().await);
     f.write("lc,host=h0 v=0 0").await;
     // Start the cache, then write from several tasks while querying it.
     f.query("SELECT * FROM last_cache('lc')").await;
@@ -500,7 +501,7 @@ async fn result_cache_hits_over_flushed_data_and_sees_late_writes_and_compaction
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = StorageConfig::new(dir.path());
     cfg.compaction_min_files = 2;
-    let storage = Storage::open(cfg).unwrap();
+    let storage = Storage::open(cfg).await.unwrap();
     let f = Fixture {
         engine: QueryEngine::new(Arc::clone(&storage), QueryConfig::default()).unwrap(),
         storage,

@@ -1,0 +1,405 @@
+//! The table schemas: which columns each table has and of which kind, the order its
+//! files are sorted by, and the checks every write goes through against them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use parking_lot::RwLock;
+use vigil_model::{LineError, Point};
+
+use crate::buffer::BatchBuilder;
+use crate::dedupe::sort_key_order;
+use crate::error::{Error, Result};
+use crate::schema::{ColumnKind, FieldType, TableSchema, TIME_COLUMN};
+
+/// Points checked against the schemas and turned into Arrow batches, ready to commit.
+#[derive(Debug, Default)]
+pub struct ValidatedWrite {
+    /// One or more batches per table (a sparse write is split), in line order.
+    pub tables: Vec<(String, RecordBatch)>,
+    pub accepted: usize,
+    /// The first rejected lines (up to the `max_errors` asked for), by line.
+    pub rejected: Vec<LineError>,
+    /// How many lines were rejected in all.
+    pub rejected_count: usize,
+}
+
+impl ValidatedWrite {
+    fn reject(&mut self, max_errors: usize, line: usize, reason: impl FnOnce() -> String) {
+        self.rejected_count += 1;
+        if self.rejected.len() < max_errors {
+            self.rejected.push(LineError {
+                line,
+                reason: reason(),
+            });
+        }
+    }
+}
+
+/// The schemas of all tables, with the limits that keep a careless or hostile
+/// writer from creating tables and columns without end.
+#[derive(Debug)]
+pub struct TableSchemas {
+    schemas: RwLock<HashMap<String, TableSchema>>,
+    max_tables: usize,
+    max_columns_per_table: usize,
+}
+
+/// What a query needs of a table's schema.
+#[derive(Debug, Clone)]
+pub struct TableDescription {
+    pub schema: SchemaRef,
+    pub tags: Vec<String>,
+    /// Every tag in the order files are sorted by (see [`TableSchema::full_sort_key`]).
+    pub sort_key: Vec<String>,
+}
+
+impl TableSchemas {
+    pub(crate) fn new(
+        tables: &BTreeMap<String, TableSchema>,
+        max_tables: usize,
+        max_columns_per_table: usize,
+    ) -> Self {
+        Self {
+            schemas: RwLock::new(tables.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            max_tables,
+            max_columns_per_table,
+        }
+    }
+
+    /// Adds the columns of a batch read back from the WAL that the schema lacks
+    /// (the catalog is saved at flushes only, the WAL at every write).
+    pub(crate) fn learn_columns(&self, table: &str, batch: &RecordBatch) {
+        let mut schemas = self.schemas.write();
+        let s = schemas.entry(table.to_string()).or_default();
+        for f in batch.schema().fields() {
+            if s.column(f.name()).is_none() {
+                if let Some(k) = kind_of(f.name(), f.data_type()) {
+                    s.add_column(f.name(), k);
+                }
+            }
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.schemas.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn contains(&self, table: &str) -> bool {
+        self.schemas.read().contains_key(table)
+    }
+
+    pub fn arrow_schema(&self, table: &str) -> Option<SchemaRef> {
+        self.schemas
+            .write()
+            .get_mut(table)
+            .map(|s| s.arrow_schema())
+    }
+
+    pub fn describe(&self, table: &str) -> Option<TableDescription> {
+        let mut s = self.schemas.write();
+        let ts = s.get_mut(table)?;
+        Some(TableDescription {
+            schema: ts.arrow_schema(),
+            tags: ts.tags().map(str::to_string).collect(),
+            sort_key: ts.full_sort_key(),
+        })
+    }
+
+    /// The schemas as the catalog keeps them (with their sort keys).
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, TableSchema> {
+        self.schemas
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The table's Arrow schema and its sort key, extended (and so fixed) by the
+    /// tags it lacks, taken together so that the key names no column the schema
+    /// lacks. New tags are ranked on `batches` before the lock is taken.
+    pub(crate) fn schema_and_sort_key(
+        &self,
+        table: &str,
+        batches: &[RecordBatch],
+    ) -> Result<(SchemaRef, Vec<String>)> {
+        let no_schema = || Error::FlushFailed {
+            table: table.to_string(),
+            message: "table has no schema".into(),
+        };
+        let missing = self
+            .schemas
+            .read()
+            .get(table)
+            .ok_or_else(no_schema)?
+            .unsorted_tags();
+        let ranked = if missing.is_empty() {
+            missing
+        } else {
+            sort_key_order(batches, &missing)
+        };
+        let mut s = self.schemas.write();
+        let ts = s.get_mut(table).ok_or_else(no_schema)?;
+        let key = ts.extend_sort_key(&ranked);
+        Ok((ts.arrow_schema(), key))
+    }
+
+    /// Checks points against the table schemas, adds new tables and columns, and
+    /// builds Arrow batches per table. Lines that conflict are rejected one by one.
+    pub fn validate<'a>(&self, points: Vec<(usize, Point<'a>)>) -> ValidatedWrite {
+        self.validate_capped(points, usize::MAX)
+    }
+
+    /// [`TableSchemas::validate`], keeping the reasons of the first `max_errors` rejected
+    /// lines only (the others are counted), so that a flood of bad lines cannot
+    /// build a reply larger than the request.
+    pub fn validate_capped<'a>(
+        &self,
+        points: Vec<(usize, Point<'a>)>,
+        max_errors: usize,
+    ) -> ValidatedWrite {
+        let mut out = ValidatedWrite::default();
+        let mut checked: Vec<Option<Vec<ColumnKind>>> = Vec::with_capacity(points.len());
+        let mut needs_write = false;
+        {
+            let schemas = self.schemas.read();
+            for (line, p) in &points {
+                match check_point(schemas.get(p.table.as_ref()), p) {
+                    Check::Ok(k) => checked.push(Some(k)),
+                    Check::NeedsNewColumns => {
+                        needs_write = true;
+                        break;
+                    }
+                    Check::Rejected(reason) => {
+                        out.reject(max_errors, *line, || reason);
+                        checked.push(None);
+                    }
+                }
+            }
+        }
+        if needs_write {
+            checked.clear();
+            out = ValidatedWrite::default();
+            let mut schemas = self.schemas.write();
+            for (line, p) in &points {
+                if p.table.is_empty() {
+                    out.reject(max_errors, *line, || "measurement name is empty".into());
+                    checked.push(None);
+                    continue;
+                }
+                let existing = schemas.get(p.table.as_ref());
+                match check_point(existing, p) {
+                    Check::Ok(k) => checked.push(Some(k)),
+                    Check::Rejected(reason) => {
+                        out.reject(max_errors, *line, || reason);
+                        checked.push(None);
+                    }
+                    Check::NeedsNewColumns => {
+                        if existing.is_none() && schemas.len() >= self.max_tables {
+                            out.reject(max_errors, *line, || {
+                                format!(
+                                    "table '{}' would exceed the limit of {} tables (storage.max_tables)",
+                                    p.table, self.max_tables
+                                )
+                            });
+                            checked.push(None);
+                            continue;
+                        }
+                        let have = existing.map_or(0, |s| s.column_count());
+                        let new = p
+                            .tags
+                            .iter()
+                            .map(|(k, _)| k)
+                            .chain(p.fields.iter().map(|(k, _)| k))
+                            .filter(|k| existing.and_then(|s| s.column(k)).is_none())
+                            .count();
+                        if have + new > self.max_columns_per_table {
+                            out.reject(max_errors, *line, || {
+                                format!(
+                                    "table '{}' would have {} columns, over the limit of {} (storage.max_columns_per_table)",
+                                    p.table,
+                                    have + new,
+                                    self.max_columns_per_table
+                                )
+                            });
+                            checked.push(None);
+                            continue;
+                        }
+                        let s = schemas.entry(p.table.to_string()).or_default();
+                        let mut kinds = Vec::with_capacity(p.fields.len());
+                        for (k, _) in &p.tags {
+                            if s.column(k).is_none() {
+                                s.add_column(k, ColumnKind::Tag);
+                            }
+                        }
+                        for (k, v) in &p.fields {
+                            let kind = ColumnKind::Field(FieldType::of(v));
+                            if s.column(k).is_none() {
+                                s.add_column(k, kind);
+                            }
+                            kinds.push(kind);
+                        }
+                        checked.push(Some(kinds));
+                    }
+                }
+            }
+        }
+        // Per table: finished batches, the batch being built, and its row count.
+        struct TableBuild {
+            name: String,
+            done: Vec<BatchBuilder>,
+            current: BatchBuilder,
+            rows: usize,
+        }
+        let mut builders: Vec<TableBuild> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for ((line, p), kinds) in points.iter().zip(&checked) {
+            let Some(kinds) = kinds else { continue };
+            let i = match index.get(p.table.as_ref()) {
+                Some(i) => *i,
+                None => {
+                    builders.push(TableBuild {
+                        name: p.table.to_string(),
+                        done: Vec::new(),
+                        current: BatchBuilder::default(),
+                        rows: 0,
+                    });
+                    index.insert(p.table.as_ref(), builders.len() - 1);
+                    builders.len() - 1
+                }
+            };
+            let t = &mut builders[i];
+            if t.rows >= crate::buffer::MAX_ROWS_PER_WRITE {
+                out.reject(max_errors, *line, || {
+                    format!(
+                        "more than {} rows for table '{}' in one request",
+                        crate::buffer::MAX_ROWS_PER_WRITE,
+                        p.table
+                    )
+                });
+                continue;
+            }
+            if !t.current.append(p, kinds) {
+                let full = std::mem::take(&mut t.current);
+                t.done.push(full);
+                let appended = t.current.append(p, kinds);
+                debug_assert!(appended, "an empty batch takes any point");
+            }
+            t.rows += 1;
+            out.accepted += 1;
+        }
+        for t in builders {
+            for b in t.done.into_iter().chain(std::iter::once(t.current)) {
+                if b.rows() == 0 {
+                    continue;
+                }
+                match b.finish() {
+                    Ok(batch) => out.tables.push((t.name.clone(), batch)),
+                    // Validated points always build; should one not, the whole
+                    // write fails rather than acknowledging lines it dropped.
+                    Err(e) => {
+                        out.tables.clear();
+                        out.rejected_count += out.accepted;
+                        out.accepted = 0;
+                        out.rejected.push(LineError {
+                            line: 0,
+                            reason: format!("could not build batch for table '{}': {e}", t.name),
+                        });
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Infers a column kind from an Arrow type written by [`BatchBuilder`].
+fn kind_of(name: &str, dt: &DataType) -> Option<ColumnKind> {
+    Some(match dt {
+        _ if name == TIME_COLUMN => ColumnKind::Time,
+        DataType::Dictionary(..) => ColumnKind::Tag,
+        DataType::Float64 => ColumnKind::Field(FieldType::Float),
+        DataType::Int64 => ColumnKind::Field(FieldType::Integer),
+        DataType::UInt64 => ColumnKind::Field(FieldType::UInteger),
+        DataType::Boolean => ColumnKind::Field(FieldType::Boolean),
+        DataType::Utf8 => ColumnKind::Field(FieldType::String),
+        _ => return None,
+    })
+}
+
+enum Check {
+    Ok(Vec<ColumnKind>),
+    NeedsNewColumns,
+    Rejected(String),
+}
+
+fn reserved(key: &str, what: &str) -> String {
+    if key == TIME_COLUMN {
+        format!("{what} key '{key}' is reserved: every table has a '{TIME_COLUMN}' column")
+    } else {
+        format!(
+            "{what} key '{key}' is reserved: names starting with '__' are vigil's internal columns"
+        )
+    }
+}
+
+/// Checks one point against a table schema. With `schema` = None the table is new.
+/// Keys given twice in one point (two tags, two fields, or a tag and a field of one
+/// name) are rejected by the parsers, which every input goes through; should one
+/// reach here, the batch builder keeps the first value.
+fn check_point(schema: Option<&TableSchema>, p: &Point<'_>) -> Check {
+    let mut new_cols = false;
+    for (k, _) in &p.tags {
+        if k == TIME_COLUMN || k.starts_with("__") {
+            return Check::Rejected(reserved(k, "tag"));
+        }
+        match schema.and_then(|s| s.column(k)) {
+            Some(ColumnKind::Tag) => {}
+            Some(ColumnKind::Field(t)) => {
+                return Check::Rejected(format!(
+                    "tag '{k}' conflicts with existing {} field '{k}' in table '{}'",
+                    t.name(),
+                    p.table
+                ))
+            }
+            Some(ColumnKind::Time) => unreachable!(),
+            None => new_cols = true,
+        }
+    }
+    let mut kinds = Vec::with_capacity(p.fields.len());
+    for (k, v) in &p.fields {
+        if k == TIME_COLUMN || k.starts_with("__") {
+            return Check::Rejected(reserved(k, "field"));
+        }
+        let t = FieldType::of(v);
+        match schema.and_then(|s| s.column(k)) {
+            Some(ColumnKind::Field(existing)) if existing == t => {}
+            Some(ColumnKind::Field(existing)) => {
+                return Check::Rejected(format!(
+                    "field '{k}' of table '{}' is {}, got {}",
+                    p.table,
+                    existing.name(),
+                    t.name()
+                ))
+            }
+            Some(ColumnKind::Tag) => {
+                return Check::Rejected(format!(
+                    "field '{k}' conflicts with existing tag '{k}' in table '{}'",
+                    p.table
+                ))
+            }
+            Some(ColumnKind::Time) => unreachable!(),
+            None => new_cols = true,
+        }
+        kinds.push(ColumnKind::Field(t));
+    }
+    if new_cols {
+        Check::NeedsNewColumns
+    } else {
+        Check::Ok(kinds)
+    }
+}
