@@ -227,14 +227,25 @@ impl Catalog {
         &self,
         change: impl FnOnce(&mut CatalogState) -> Result<T>,
     ) -> std::result::Result<T, CommitError> {
+        self.commit_if(|next| change(next).map(Some))
+            .map(|out| out.expect("the change always applies"))
+    }
+
+    /// [`Catalog::commit`] for a change that may turn out not to apply: `change`
+    /// returns `None` and nothing is saved.
+    pub fn commit_if<T>(
+        &self,
+        change: impl FnOnce(&mut CatalogState) -> Result<Option<T>>,
+    ) -> std::result::Result<Option<T>, CommitError> {
         let mut current = self.state.lock();
         let mut next = current.clone();
         let out = change(&mut next).map_err(|error| CommitError {
             error,
             maybe_saved: false,
         })?;
-        // Ids handed out meanwhile stay handed out.
-        next.next_file_id = next.next_file_id.max(current.next_file_id);
+        if out.is_none() {
+            return Ok(None);
+        }
         next.save_reporting(&self.dir)?;
         *current = next;
         Ok(out)

@@ -164,20 +164,20 @@ impl Compactor {
         };
         fail::fail_point!("compaction-before-commit");
         let ids: std::collections::HashSet<u64> = plan.inputs.iter().map(|f| f.id).collect();
-        let tables = self.schemas.snapshot();
-        let committed = self.catalog.commit(|next| {
+        let committed = self.catalog.commit_if(|next| {
             if next.files.iter().filter(|f| ids.contains(&f.id)).count() != ids.len() {
                 // Something else (retention) removed an input meanwhile.
-                return Ok(false);
+                return Ok(None);
             }
             next.files.retain(|f| !ids.contains(&f.id));
             next.files.extend(outputs.iter().cloned());
-            next.tables = tables;
-            Ok(true)
+            // The sort key may have been fixed by this compaction.
+            next.tables = self.schemas.snapshot();
+            Ok(Some(()))
         });
         match committed {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(Some(())) => {}
+            Ok(None) => {
                 discard(&outputs);
                 warn!(
                     table,

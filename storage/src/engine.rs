@@ -480,6 +480,42 @@ mod tests {
         }
     }
 
+    /// What a crash leaves (a file the catalog does not name, a staging file of an
+    /// interrupted write) is removed at start; what is not the engine's is not.
+    #[tokio::test]
+    async fn start_removes_orphans_and_interrupted_writes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        let w = s.validate(vec![(1, p("cpu", "a", "v", FieldValue::F64(1.0), 1))]);
+        s.commit(w.tables).await.unwrap();
+        s.flush().await.unwrap();
+        s.shutdown().await.unwrap();
+        drop(s);
+        let pq = dir.path().join("parquet");
+        std::fs::write(pq.join("00000000000000000099.parquet"), b"orphan").unwrap();
+        std::fs::write(pq.join("00000000000000000098.parquet#1"), b"staged").unwrap();
+        std::fs::create_dir_all(pq.join("mine")).unwrap();
+        std::fs::write(pq.join("mine/keep.parquet"), b"operator's").unwrap();
+        std::fs::write(pq.join("notes.txt"), b"operator's").unwrap();
+        let s = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&pq)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let catalogued = s.catalog.files()[0].path.clone();
+        assert_eq!(
+            left,
+            vec![
+                catalogued.trim_start_matches("parquet/").to_string(),
+                "mine".to_string(),
+                "notes.txt".to_string()
+            ]
+        );
+        assert!(pq.join("mine/keep.parquet").exists());
+        assert_eq!(rows(&s, "cpu"), 1);
+    }
+
     /// Settings for compaction tests: compact at `min_files` files, delete replaced
     /// files at once.
     fn compacting_config(dir: &std::path::Path, min_files: usize) -> StorageConfig {

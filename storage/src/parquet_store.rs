@@ -36,6 +36,8 @@ pub const LOCAL_STORE_URL: &str = "vigil://local/";
 /// and the size of each part: S3's smallest part. A compaction writes up to a file
 /// per window at once, and each holds this much.
 const UPLOAD_PART_BYTES: usize = 5 << 20;
+/// The same for a local store.
+const LOCAL_PART_BYTES: usize = 1 << 20;
 
 /// The object store holding a data directory's Parquet files, addressed by paths
 /// relative to the data directory (as the catalog records them).
@@ -107,7 +109,14 @@ impl ParquetStore {
         props: WriterProperties,
     ) -> Result<ParquetFileWriter> {
         let location = Self::location(path)?;
-        let sink = BufWriter::with_capacity(Arc::clone(&self.store), location, UPLOAD_PART_BYTES);
+        // A local store takes parts of any size: a small buffer per open file keeps a
+        // compaction writing a file per window within its memory bound.
+        let part = if self.local_root.is_some() {
+            LOCAL_PART_BYTES
+        } else {
+            UPLOAD_PART_BYTES
+        };
+        let sink = BufWriter::with_capacity(Arc::clone(&self.store), location, part);
         let writer =
             AsyncArrowWriter::try_new(sink, schema, Some(props)).map_err(|e| Error::Parquet {
                 path: PathBuf::from(path),
@@ -226,10 +235,14 @@ impl ParquetStore {
                     .is_some_and(|(_, s)| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                     || n.ends_with(".parquet.tmp")
             });
-            if staged {
+            if staged && p.is_file() {
                 tracing::warn!(file = %p.display(), "removing an interrupted write");
-                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-                removed += 1;
+                match std::fs::remove_file(&p) {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(file = %p.display(), error = %e, "could not remove an interrupted write")
+                    }
+                }
             }
         }
         Ok(removed)

@@ -29,6 +29,9 @@ pub(crate) fn parquet_file_path(id: u64) -> String {
     format!("{PARQUET_DIR}/{id:020}.parquet")
 }
 
+/// How long after a failed flush it is tried again when nothing new is written.
+const FAILED_FLUSH_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// When to flush.
 #[derive(Debug, Clone)]
 pub(crate) struct FlushLimits {
@@ -72,7 +75,10 @@ impl Persister {
     pub(crate) fn should_flush(&self) -> bool {
         let b = self.buffer.lock();
         if b.active_rows == 0 {
-            return false;
+            // A table whose flush failed keeps its rows (and the WAL) until a
+            // flush succeeds: retry it now and then even without new writes.
+            return !b.flushing.is_empty()
+                && self.last_flush.lock().elapsed() >= FAILED_FLUSH_RETRY;
         }
         b.active_rows >= self.limits.max_rows
             || b.active_bytes >= self.limits.max_bytes
@@ -134,8 +140,7 @@ impl Persister {
             }
         }
         fail::fail_point!("flush-before-commit");
-        let tables = self.schemas.snapshot();
-        let flushed_seq = self.catalog.commit(|next| {
+        let committed = self.catalog.commit(|next| {
             next.files.extend(new_files.iter().cloned());
             for t in &done {
                 next.table_flushed_seq.insert(t.clone(), rot.last_seq);
@@ -145,9 +150,24 @@ impl Persister {
                 let all = next.flushed_seq;
                 next.table_flushed_seq.retain(|_, s| *s > all);
             }
-            next.tables = tables;
+            next.tables = self.schemas.snapshot();
             Ok(next.flushed_seq)
-        })?;
+        });
+        let flushed_seq = match committed {
+            Ok(seq) => seq,
+            Err(e) => {
+                // Nothing names the files unless the save got as far as replacing
+                // the catalog: then they stay (the next start sorts it out).
+                if !e.maybe_saved {
+                    for f in &new_files {
+                        if let Err(err) = self.store.delete(&f.path) {
+                            warn!(file = f.path, error = %err, "could not remove the file of a failed flush");
+                        }
+                    }
+                }
+                return Err(e.into());
+            }
+        };
         self.persisted.send_replace(flushed_seq);
         self.buffer.lock().finish_flush(&done);
         self.compactor.update_gauges();

@@ -54,7 +54,10 @@ impl Reaper {
         };
         for path in due {
             if let Err(e) = self.store.delete(&path) {
-                warn!(file = path, error = %e, "could not delete a compacted file");
+                warn!(file = path, error = %e, "could not delete a compacted file; trying again later");
+                if !all {
+                    self.pending.lock().push((now + self.grace, path));
+                }
             }
         }
     }
@@ -66,10 +69,20 @@ impl Reaper {
             catalog.read(|c| c.files.iter().map(|f| f.path.clone()).collect());
         let mut removed = self.store.remove_staging_files(PARQUET_DIR)?;
         for (path, _) in self.store.list(PARQUET_DIR).await? {
-            if !known.contains(&path) {
-                warn!(file = path, "removing a file the catalog does not name");
-                self.store.remove(&path).await?;
-                removed += 1;
+            // Only the engine's own files: what an operator put in a subdirectory,
+            // or under another name, is left alone.
+            let own = path
+                .strip_prefix(PARQUET_DIR)
+                .and_then(|p| p.strip_prefix('/'))
+                .is_some_and(|name| !name.contains('/') && name.ends_with(".parquet"));
+            if !own || known.contains(&path) {
+                continue;
+            }
+            warn!(file = path, "removing a file the catalog does not name");
+            match self.store.remove(&path).await {
+                Ok(()) => removed += 1,
+                // Not fatal: an orphan is only wasted space.
+                Err(e) => warn!(file = path, error = %e, "could not remove an orphan file"),
             }
         }
         Ok(removed)

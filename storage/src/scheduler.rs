@@ -17,6 +17,7 @@ use crate::Storage;
 const FLUSH_CHECK: Duration = Duration::from_millis(500);
 
 /// The running jobs; [`BackgroundJobs::stop`] ends them.
+#[must_use = "the jobs stop when this is dropped"]
 pub struct BackgroundJobs {
     stop: watch::Sender<bool>,
     flusher: JoinHandle<()>,
@@ -26,6 +27,7 @@ pub struct BackgroundJobs {
 
 impl Storage {
     /// Starts the background jobs; compaction runs every `compaction_interval`.
+    #[must_use = "the jobs stop when the returned value is dropped"]
     pub fn start_jobs(self: &Arc<Self>, compaction_interval: Duration) -> BackgroundJobs {
         let (stop, _) = watch::channel(false);
         let flusher = tokio::spawn(flush_loop(Arc::clone(self), stop.subscribe()));
