@@ -599,11 +599,11 @@ impl Merge<'_, '_> {
                 writer.abandon();
             }
         }
-        for f in self.outputs.drain(..) {
-            if let Err(e) = self.spec.store.delete(&f.path) {
-                tracing::warn!(file = f.path, error = %e, "could not remove the output of a failed merge");
-            }
-        }
+        let outputs = std::mem::take(&mut self.outputs);
+        self.spec.store.discard(
+            outputs.iter().map(|f| f.path.as_str()),
+            "the output of a failed merge",
+        );
     }
 }
 

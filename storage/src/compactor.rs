@@ -156,11 +156,10 @@ impl Compactor {
             }
         };
         let discard = |outputs: &[ParquetFileMeta]| {
-            for o in outputs {
-                if let Err(e) = self.store.delete(&o.path) {
-                    warn!(file = o.path, error = %e, "could not remove the output of a dropped compaction");
-                }
-            }
+            self.store.discard(
+                outputs.iter().map(|o| o.path.as_str()),
+                "the output of a dropped compaction",
+            )
         };
         fail::fail_point!("compaction-before-commit");
         let ids: std::collections::HashSet<u64> = plan.inputs.iter().map(|f| f.id).collect();

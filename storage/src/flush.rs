@@ -193,11 +193,6 @@ pub fn write_parquet(
     w.finish()
 }
 
-/// Reads a whole Parquet file of `store` (tests, small files).
-pub fn read_parquet(store: &ParquetStore, path: &str) -> Result<Vec<RecordBatch>> {
-    store.open(path, None, 64 * 1024)?.collect()
-}
-
 #[cfg(test)]
 mod decimal_tests {
     use super::*;

@@ -202,6 +202,17 @@ impl ParquetStore {
         self.runtime.block_on(self.remove(path))
     }
 
+    /// Deletes files nothing names (the output of a write that was given up),
+    /// warning about those it cannot: left over, they are only wasted space and go
+    /// as orphans at the next start. From a blocking thread.
+    pub fn discard<'a>(&self, paths: impl IntoIterator<Item = &'a str>, what: &str) {
+        for path in paths {
+            if let Err(e) = self.delete(path) {
+                tracing::warn!(file = path, error = %e, "could not remove {what}");
+            }
+        }
+    }
+
     /// The files under `prefix` (relative to the data directory), with their sizes.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let location = Self::location(prefix)?;

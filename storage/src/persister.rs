@@ -130,11 +130,10 @@ impl Persister {
                 }
                 Err(e) => {
                     warn!(table, error = %e, "flushing table failed; its data stays in the buffer and the WAL");
-                    for f in written {
-                        if let Err(e) = self.store.delete(&f.path) {
-                            warn!(file = f.path, error = %e, "could not remove the file of a failed flush");
-                        }
-                    }
+                    self.store.discard(
+                        written.iter().map(|f| f.path.as_str()),
+                        "the file of a failed flush",
+                    );
                     failures.push((table.clone(), e.to_string()));
                 }
             }
@@ -159,11 +158,10 @@ impl Persister {
                 // Nothing names the files unless the save got as far as replacing
                 // the catalog: then they stay (the next start sorts it out).
                 if !e.maybe_saved {
-                    for f in &new_files {
-                        if let Err(err) = self.store.delete(&f.path) {
-                            warn!(file = f.path, error = %err, "could not remove the file of a failed flush");
-                        }
-                    }
+                    self.store.discard(
+                        new_files.iter().map(|f| f.path.as_str()),
+                        "the file of a failed flush",
+                    );
                 }
                 return Err(e.into());
             }
