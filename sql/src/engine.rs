@@ -922,6 +922,68 @@ mod tests {
         assert!(sum(&engine).await.contains("| 25 | 8036.0 |"));
     }
 
+    /// Field predicates on floats stored as decimals (pushed into the Parquet scan
+    /// and compared on the decimals) answer as comparisons of the floats do, at
+    /// and between stored values, and a newer value that replaced an old one in a
+    /// merge is what the predicate sees.
+    #[tokio::test]
+    async fn field_predicates_on_decimal_columns_compare_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        let engine = QueryEngine::new(Arc::clone(&storage), QueryConfig::default()).unwrap();
+        let mut values: Vec<f64> = (0..200).map(|t| t as f64 * 0.125 - 5.0).collect();
+        store(
+            &storage,
+            values
+                .iter()
+                .enumerate()
+                .map(|(t, v)| point("a", *v, t as i64))
+                .collect(),
+        )
+        .await;
+        storage.flush().await.unwrap();
+        async fn check(engine: &QueryEngine, values: &[f64]) {
+            for literal in [
+                10.0,
+                10.0625,
+                10.125,
+                -1.0,
+                0.0,
+                -5.0,
+                19.875,
+                30.0,
+                0.1 + 0.2,
+            ] {
+                for op in [">", ">=", "<", "<=", "=", "!="] {
+                    let want = values
+                        .iter()
+                        .filter(|v| match op {
+                            ">" => **v > literal,
+                            ">=" => **v >= literal,
+                            "<" => **v < literal,
+                            "<=" => **v <= literal,
+                            "=" => **v == literal,
+                            _ => **v != literal,
+                        })
+                        .count();
+                    let sql = format!("SELECT count(*) AS n FROM cpu WHERE usage {op} {literal:?}");
+                    let (_, b) = engine.sql(&sql).await.unwrap();
+                    let got = pretty_format_batches(&b).unwrap().to_string();
+                    assert!(
+                        got.contains(&format!("| {want} ")),
+                        "{sql}: want {want}\n{got}"
+                    );
+                }
+            }
+        }
+        check(&engine, &values).await;
+        // The buffer replaces t=120 (10.0): the file is merged there, and the old
+        // value must not match `usage = 10.0` any more.
+        store(&storage, vec![point("a", 0.5, 120)]).await;
+        values[120] = 0.5;
+        check(&engine, &values).await;
+    }
+
     /// A backfill written host by host makes files that overlap in time but not in
     /// series: they are read without merging. Files that share a series are merged
     /// (not sorted: they are in the table's order), last write winning, also after

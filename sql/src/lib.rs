@@ -6,6 +6,7 @@
 //! [`QueryEngine`] owns the session configuration (memory limit, timeout) that every
 //! front end (HTTP, CLI, later Flight SQL and pgwire) shares.
 
+mod decimal_predicate;
 mod dedupe;
 mod engine;
 mod error;

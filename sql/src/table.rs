@@ -33,6 +33,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use vigil_storage::catalog::{ParquetFileMeta, SeriesKey};
 use vigil_storage::{SnapshotFile, Storage, TableSnapshot, SEQ_COLUMN, TIME_COLUMN};
 
+use crate::decimal_predicate::DecimalPredicateAdapterFactory;
 use crate::dedupe::DeduplicateExec;
 use crate::scan::{ScanSummary, VigilScanExec};
 use crate::time_range::TimeRange;
@@ -183,7 +184,8 @@ impl VigilTable {
         }
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
-            .with_schema(Arc::clone(schema));
+            .with_schema(Arc::clone(schema))
+            .with_expr_adapter_factory(Arc::new(DecimalPredicateAdapterFactory));
         let table = ListingTable::try_new(config)?;
         LogicalPlanBuilder::scan(&self.name, provider_as_source(Arc::new(table)), None)?.build()
     }
@@ -250,7 +252,7 @@ impl TableProvider for VigilTable {
 
         // Filters on tags and time only can run below deduplication: they select whole
         // (series, time) keys. Filters on fields must not (they could unmask an older
-        // value), so DataFusion applies them above this scan.
+        // value): on merged chunks DataFusion applies them above this scan.
         let key_set: HashSet<&str> = snap
             .tags
             .iter()
@@ -267,6 +269,10 @@ impl TableProvider for VigilTable {
             .cloned()
             .collect();
         let key_filter = conjunction(key_filters);
+        // Rows read without a merge are the only version of their (series, time):
+        // every filter, fields too, can run while their Parquet is decoded, so the
+        // other columns are decoded only for rows that match (`high-cpu-all`).
+        let plain_filter = conjunction(filters.to_vec());
 
         // The query was planned against the table as it was (`self.schema`, kept by
         // prepared statements); the merge reads it as it is now (`snap.schema`: a
@@ -346,7 +352,7 @@ impl TableProvider for VigilTable {
                             provider_as_source(Arc::new(mem)),
                             None,
                         )?;
-                        if let Some(f) = &key_filter {
+                        if let Some(f) = &plain_filter {
                             b = b.filter(f.clone())?;
                         }
                         plain_parts.push(b.project(out_cols.clone())?.build()?);
@@ -409,7 +415,7 @@ impl TableProvider for VigilTable {
                             // where it meets a file, as files do.
                             (Some(w), true) => {
                                 let mut outside = datafusion::logical_expr::not(w.clone());
-                                if let Some(f) = &key_filter {
+                                if let Some(f) = &plain_filter {
                                     outside = outside.and(f.clone());
                                 }
                                 summary.partly_merged_files += 1;
@@ -432,7 +438,7 @@ impl TableProvider for VigilTable {
                         let (meta, path) = (&file.meta, file.url.as_str());
                         if let (Some(w), false) = (&in_windows, whole) {
                             let mut outside = datafusion::logical_expr::not(w.clone());
-                            if let Some(f) = &key_filter {
+                            if let Some(f) = &plain_filter {
                                 outside = outside.and(f.clone());
                             }
                             summary.partly_merged_files += 1;
@@ -538,7 +544,7 @@ impl TableProvider for VigilTable {
         if !plain_files.is_empty() {
             let refs: Vec<&str> = plain_files.iter().map(String::as_str).collect();
             let mut b = LogicalPlanBuilder::from(self.listing(&refs, &self.schema, None)?);
-            if let Some(f) = &key_filter {
+            if let Some(f) = &plain_filter {
                 b = b.filter(f.clone())?;
             }
             plain_parts.push(b.project(out_cols)?.build()?);

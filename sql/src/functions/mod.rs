@@ -8,6 +8,7 @@ mod gapfill;
 mod moving_average;
 #[cfg(test)]
 mod tests;
+mod utc_date_trunc;
 
 use std::sync::Arc;
 
@@ -52,6 +53,7 @@ pub(crate) fn with_planner(builder: SessionStateBuilder) -> SessionStateBuilder 
 /// Registers every time-series function and the gap-filling rule in `ctx`.
 pub(crate) fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(bucket::TimeBucket::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(utc_date_trunc::UtcDateTrunc::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(DateBinGapfill::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(FillFunction::new(Fill::Locf)));
     ctx.register_udf(ScalarUDF::new_from_impl(FillFunction::new(
