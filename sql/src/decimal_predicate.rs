@@ -128,7 +128,11 @@ impl DecimalPredicateAdapter {
 
 fn float_literal(expr: &Arc<dyn PhysicalExpr>) -> Option<f64> {
     match expr.downcast_ref::<Literal>()?.value() {
-        ScalarValue::Float64(Some(v)) if v.is_finite() => Some(*v),
+        // -0.0 is left to DataFusion, which may treat it as 0.0 or order it
+        // before 0.0 depending on the operator.
+        ScalarValue::Float64(Some(v)) if v.is_finite() && !(*v == 0.0 && v.is_sign_negative()) => {
+            Some(*v)
+        }
         _ => None,
     }
 }
@@ -158,19 +162,23 @@ impl DecimalBounds {
             let f = f.as_primitive::<Float64Type>();
             (!f.is_null(0)).then(|| f.value(0))
         };
+        // Arrow compares floats in IEEE total order (-0.0 < 0.0), and so must the
+        // bounds.
+        let cmp = |d: i128| to_float(d).map(|f| f.total_cmp(&value));
+        use std::cmp::Ordering::{Equal, Greater};
         let mut at_most = guess as i128;
         // The guess is off by rounding only; a few steps settle it.
         for _ in 0..64 {
-            if to_float(at_most)? > value {
+            if cmp(at_most)? == Greater {
                 at_most -= 1;
-            } else if to_float(at_most + 1)? <= value {
+            } else if cmp(at_most + 1)? != Greater {
                 at_most += 1;
             } else {
-                let at_least = if to_float(at_most)? == value {
+                let at_least = if cmp(at_most)? == Equal {
                     // The smallest decimal that casts to `value` (several may).
                     let mut j = at_most;
                     for _ in 0..64 {
-                        if to_float(j - 1)? == value {
+                        if cmp(j - 1)? == Equal {
                             j -= 1;
                         } else {
                             return Some(Self {
@@ -193,6 +201,8 @@ impl DecimalBounds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::arrow::array::{BooleanArray, Float64Array};
+    use datafusion::arrow::compute::kernels::cmp::{eq, gt, gt_eq, lt, lt_eq};
 
     fn cast_value(d: i128, p: u8, s: i8) -> f64 {
         let a = Decimal128Array::from(vec![d])
@@ -228,16 +238,88 @@ mod tests {
                 };
                 let mid = (value * 10f64.powi(s as i32)).round() as i128;
                 for d in mid - 50..mid + 50 {
-                    let f = cast_value(d, p, s);
-                    assert_eq!(f > value, d > b.at_most, "{d} > {value} ({p},{s})");
-                    assert_eq!(f <= value, d <= b.at_most, "{d} <= {value}");
-                    assert_eq!(f >= value, d >= b.at_least, "{d} >= {value}");
-                    assert_eq!(f < value, d < b.at_least, "{d} < {value}");
+                    // What Arrow's comparison kernels decide on the cast value.
+                    let f = Float64Array::from(vec![cast_value(d, p, s)]);
+                    let l = Float64Array::new_scalar(value);
+                    let holds = |r: BooleanArray| r.value(0);
+                    assert_eq!(
+                        holds(gt(&f, &l).unwrap()),
+                        d > b.at_most,
+                        "{d} > {value} ({p},{s})"
+                    );
+                    assert_eq!(
+                        holds(lt_eq(&f, &l).unwrap()),
+                        d <= b.at_most,
+                        "{d} <= {value}"
+                    );
+                    assert_eq!(
+                        holds(gt_eq(&f, &l).unwrap()),
+                        d >= b.at_least,
+                        "{d} >= {value}"
+                    );
+                    assert_eq!(holds(lt(&f, &l).unwrap()), d < b.at_least, "{d} < {value}");
                     if b.at_least == b.at_most {
-                        assert_eq!(f == value, d == b.at_least, "{d} = {value}");
+                        assert_eq!(holds(eq(&f, &l).unwrap()), d == b.at_least, "{d} = {value}");
                     }
                 }
             }
+        }
+    }
+
+    fn adapter() -> DecimalPredicateAdapter {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let logical = Arc::new(Schema::new(vec![Field::new("v", DataType::Float64, true)]));
+        let physical = Arc::new(Schema::new(vec![Field::new(
+            "v",
+            DataType::Decimal128(18, 3),
+            true,
+        )]));
+        DecimalPredicateAdapter {
+            inner: DefaultPhysicalExprAdapterFactory
+                .create(logical, Arc::clone(&physical))
+                .unwrap(),
+            physical_file_schema: physical,
+        }
+    }
+
+    /// The adapter turns `v > 90.0` and `90.0 < v` (the literal on either side)
+    /// into a comparison with the decimal 90.000; what it cannot write exactly
+    /// (an equality no decimal casts to, -0.0, NaN) keeps the cast.
+    #[test]
+    fn rewrites_comparisons_with_the_literal_on_either_side() {
+        let col = || -> Arc<dyn PhysicalExpr> { Arc::new(Column::new("v", 0)) };
+        let f = |v: f64| -> Arc<dyn PhysicalExpr> {
+            Arc::new(Literal::new(ScalarValue::Float64(Some(v))))
+        };
+        let rewrite = |e: BinaryExpr| adapter().rewrite(Arc::new(e)).unwrap().to_string();
+        assert_eq!(
+            rewrite(BinaryExpr::new(col(), Operator::Gt, f(90.0))),
+            "v@0 > 90.000"
+        );
+        assert_eq!(
+            rewrite(BinaryExpr::new(f(90.0), Operator::Lt, col())),
+            "v@0 > 90.000"
+        );
+        assert_eq!(
+            rewrite(BinaryExpr::new(col(), Operator::GtEq, f(90.0005))),
+            "v@0 >= 90.001"
+        );
+        assert_eq!(
+            rewrite(BinaryExpr::new(col(), Operator::LtEq, f(-0.0005))),
+            "v@0 <= -0.001"
+        );
+        assert_eq!(
+            rewrite(BinaryExpr::new(col(), Operator::Eq, f(1.5))),
+            "v@0 = 1.500"
+        );
+        for kept in [
+            BinaryExpr::new(col(), Operator::Eq, f(1.0005)),
+            BinaryExpr::new(col(), Operator::Gt, f(f64::NAN)),
+            BinaryExpr::new(col(), Operator::Gt, f(1e300)),
+            BinaryExpr::new(col(), Operator::Gt, f(-0.0)),
+        ] {
+            let out = rewrite(kept);
+            assert!(out.contains("CAST"), "{out}");
         }
     }
 

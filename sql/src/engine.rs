@@ -924,14 +924,15 @@ mod tests {
 
     /// Field predicates on floats stored as decimals (pushed into the Parquet scan
     /// and compared on the decimals) answer as comparisons of the floats do, at
-    /// and between stored values, and a newer value that replaced an old one in a
+    /// and between stored values, with the literal on either side; and a newer value that replaced an old one in a
     /// merge is what the predicate sees.
     #[tokio::test]
     async fn field_predicates_on_decimal_columns_compare_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
         let engine = QueryEngine::new(Arc::clone(&storage), QueryConfig::default()).unwrap();
-        let mut values: Vec<f64> = (0..200).map(|t| t as f64 * 0.125 - 5.0).collect();
+        // -5.0, -4.9, ... 14.9: one decimal, not exact in binary.
+        let mut values: Vec<f64> = (0..200).map(|t| (t - 50) as f64 / 10.0).collect();
         store(
             &storage,
             values
@@ -942,46 +943,126 @@ mod tests {
         )
         .await;
         storage.flush().await.unwrap();
+        let file = storage.snapshot("cpu").unwrap().files[0].meta.path.clone();
+        let stored =
+            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(dir.path().join(file)).unwrap(),
+            )
+            .unwrap()
+            .schema()
+            .field_with_name("usage")
+            .unwrap()
+            .data_type()
+            .clone();
+        assert_eq!(
+            stored,
+            datafusion::arrow::datatypes::DataType::Decimal128(18, 1)
+        );
         async fn check(engine: &QueryEngine, values: &[f64]) {
+            use std::cmp::Ordering::*;
             for literal in [
                 10.0,
-                10.0625,
-                10.125,
+                10.05,
+                10.1,
                 -1.0,
                 0.0,
+                -0.0,
                 -5.0,
-                19.875,
+                14.9,
                 30.0,
+                0.3,
                 0.1 + 0.2,
             ] {
-                for op in [">", ">=", "<", "<=", "=", "!="] {
+                for (op, flipped) in [
+                    (">", "<"),
+                    (">=", "<="),
+                    ("<", ">"),
+                    ("<=", ">="),
+                    ("=", "="),
+                    ("!=", "!="),
+                ] {
+                    // DataFusion compares a -0.0 literal as 0.0.
+                    let as_compared = if literal == 0.0 { 0.0 } else { literal };
                     let want = values
                         .iter()
-                        .filter(|v| match op {
-                            ">" => **v > literal,
-                            ">=" => **v >= literal,
-                            "<" => **v < literal,
-                            "<=" => **v <= literal,
-                            "=" => **v == literal,
-                            _ => **v != literal,
+                        .filter(|v| {
+                            let o = v.total_cmp(&as_compared);
+                            match op {
+                                ">" => o == Greater,
+                                ">=" => o != Less,
+                                "<" => o == Less,
+                                "<=" => o != Greater,
+                                "=" => o == Equal,
+                                _ => o != Equal,
+                            }
                         })
                         .count();
-                    let sql = format!("SELECT count(*) AS n FROM cpu WHERE usage {op} {literal:?}");
-                    let (_, b) = engine.sql(&sql).await.unwrap();
-                    let got = pretty_format_batches(&b).unwrap().to_string();
-                    assert!(
-                        got.contains(&format!("| {want} ")),
-                        "{sql}: want {want}\n{got}"
-                    );
+                    for sql in [
+                        format!("SELECT count(*) AS n FROM cpu WHERE usage {op} {literal:?}"),
+                        format!("SELECT count(*) AS n FROM cpu WHERE {literal:?} {flipped} usage"),
+                    ] {
+                        let (_, b) = engine.sql(&sql).await.unwrap();
+                        let got = pretty_format_batches(&b).unwrap().to_string();
+                        assert!(
+                            got.contains(&format!("| {want} ")),
+                            "{sql}: want {want}\n{got}"
+                        );
+                    }
                 }
             }
         }
         check(&engine, &values).await;
-        // The buffer replaces t=120 (10.0): the file is merged there, and the old
+        // The buffer replaces t=150 (10.0): the file is merged there, and the old
         // value must not match `usage = 10.0` any more.
-        store(&storage, vec![point("a", 0.5, 120)]).await;
-        values[120] = 0.5;
+        store(&storage, vec![point("a", 0.5, 150)]).await;
+        values[150] = 0.5;
         check(&engine, &values).await;
+    }
+
+    /// Files written host by host cover the same times and share only the host at
+    /// their boundary: only that host's rows are merged (the rest of each file is
+    /// read as it is), and its newer write wins.
+    #[tokio::test]
+    async fn host_ordered_files_merge_only_the_host_they_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        let engine = QueryEngine::new(Arc::clone(&storage), QueryConfig::default()).unwrap();
+        let mut first: Vec<Point<'static>> = (0..10).map(|t| point("a", 1.0, t)).collect();
+        first.extend((0..5).map(|t| point("b", 2.0, t)));
+        store(&storage, first).await;
+        storage.flush().await.unwrap();
+        let mut second: Vec<Point<'static>> = (4..10).map(|t| point("b", 20.0, t)).collect();
+        second.extend((0..10).map(|t| point("c", 3.0, t)));
+        store(&storage, second).await;
+        storage.flush().await.unwrap();
+
+        let (_, b) = engine
+            .sql("EXPLAIN ANALYZE SELECT count(*) AS n, sum(usage) AS s FROM cpu")
+            .await
+            .unwrap();
+        let plan = pretty_format_batches(&b).unwrap().to_string();
+        assert!(plan.contains("deduplicated chunks=2"), "{plan}");
+        assert!(plan.contains("merged only where they meet 2"), "{plan}");
+        // b's rows of both files: 5 + 6 in, 10 out (b@4 written twice).
+        let dedupe = plan
+            .lines()
+            .find(|l| l.contains("DeduplicateExec"))
+            .unwrap_or_else(|| panic!("{plan}"));
+        assert!(dedupe.contains("output_rows=10"), "{dedupe}");
+        assert!(dedupe.contains("duplicates_removed=1"), "{dedupe}");
+        let (_, b) = engine
+            .sql("SELECT count(*) AS n, sum(usage) AS s FROM cpu")
+            .await
+            .unwrap();
+        // a: 10 x 1, b: 4 x 2 + 6 x 20, c: 10 x 3.
+        let got = pretty_format_batches(&b).unwrap().to_string();
+        assert!(got.contains("| 30 | 168.0 |"), "{got}");
+        let (_, b) = engine
+            .sql("SELECT usage FROM cpu WHERE host = 'b' AND time = arrow_cast(4, 'Timestamp(Nanosecond, Some(\"UTC\"))')")
+            .await
+            .unwrap();
+        let got = pretty_format_batches(&b).unwrap().to_string();
+        assert!(got.contains("| 20.0  |"), "{got}");
     }
 
     /// A backfill written host by host makes files that overlap in time but not in

@@ -90,6 +90,28 @@ struct Chunk {
 }
 
 impl Chunk {
+    /// Where this chunk and an overlapping one may hold the same (series, time).
+    fn meet(&self, other: &Chunk) -> Meet {
+        let key0 = match (&self.keys, &other.keys) {
+            (Some((a_lo, a_hi)), Some((b_lo, b_hi))) => {
+                // Nulls sort first: a chunk whose first key starts with a value has
+                // no null in that column.
+                match (a_lo.first(), a_hi.first(), b_lo.first(), b_hi.first()) {
+                    (Some(Some(a_lo)), Some(Some(a_hi)), Some(Some(b_lo)), Some(Some(b_hi))) => {
+                        Some((a_lo.max(b_lo).clone(), a_hi.min(b_hi).clone()))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        Meet {
+            min: self.min.max(other.min),
+            max: self.max.min(other.max),
+            key0,
+        }
+    }
+
     /// Whether the two chunks may hold the same (series, time).
     fn overlaps(&self, other: &Chunk) -> bool {
         if self.min > other.max || other.min > self.max {
@@ -367,38 +389,19 @@ impl TableProvider for VigilTable {
             // written in time order, which touch only at their edges, are merged
             // only there. (The buffer is not deduplicated within itself: all of it
             // goes through the merge.)
-            let windows: Vec<Vec<(i64, i64)>> = (0..group.len())
+            let windows: Vec<Vec<Meet>> = (0..group.len())
                 .map(|i| {
                     let meets = (0..group.len())
                         .filter(|j| *j != i && group[i].overlaps(&group[*j]))
-                        .map(|j| {
-                            (
-                                group[i].min.max(group[j].min),
-                                group[i].max.min(group[j].max),
-                            )
-                        });
-                    union_of(meets)
+                        .map(|j| group[i].meet(&group[j]));
+                    merge_meets(meets)
                 })
                 .collect();
+            let key0 = snap.sort_key.first().map(String::as_str);
             let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
             for (chunk, windows) in group.into_iter().zip(windows) {
-                let in_windows =
-                    windows
-                        .iter()
-                        .map(|(a, b)| {
-                            ident(TIME_COLUMN)
-                                .gt_eq(lit(ScalarValue::TimestampNanosecond(
-                                    Some(*a),
-                                    Some("UTC".into()),
-                                )))
-                                .and(ident(TIME_COLUMN).lt_eq(lit(
-                                    ScalarValue::TimestampNanosecond(Some(*b), Some("UTC".into())),
-                                )))
-                        })
-                        .reduce(Expr::or);
-                let whole = windows.first().map(|w| w.0) <= Some(chunk.min)
-                    && windows.last().map(|w| w.1) >= Some(chunk.max)
-                    && windows.len() == 1;
+                let in_windows = windows.iter().map(|m| m.to_expr(key0)).reduce(Expr::or);
+                let whole = windows.iter().any(|m| m.covers(&chunk));
                 let plan = match chunk.kind {
                     ChunkKind::Buffer {
                         batches,
@@ -560,18 +563,81 @@ impl TableProvider for VigilTable {
     }
 }
 
-/// The union of closed intervals, sorted and merged.
-fn union_of(intervals: impl Iterator<Item = (i64, i64)>) -> Vec<(i64, i64)> {
-    let mut v: Vec<(i64, i64)> = intervals.collect();
-    v.sort_unstable();
-    let mut out: Vec<(i64, i64)> = Vec::with_capacity(v.len());
-    for (a, b) in v {
-        match out.last_mut() {
-            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
+/// Where two chunks may hold the same (series, time): a closed time interval
+/// and, when both chunks know their series-key range and it starts with a
+/// non-null value, the closed range of the first sort-key column both share.
+/// Files written host by host share all of their time but only the host at their
+/// boundary, so only that host's rows are merged.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Meet {
+    min: i64,
+    max: i64,
+    key0: Option<(String, String)>,
+}
+
+impl Meet {
+    /// Whether every row of `chunk` is in this window.
+    fn covers(&self, chunk: &Chunk) -> bool {
+        if self.min > chunk.min || self.max < chunk.max {
+            return false;
+        }
+        let Some((lo, hi)) = &self.key0 else {
+            return true;
+        };
+        match &chunk.keys {
+            Some((c_lo, c_hi)) => match (c_lo.first(), c_hi.first()) {
+                (Some(Some(c_lo)), Some(Some(c_hi))) => lo <= c_lo && c_hi <= hi,
+                _ => false,
+            },
+            None => false,
         }
     }
-    out
+
+    /// The rows of a chunk in this window. A row whose first key column is null
+    /// counts as inside (so the expression is never null and its negation selects
+    /// exactly the rows outside).
+    fn to_expr(&self, key0: Option<&str>) -> Expr {
+        let ts = |t: i64| {
+            lit(ScalarValue::TimestampNanosecond(
+                Some(t),
+                Some("UTC".into()),
+            ))
+        };
+        let in_time = ident(TIME_COLUMN)
+            .gt_eq(ts(self.min))
+            .and(ident(TIME_COLUMN).lt_eq(ts(self.max)));
+        match (&self.key0, key0) {
+            (Some((lo, hi)), Some(column)) => in_time.and(
+                ident(column).is_null().or(ident(column)
+                    .gt_eq(lit(lo.as_str()))
+                    .and(ident(column).lt_eq(lit(hi.as_str())))),
+            ),
+            _ => in_time,
+        }
+    }
+}
+
+/// Meets with their time windows merged where they touch; meets restricted by key
+/// are kept as they are (a few per chunk), unless an unrestricted one covers them.
+fn merge_meets(meets: impl Iterator<Item = Meet>) -> Vec<Meet> {
+    let mut v: Vec<Meet> = meets.collect();
+    v.sort_unstable();
+    v.dedup();
+    let mut whole: Vec<Meet> = Vec::new();
+    let mut keyed: Vec<Meet> = Vec::new();
+    for m in v {
+        if m.key0.is_some() {
+            keyed.push(m);
+            continue;
+        }
+        match whole.last_mut() {
+            Some(last) if m.min <= last.max.saturating_add(1) => last.max = last.max.max(m.max),
+            _ => whole.push(m),
+        }
+    }
+    keyed.retain(|k| !whole.iter().any(|w| w.min <= k.min && w.max >= k.max));
+    whole.extend(keyed);
+    whole
 }
 
 /// Splits chunks that overlap in time into groups that may share a (series,

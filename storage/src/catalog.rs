@@ -141,6 +141,14 @@ impl CatalogState {
             maybe_saved: false,
         };
         let path = catalog_path(data_dir);
+        // Tests make the saves of one data directory fail, before anything is
+        // written: `catalog-save=return(<data dir>)`.
+        if fail::eval("catalog-save", |dir| dir.as_deref() == data_dir.to_str()) == Some(true) {
+            return Err(before(Error::io(
+                &path,
+                std::io::Error::other("catalog-save failpoint"),
+            )));
+        }
         let tmp = data_dir.join(format!("{CATALOG_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| {
             before(Error::CorruptCatalog {

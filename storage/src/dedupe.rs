@@ -65,43 +65,38 @@ pub fn sort_dedupe(
 /// for one series down to a page. Tags that depend on that tag (region, rack...)
 /// stay constant within its runs and still compress to almost nothing.
 ///
-/// Counted on rows sampled evenly over all of `batches`, not on the first ones:
-/// a backfill written host by host has only a few hosts in its first rows, where
-/// a tag such as the data centre would tie with the host name and win on name
-/// order, and page statistics could then no longer find one host (measured: a
-/// one-host query decoded every page). Ties keep name order.
+/// Counted exactly over all of `batches` (the dictionary keys each batch uses),
+/// not on a sample: a backfill written host by host has only a few hosts in its
+/// first rows, and rows sampled at a fixed stride can all fall on one host of
+/// interleaved writes. Either way a tag such as the data centre would tie with the
+/// host name and win on name order, and page statistics could then no longer find
+/// one host (measured: a one-host query decoded every page). Ties keep name order.
 pub fn sort_key_order(batches: &[RecordBatch], tags: &[String]) -> Vec<String> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Int32Type;
-    const SAMPLE_ROWS: usize = 1 << 16;
-    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let stride = total.div_ceil(SAMPLE_ROWS).max(1);
     let mut counted: Vec<(usize, &String)> = tags
         .iter()
         .map(|tag| {
             let mut seen = std::collections::HashSet::new();
-            // Global index of the next sampled row.
-            let mut next = 0;
-            let mut offset = 0;
             for b in batches {
-                let rows = b.num_rows();
-                let dict = b
+                let Some(dict) = b
                     .column_by_name(tag)
-                    .and_then(|c| c.as_dictionary_opt::<Int32Type>());
-                if let Some(dict) = dict {
-                    let values = dict.values().as_string::<i32>();
-                    let keys = dict.keys();
-                    while next < offset + rows {
-                        let i = next - offset;
-                        if keys.is_valid(i) {
-                            seen.insert(values.value(keys.value(i) as usize));
-                        }
-                        next += stride;
+                    .and_then(|c| c.as_dictionary_opt::<Int32Type>())
+                else {
+                    continue;
+                };
+                let values = dict.values().as_string::<i32>();
+                let mut used = vec![false; values.len()];
+                for k in dict.keys().iter().flatten() {
+                    // Keys of a valid dictionary array index its values.
+                    if let Some(u) = used.get_mut(k as usize) {
+                        *u = true;
                     }
                 }
-                offset += rows;
-                while next < offset {
-                    next += stride;
+                for (i, _) in used.iter().enumerate().filter(|(_, u)| **u) {
+                    if values.is_valid(i) {
+                        seen.insert(values.value(i));
+                    }
                 }
             }
             (seen.len(), tag)
@@ -227,6 +222,27 @@ mod tests {
             batches.push(b);
         }
         let order = sort_key_order(&batches, &["dc".to_string(), "host".to_string()]);
+        assert_eq!(order, ["host", "dc"]);
+    }
+
+    /// Interleaved writes (one row per host per timestamp, hosts in a fixed
+    /// order), where rows at a fixed stride can all be one host's.
+    #[test]
+    fn sort_key_counts_every_row_of_interleaved_writes() {
+        let n = 655_360;
+        let mut h = StringDictionaryBuilder::<Int32Type>::new();
+        let mut d = StringDictionaryBuilder::<Int32Type>::new();
+        for i in 0..n {
+            h.append_value(format!("host_{}", i % 10));
+            d.append_value(format!("dc_{}", i % 10 / 5));
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("host", crate::schema::tag_data_type(), true),
+            Field::new("dc", crate::schema::tag_data_type(), true),
+        ]));
+        let b =
+            RecordBatch::try_new(schema, vec![Arc::new(h.finish()), Arc::new(d.finish())]).unwrap();
+        let order = sort_key_order(&[b], &["dc".to_string(), "host".to_string()]);
         assert_eq!(order, ["host", "dc"]);
     }
 

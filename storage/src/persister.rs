@@ -114,22 +114,25 @@ impl Persister {
     /// buffer and the WAL (and is named on /health) while the others are persisted.
     fn persist(&self, rot: RotateResult) -> Result<usize> {
         let started = Instant::now();
-        let mut new_files = Vec::new();
+        let mut new_files = UncommittedFiles {
+            store: &self.store,
+            files: Vec::new(),
+        };
         let mut rows = 0usize;
         let mut done: Vec<String> = Vec::new();
         let mut failures: Vec<(String, String)> = Vec::new();
         let mut tables: Vec<_> = rot.snapshot.into_iter().collect();
         tables.sort_by(|a, b| a.0.cmp(&b.0));
         for (table, tb) in &tables {
-            let mut written = Vec::new();
-            match self.persist_table(table, tb, rot.last_seq, &mut written) {
+            let first = new_files.files.len();
+            match self.persist_table(table, tb, rot.last_seq, &mut new_files.files) {
                 Ok(n) => {
                     rows += n;
-                    new_files.extend(written);
                     done.push(table.clone());
                 }
                 Err(e) => {
                     warn!(table, error = %e, "flushing table failed; its data stays in the buffer and the WAL");
+                    let written = new_files.files.split_off(first);
                     self.store.discard(
                         written.iter().map(|f| f.path.as_str()),
                         "the file of a failed flush",
@@ -140,7 +143,7 @@ impl Persister {
         }
         fail::fail_point!("flush-before-commit");
         let committed = self.catalog.commit(|next| {
-            next.files.extend(new_files.iter().cloned());
+            next.files.extend(new_files.files.iter().cloned());
             for t in &done {
                 next.table_flushed_seq.insert(t.clone(), rot.last_seq);
             }
@@ -152,16 +155,18 @@ impl Persister {
             next.tables = self.schemas.snapshot();
             Ok(next.flushed_seq)
         });
+        let file_count = new_files.files.len();
         let flushed_seq = match committed {
-            Ok(seq) => seq,
+            Ok(seq) => {
+                new_files.keep();
+                seq
+            }
             Err(e) => {
                 // Nothing names the files unless the save got as far as replacing
-                // the catalog: then they stay (the next start sorts it out).
-                if !e.maybe_saved {
-                    self.store.discard(
-                        new_files.iter().map(|f| f.path.as_str()),
-                        "the file of a failed flush",
-                    );
+                // the catalog: then they stay (the next start sorts it out);
+                // otherwise dropping `new_files` removes them.
+                if e.maybe_saved {
+                    new_files.keep();
                 }
                 return Err(e.into());
             }
@@ -188,7 +193,7 @@ impl Persister {
         self.metrics.flushed_rows.inc_by(rows as u64);
         info!(
             rows,
-            files = new_files.len(),
+            files = file_count,
             failed_tables = failures.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "flushed buffer to Parquet"
@@ -254,5 +259,32 @@ impl Persister {
             key_range: series_key_range(batch, tags),
             level: 0,
         })
+    }
+}
+
+/// Files a flush wrote that no catalog names yet. Dropped without
+/// [`UncommittedFiles::keep`] (an error, or a panic unwinding through the flush)
+/// it removes them, so that a flush failing again and again does not fill the
+/// disk with files only a restart would clear.
+struct UncommittedFiles<'a> {
+    store: &'a ParquetStore,
+    files: Vec<ParquetFileMeta>,
+}
+
+impl UncommittedFiles<'_> {
+    /// The catalog names the files (or may): they stay.
+    fn keep(mut self) {
+        self.files.clear();
+    }
+}
+
+impl Drop for UncommittedFiles<'_> {
+    fn drop(&mut self) {
+        if !self.files.is_empty() {
+            self.store.discard(
+                self.files.iter().map(|f| f.path.as_str()),
+                "the file of a failed flush",
+            );
+        }
     }
 }

@@ -67,13 +67,23 @@ async fn flush_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
         if !storage.should_flush() {
             continue;
         }
-        match storage.flush().await {
-            Ok(_) => storage.problems.clear("flush"),
-            Err(e) => {
+        // In a task of its own, so that a panic is a failed flush to report and
+        // retry, not the silent end of flushing (and a buffer that only fills).
+        let flushing = Arc::clone(&storage);
+        match tokio::spawn(async move { flushing.flush().await }).await {
+            Ok(Ok(_)) => storage.problems.clear("flush"),
+            Ok(Err(e)) => {
                 error!(error = %e, "flush failed");
                 storage.problems.set(
                     "flush",
                     format!("flush failed (data stays in the WAL and is retried): {e}"),
+                );
+            }
+            Err(e) => {
+                error!(error = %e, "flush panicked");
+                storage.problems.set(
+                    "flush",
+                    format!("flush panicked (data stays in the WAL and is retried): {e}"),
                 );
             }
         }
@@ -93,13 +103,20 @@ async fn compaction_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        match storage.compact().await {
-            Ok(_) => storage.problems.clear("compaction"),
-            Err(e) => {
+        let compacting = Arc::clone(&storage);
+        match tokio::spawn(async move { compacting.compact().await }).await {
+            Ok(Ok(_)) => storage.problems.clear("compaction"),
+            Ok(Err(e)) => {
                 error!(error = %e, "compaction failed");
                 storage
                     .problems
                     .set("compaction", format!("compaction failed: {e}"));
+            }
+            Err(e) => {
+                error!(error = %e, "compaction panicked");
+                storage
+                    .problems
+                    .set("compaction", format!("compaction panicked: {e}"));
             }
         }
         storage.delete_replaced_files(false).await;

@@ -40,11 +40,11 @@ impl UtcDateTrunc {
     }
 }
 
-/// Whether a time zone name means UTC (no offset, ever).
+/// Whether a time zone name means UTC (no offset, ever). Spelled exactly as
+/// Arrow accepts it: a name it refuses must still get DataFusion's error.
 fn is_utc(tz: &str) -> bool {
-    ["UTC", "Etc/UTC", "+00:00", "+0000", "Z", "GMT", "Etc/GMT"]
-        .iter()
-        .any(|u| u.eq_ignore_ascii_case(tz))
+    ["UTC", "Etc/UTC", "+00:00", "+0000", "GMT", "Etc/GMT"].contains(&tz)
+        && tz.parse::<datafusion::arrow::array::timezone::Tz>().is_ok()
 }
 
 /// The array with its time zone replaced (a metadata change, no copy of values).
@@ -199,6 +199,29 @@ mod tests {
     use super::*;
     use datafusion::prelude::SessionContext;
 
+    /// Zone names Arrow refuses (`Z`, lower case) are refused as before.
+    #[tokio::test]
+    async fn zones_arrow_refuses_still_fail() {
+        let ours = SessionContext::new();
+        ours.register_udf(ScalarUDF::new_from_impl(UtcDateTrunc::new()));
+        for zone in ["Z", "utc"] {
+            let sql = format!(
+                "SELECT date_trunc('hour', arrow_cast(TIMESTAMP '2023-11-14T07:12:34', \
+                 'Timestamp(Nanosecond, Some(\"{zone}\"))')) AS t"
+            );
+            let builtin = SessionContext::new();
+            let want = match builtin.sql(&sql).await {
+                Ok(df) => df.collect().await.is_err(),
+                Err(_) => true,
+            };
+            let got = match ours.sql(&sql).await {
+                Ok(df) => df.collect().await.is_err(),
+                Err(_) => true,
+            };
+            assert_eq!(got, want, "{zone}");
+        }
+    }
+
     /// The same answers as DataFusion's own `date_trunc`, for every granularity,
     /// UTC spelled several ways, other zones, naive timestamps and nulls.
     #[tokio::test]
@@ -212,6 +235,7 @@ mod tests {
             "UTC",
             "+00:00",
             "Etc/UTC",
+            "GMT",
             "Europe/Berlin",
             "America/St_Johns",
         ] {
