@@ -398,7 +398,7 @@ impl TableProvider for VigilTable {
                 })
                 .collect();
             let key0 = snap.sort_key.first().map(String::as_str);
-            let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+            let mut logical_inputs: Vec<LogicalPlan> = Vec::new();
             for (chunk, windows) in group.into_iter().zip(windows) {
                 let in_windows = windows.iter().map(|m| m.to_expr(key0)).reduce(Expr::or);
                 let whole = windows.iter().any(|m| m.covers(&chunk));
@@ -480,8 +480,9 @@ impl TableProvider for VigilTable {
                             .chain([ident(SEQ_COLUMN)]),
                     )?
                     .build()?;
-                inputs.push(serial.create_physical_plan(&plan).await?);
+                logical_inputs.push(plan);
             }
+            let inputs = plan_each(&serial, logical_inputs).await?;
             let schema = inputs[0].schema();
             let asc = SortOptions {
                 descending: false,
@@ -552,15 +553,41 @@ impl TableProvider for VigilTable {
             }
             plain_parts.push(b.project(out_cols)?.build()?);
         }
-        for plan in plain_parts {
-            parts.push(state.create_physical_plan(&plan).await?);
-        }
+        parts.extend(plan_each(state, plain_parts).await?);
         let plan: Arc<dyn ExecutionPlan> = match parts.len() {
             0 => Arc::new(EmptyExec::new(out_schema)),
             _ => UnionExec::try_new(parts)?,
         };
         Ok(Arc::new(VigilScanExec::new(summary, plan)))
     }
+}
+
+/// Physical plans for `plans`, each a stream of its own (order kept within it),
+/// made in one planning pass over their union: a scan of a backfill has a part per
+/// file, and planning each apart cost ~3 ms a file (67 ms for a one-host query
+/// over 9 files, where executing it took 10).
+async fn plan_each(
+    state: &SessionState,
+    plans: Vec<LogicalPlan>,
+) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
+    let mut plans = plans.into_iter();
+    let Some(first) = plans.next() else {
+        return Ok(Vec::new());
+    };
+    let mut union = LogicalPlanBuilder::from(first);
+    let mut n = 1;
+    for p in plans {
+        union = union.union(p)?;
+        n += 1;
+    }
+    let plan = state.create_physical_plan(&union.build()?).await?;
+    if n == 1 {
+        return Ok(vec![plan]);
+    }
+    Ok(match plan.downcast_ref::<UnionExec>() {
+        Some(u) => u.children().into_iter().cloned().collect(),
+        None => vec![plan],
+    })
 }
 
 /// Where two chunks may hold the same (series, time): a closed time interval
