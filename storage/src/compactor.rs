@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use crate::catalog::{Catalog, ParquetFileMeta};
+use crate::catalog::Catalog;
 use crate::compact::{merge_files, plan_compactions, CompactionPlan, MergeError, MergeSpec};
 use crate::error::{Error, Result};
 use crate::flush::NANOS_PER_DAY;
 use crate::metrics::StorageMetrics;
-use crate::parquet_store::ParquetStore;
+use crate::parquet_store::{ParquetStore, UncommittedFiles};
 use crate::persister::parquet_file_path;
 use crate::reaper::Reaper;
 use crate::tables::TableSchemas;
@@ -155,12 +155,10 @@ impl Compactor {
                 Err(MergeError::Failed(e)) => return Err(e),
             }
         };
-        let discard = |outputs: &[ParquetFileMeta]| {
-            self.store.discard(
-                outputs.iter().map(|o| o.path.as_str()),
-                "the output of a dropped compaction",
-            )
-        };
+        // Removed unless the catalog comes to name them: on an error, a dropped
+        // commit or a panic.
+        let outputs =
+            UncommittedFiles::new(&self.store, outputs, "the output of a dropped compaction");
         fail::fail_point!("compaction-before-commit");
         let ids: std::collections::HashSet<u64> = plan.inputs.iter().map(|f| f.id).collect();
         let committed = self.catalog.commit_if(|next| {
@@ -169,15 +167,15 @@ impl Compactor {
                 return Ok(None);
             }
             next.files.retain(|f| !ids.contains(&f.id));
-            next.files.extend(outputs.iter().cloned());
+            next.files.extend(outputs.files.iter().cloned());
             // The sort key may have been fixed by this compaction.
             next.tables = self.schemas.snapshot();
             Ok(Some(()))
         });
-        match committed {
-            Ok(Some(())) => {}
+        let outputs = match committed {
+            Ok(Some(())) => outputs.keep(),
             Ok(None) => {
-                discard(&outputs);
+                drop(outputs);
                 warn!(
                     table,
                     day = plan.day,
@@ -188,12 +186,12 @@ impl Compactor {
             Err(e) => {
                 // Saved but not synced: the catalog the next start loads may name
                 // the outputs, so they stay (if it does not, they are orphans then).
-                if !e.maybe_saved {
-                    discard(&outputs);
+                if e.maybe_saved {
+                    let _ = outputs.keep();
                 }
                 return Err(e.into());
             }
-        }
+        };
         fail::fail_point!("compaction-after-commit");
         self.reaper
             .delete_later(plan.inputs.iter().map(|f| f.path.clone()));

@@ -422,3 +422,45 @@ impl AsyncFileReader for StoreFileReader {
         .boxed()
     }
 }
+
+/// Files written (by a flush or a compaction) that no catalog names yet. Dropped
+/// without [`UncommittedFiles::keep`] (an error, or a panic unwinding through the
+/// writer) it removes them, so that a job failing again and again does not fill
+/// the disk with files only a restart would clear.
+pub(crate) struct UncommittedFiles<'a> {
+    store: &'a ParquetStore,
+    pub(crate) files: Vec<crate::catalog::ParquetFileMeta>,
+    what: &'static str,
+}
+
+impl<'a> UncommittedFiles<'a> {
+    pub(crate) fn new(
+        store: &'a ParquetStore,
+        files: Vec<crate::catalog::ParquetFileMeta>,
+        what: &'static str,
+    ) -> Self {
+        Self { store, files, what }
+    }
+
+    /// The catalog names the files (or may): they stay.
+    #[must_use]
+    pub(crate) fn keep(mut self) -> Vec<crate::catalog::ParquetFileMeta> {
+        std::mem::take(&mut self.files)
+    }
+}
+
+impl Drop for UncommittedFiles<'_> {
+    fn drop(&mut self) {
+        if !self.files.is_empty() {
+            self.discard_now();
+        }
+    }
+}
+
+impl UncommittedFiles<'_> {
+    fn discard_now(&mut self) {
+        let files = std::mem::take(&mut self.files);
+        self.store
+            .discard(files.iter().map(|f| f.path.as_str()), self.what);
+    }
+}

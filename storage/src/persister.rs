@@ -17,7 +17,7 @@ use crate::dedupe::{series_key_range, sort_dedupe};
 use crate::error::{Error, Result};
 use crate::flush::{split_by_day, time_range, write_parquet};
 use crate::metrics::StorageMetrics;
-use crate::parquet_store::ParquetStore;
+use crate::parquet_store::{ParquetStore, UncommittedFiles};
 use crate::problems::Problems;
 use crate::reaper::PARQUET_DIR;
 use crate::tables::TableSchemas;
@@ -114,10 +114,8 @@ impl Persister {
     /// buffer and the WAL (and is named on /health) while the others are persisted.
     fn persist(&self, rot: RotateResult) -> Result<usize> {
         let started = Instant::now();
-        let mut new_files = UncommittedFiles {
-            store: &self.store,
-            files: Vec::new(),
-        };
+        let mut new_files =
+            UncommittedFiles::new(&self.store, Vec::new(), "the file of a failed flush");
         let mut rows = 0usize;
         let mut done: Vec<String> = Vec::new();
         let mut failures: Vec<(String, String)> = Vec::new();
@@ -158,7 +156,7 @@ impl Persister {
         let file_count = new_files.files.len();
         let flushed_seq = match committed {
             Ok(seq) => {
-                new_files.keep();
+                let _ = new_files.keep();
                 seq
             }
             Err(e) => {
@@ -166,7 +164,7 @@ impl Persister {
                 // the catalog: then they stay (the next start sorts it out);
                 // otherwise dropping `new_files` removes them.
                 if e.maybe_saved {
-                    new_files.keep();
+                    let _ = new_files.keep();
                 }
                 return Err(e.into());
             }
@@ -259,32 +257,5 @@ impl Persister {
             key_range: series_key_range(batch, tags),
             level: 0,
         })
-    }
-}
-
-/// Files a flush wrote that no catalog names yet. Dropped without
-/// [`UncommittedFiles::keep`] (an error, or a panic unwinding through the flush)
-/// it removes them, so that a flush failing again and again does not fill the
-/// disk with files only a restart would clear.
-struct UncommittedFiles<'a> {
-    store: &'a ParquetStore,
-    files: Vec<ParquetFileMeta>,
-}
-
-impl UncommittedFiles<'_> {
-    /// The catalog names the files (or may): they stay.
-    fn keep(mut self) {
-        self.files.clear();
-    }
-}
-
-impl Drop for UncommittedFiles<'_> {
-    fn drop(&mut self) {
-        if !self.files.is_empty() {
-            self.store.discard(
-                self.files.iter().map(|f| f.path.as_str()),
-                "the file of a failed flush",
-            );
-        }
     }
 }

@@ -60,9 +60,10 @@ async fn flush_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(FLUSH_CHECK);
     loop {
         tokio::select! {
+            biased;
+            _ = stop.changed() => return,
             _ = tick.tick() => {}
             _ = storage.flush_wanted() => {}
-            _ = stop.changed() => return,
         }
         if !storage.should_flush() {
             continue;
@@ -79,6 +80,7 @@ async fn flush_loop(storage: Arc<Storage>, mut stop: watch::Receiver<bool>) {
                     format!("flush failed (data stays in the WAL and is retried): {e}"),
                 );
             }
+            Err(e) if e.is_cancelled() => return,
             Err(e) => {
                 error!(error = %e, "flush panicked");
                 storage.problems.set(
@@ -100,8 +102,9 @@ async fn compaction_loop(
     tick.tick().await;
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            biased;
             _ = stop.changed() => return,
+            _ = tick.tick() => {}
         }
         let compacting = Arc::clone(&storage);
         match tokio::spawn(async move { compacting.compact().await }).await {
@@ -112,6 +115,7 @@ async fn compaction_loop(
                     .problems
                     .set("compaction", format!("compaction failed: {e}"));
             }
+            Err(e) if e.is_cancelled() => return,
             Err(e) => {
                 error!(error = %e, "compaction panicked");
                 storage
