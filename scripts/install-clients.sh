@@ -3,6 +3,7 @@
 # psql (Debian), psycopg and the ADBC Flight SQL driver (PyPI), pgx v5 and a
 # Prometheus remote-write sender built on Prometheus's own prompb (Go modules),
 # DuckDB (PyPI, the reference the time-series function checks compare against),
+# moto's S3-compatible server (PyPI, the cold tier's tests; see scripts/s3.sh),
 # and the Arrow Flight SQL JDBC driver (Maven Central). Everything lands in
 # target/clients/ (or the usual package locations) and is reused on the next run.
 set -euo pipefail
@@ -19,11 +20,11 @@ if ! command -v psql >/dev/null 2>&1; then
   fi
 fi
 
-if ! python3 -c 'import psycopg, adbc_driver_flightsql, pyarrow, duckdb' >/dev/null 2>&1; then
-  echo "== installing psycopg, adbc-driver-flightsql, pyarrow, duckdb (PyPI)"
+if ! python3 -c 'import psycopg, adbc_driver_flightsql, pyarrow, duckdb, moto.server, flask_cors' >/dev/null 2>&1; then
+  echo "== installing psycopg, adbc-driver-flightsql, pyarrow, duckdb, moto's S3 server (PyPI)"
   python3 -m pip install -q --disable-pip-version-check \
     'psycopg[binary]==3.3.9' 'adbc-driver-flightsql==1.13.0' 'adbc-driver-manager==1.13.0' 'pyarrow>=18' \
-    'duckdb==2.0.1'
+    'duckdb==2.0.1' 'moto[server]==5.2.1'
 fi
 
 if [ ! -x "$out/pgx-client" ] || [ tests/clients/pgx/main.go -nt "$out/pgx-client" ]; then

@@ -41,6 +41,74 @@ pub(crate) struct WriteArgs {
     pub token: Option<String>,
 }
 
+/// `vigil admin ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Run compaction, retention and tiering now; print what they did.
+    Maintenance(AdminArgs),
+}
+
+/// The server a `vigil admin` command talks to.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AdminArgs {
+    /// The server's HTTP address.
+    #[arg(long, env = "VIGIL_URL", default_value = "http://127.0.0.1:8181")]
+    pub url: String,
+    /// Token secret (needs `admin`); prefer the environment variable.
+    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+pub(crate) async fn maintenance(args: AdminArgs) -> anyhow::Result<()> {
+    let url = format!(
+        "{}/api/v1/admin/maintenance",
+        args.url.trim_end_matches('/')
+    );
+    let resp = with_token(reqwest::Client::new().post(&url), &args.token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach vigil at {}", args.url))?;
+    let status = resp.status();
+    let body = resp.text().await?;
+    let report = match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(v) if v.get("id").is_some() => v,
+        _ => bail!("{}", server_error(status, &body)),
+    };
+    let n = |k: &str| report.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    println!("maintenance run {} took {} ms", n("id"), n("duration_ms"));
+    println!("  compaction: {} table-days merged", n("days_compacted"));
+    println!("  rollups:    {} rows written", n("rollup_rows_written"));
+    println!(
+        "  retention:  {} files expired ({} rows, {} bytes)",
+        n("files_expired"),
+        n("rows_expired"),
+        n("bytes_expired")
+    );
+    println!(
+        "  tiering:    {} files moved to the cold tier ({} bytes), {} failed",
+        n("files_moved_to_cold"),
+        n("bytes_moved_to_cold"),
+        n("move_failures")
+    );
+    println!(
+        "  cold sweep: {} unnamed objects removed",
+        n("cold_orphans_removed")
+    );
+    let errors: Vec<String> = report
+        .get("errors")
+        .and_then(|e| e.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !errors.is_empty() {
+        bail!("maintenance failed in part: {}", errors.join("; "));
+    }
+    Ok(())
+}
+
 fn with_token(r: reqwest::RequestBuilder, token: &Option<String>) -> reqwest::RequestBuilder {
     match token {
         Some(t) => r.bearer_auth(t),

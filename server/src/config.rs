@@ -24,6 +24,168 @@ pub(crate) struct Config {
     pub write: WriteSection,
     pub query: QuerySection,
     pub log: LogSection,
+    pub retention: RetentionSection,
+    pub rollups: RollupSection,
+    pub cold_tier: ColdTierSection,
+    pub maintenance: MaintenanceSection,
+}
+
+/// A retention period: a duration (`7d`, `36h`) or `forever`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Period {
+    Forever,
+    For(Duration),
+}
+
+impl Period {
+    pub(crate) fn duration(self) -> Option<Duration> {
+        match self {
+            Period::Forever => None,
+            Period::For(d) => Some(d),
+        }
+    }
+}
+
+impl std::str::FromStr for Period {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("forever") {
+            return Ok(Period::Forever);
+        }
+        let d = humantime::parse_duration(s)
+            .map_err(|e| format!("'{s}' is not a duration (like 7d or 36h) or 'forever': {e}"))?;
+        if d < Duration::from_secs(60) {
+            return Err(format!(
+                "'{s}' is shorter than a minute; write 'forever' to keep data without end"
+            ));
+        }
+        Ok(Period::For(d))
+    }
+}
+
+impl std::fmt::Display for Period {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Period::Forever => f.write_str("forever"),
+            Period::For(d) => write!(f, "{}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+impl Serialize for Period {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Period {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[retention]`: how long raw data is kept, with per-table overrides
+/// (`[retention.tables.debug] raw = "1d"`). Queries never return older rows;
+/// maintenance deletes the files holding them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RetentionSection {
+    pub raw: Period,
+    pub rollup_10m: Period,
+    pub rollup_1h: Period,
+    pub tables: std::collections::BTreeMap<String, TableRetention>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct TableRetention {
+    pub raw: Option<Period>,
+    pub rollup_10m: Option<Period>,
+    pub rollup_1h: Option<Period>,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        Self {
+            raw: Period::For(Duration::from_secs(7 * 86_400)),
+            rollup_10m: Period::For(Duration::from_secs(30 * 86_400)),
+            rollup_1h: Period::For(Duration::from_secs(365 * 86_400)),
+            tables: Default::default(),
+        }
+    }
+}
+
+/// `[rollups]`: 10-minute and 1-hour rollups of every table, built by
+/// maintenance once a bucket is `delay` old (later writes re-roll it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RollupSection {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+}
+
+impl Default for RollupSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            delay: Duration::from_secs(900),
+        }
+    }
+}
+
+/// `[cold_tier]`: where files older than `hot_window` go. Without `url`, the
+/// directory `cold` of the data directory; `s3://bucket/prefix` for any
+/// S3-compatible store (credentials here or in the `AWS_*` environment variables).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ColdTierSection {
+    pub url: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Allow a plain-HTTP endpoint (a server on this machine).
+    pub allow_http: bool,
+    #[serde(with = "humantime_serde")]
+    pub hot_window: Duration,
+    /// Bytes of cold reads kept in memory for repeated queries (0: none).
+    pub cache_bytes: usize,
+}
+
+impl Default for ColdTierSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            hot_window: Duration::from_secs(86_400),
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// `[maintenance]`: how often compaction, retention and tiering run on their own
+/// (`vigil admin maintenance` runs them now).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct MaintenanceSection {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for MaintenanceSection {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Limits of one write (HTTP, Kafka message); a line over a per-line limit is
@@ -255,6 +417,10 @@ impl Default for Config {
             write: WriteSection::default(),
             query: QuerySection::default(),
             log: LogSection::default(),
+            retention: RetentionSection::default(),
+            rollups: RollupSection::default(),
+            cold_tier: ColdTierSection::default(),
+            maintenance: MaintenanceSection::default(),
         }
     }
 }
@@ -409,6 +575,34 @@ impl Config {
                 humantime::format_duration(self.storage.compaction_window)
             )));
         }
+        if self.rollups.enabled {
+            self.check_retention_covers_rollups()?;
+        }
+        if let Some(url) = &self.cold_tier.url {
+            // The cold tier's sweep deletes what its catalog does not name there:
+            // inside the data directory it would take the hot files.
+            if let Some(path) = url.strip_prefix("file://") {
+                let cold = std::path::Path::new(path);
+                let data = std::fs::canonicalize(&self.data_dir).unwrap_or(self.data_dir.clone());
+                let cold_abs = std::fs::canonicalize(cold).unwrap_or(cold.to_path_buf());
+                if cold_abs.starts_with(&data) || data.starts_with(&cold_abs) {
+                    return Err(ConfigError::Invalid(format!(
+                        "cold_tier.url {url} overlaps the data directory {}: give the cold tier a directory of its own",
+                        self.data_dir.display()
+                    )));
+                }
+            }
+        }
+        if self.cold_tier.hot_window < Duration::from_secs(60) {
+            return Err(ConfigError::Invalid(
+                "cold_tier.hot_window must be at least a minute".into(),
+            ));
+        }
+        if self.maintenance.interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "maintenance.interval must be at least a second".into(),
+            ));
+        }
         if self.storage.compaction_interval.is_zero() {
             return Err(ConfigError::Invalid(
                 "storage.compaction_interval must be > 0".into(),
@@ -418,6 +612,50 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "storage.flush_interval must be > 0".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Data must outlive the rollups built from it: a 10-minute bucket is rolled
+    /// up at the first maintenance run after it is `delay` old, and an hour once
+    /// its 10-minute buckets are. A shorter retention would expire raw (or
+    /// 10-minute) data that was never rolled up.
+    fn check_retention_covers_rollups(&self) -> Result<(), ConfigError> {
+        let lag = self.rollups.delay.saturating_add(self.maintenance.interval);
+        let check = |what: String, period: Period, bucket: Duration| {
+            let need = lag.saturating_add(bucket);
+            match period {
+                Period::For(p) if p < need => Err(ConfigError::Invalid(format!(
+                    "{what} = \"{period}\" would expire data before it is rolled up: \
+                     it must be at least {} (a {} bucket + rollups.delay + maintenance.interval)",
+                    humantime::format_duration(need),
+                    humantime::format_duration(bucket),
+                ))),
+                _ => Ok(()),
+            }
+        };
+        let r = &self.retention;
+        check("retention.raw".into(), r.raw, Duration::from_secs(600))?;
+        check(
+            "retention.rollup_10m".into(),
+            r.rollup_10m,
+            Duration::from_secs(3600),
+        )?;
+        for (t, o) in &r.tables {
+            if let Some(p) = o.raw {
+                check(
+                    format!("retention.tables.{t}.raw"),
+                    p,
+                    Duration::from_secs(600),
+                )?;
+            }
+            if let Some(p) = o.rollup_10m {
+                check(
+                    format!("retention.tables.{t}.rollup_10m"),
+                    p,
+                    Duration::from_secs(3600),
+                )?;
+            }
         }
         Ok(())
     }
@@ -436,7 +674,40 @@ impl Config {
             WalRecovery::Refuse => vigil_storage::wal::WalRecovery::Refuse,
             WalRecovery::Truncate => vigil_storage::wal::WalRecovery::Truncate,
         };
+        s.cold_cache_bytes = self.cold_tier.cache_bytes;
+        let r = &self.retention;
+        let mut tables = std::collections::BTreeMap::new();
+        for (t, o) in &r.tables {
+            if let Some(p) = o.raw {
+                tables.insert(t.clone(), p.duration());
+            }
+            if let Some(p) = o.rollup_10m {
+                tables.insert(format!("rollup_10m.{t}"), p.duration());
+            }
+            if let Some(p) = o.rollup_1h {
+                tables.insert(format!("rollup_1h.{t}"), p.duration());
+            }
+        }
+        s.retention = vigil_storage::RetentionPolicy {
+            default: r.raw.duration(),
+            rollup_10m: r.rollup_10m.duration(),
+            rollup_1h: r.rollup_1h.duration(),
+            tables,
+        };
         s
+    }
+
+    /// The cold tier's store options, when `[cold_tier] url` is set.
+    pub(crate) fn cold_store_options(&self) -> Option<vigil_cold_tier::ColdStoreOptions> {
+        let c = &self.cold_tier;
+        c.url.as_ref().map(|url| vigil_cold_tier::ColdStoreOptions {
+            url: url.clone(),
+            endpoint: c.endpoint.clone(),
+            region: c.region.clone(),
+            access_key_id: c.access_key_id.clone(),
+            secret_access_key: c.secret_access_key.clone(),
+            allow_http: c.allow_http,
+        })
     }
 
     pub(crate) fn write_limits(&self) -> vigil_ingest::WriteLimits {
@@ -685,6 +956,18 @@ pub(crate) struct ServeArgs {
     /// Time window each compacted file holds, dividing a day [default: 1h].
     #[arg(long, env = "VIGIL_COMPACTION_WINDOW")]
     pub compaction_window: Option<humantime::Duration>,
+    /// How long raw data is kept: a duration or `forever` [default: 7d].
+    #[arg(long, env = "VIGIL_RETENTION_RAW")]
+    pub retention_raw: Option<Period>,
+    /// The cold tier: `s3://bucket/prefix` or `file:///path` [default: <data dir>/cold].
+    #[arg(long, env = "VIGIL_COLD_URL")]
+    pub cold_url: Option<String>,
+    /// Files older than this move to the cold tier [default: 1d].
+    #[arg(long, env = "VIGIL_HOT_WINDOW")]
+    pub hot_window: Option<humantime::Duration>,
+    /// How often maintenance (compaction, retention, tiering) runs [default: 10m].
+    #[arg(long, env = "VIGIL_MAINTENANCE_INTERVAL")]
+    pub maintenance_interval: Option<humantime::Duration>,
     /// Memory all queries together may use, in bytes [default: 4294967296].
     #[arg(long, env = "VIGIL_QUERY_MEMORY_LIMIT")]
     pub query_memory_limit: Option<usize>,
@@ -786,6 +1069,18 @@ impl ServeArgs {
         }
         if let Some(v) = self.compaction_window {
             c.storage.compaction_window = v.into();
+        }
+        if let Some(v) = self.retention_raw {
+            c.retention.raw = v;
+        }
+        if let Some(v) = &self.cold_url {
+            c.cold_tier.url = Some(v.clone());
+        }
+        if let Some(v) = self.hot_window {
+            c.cold_tier.hot_window = v.into();
+        }
+        if let Some(v) = self.maintenance_interval {
+            c.maintenance.interval = v.into();
         }
         if let Some(v) = self.query_memory_limit {
             c.query.memory_limit_bytes = v;

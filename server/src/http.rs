@@ -35,6 +35,7 @@ pub(crate) struct AppState {
     pub max_body_bytes: usize,
     /// Collector mode: writes go to Kafka instead of storage.
     pub forwarder: Option<Arc<KafkaForwarder>>,
+    pub maintenance: Arc<vigil_cold_tier::Maintenance>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -48,6 +49,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/write", post(remote_write))
         .route("/api/v1/sql", get(sql_get).post(sql_post))
         .route("/api/v3/query_sql", get(sql_get).post(sql_post))
+        .route("/api/v1/admin/maintenance", post(run_maintenance))
         .route("/health", get(health))
         .route("/ping", get(health))
         .route("/metrics", get(metrics))
@@ -68,8 +70,32 @@ fn required_permission(path: &str) -> Option<Option<Permission>> {
             Some(Some(Permission::Write))
         }
         "/api/v1/sql" | "/api/v3/query_sql" => Some(Some(Permission::Query)),
+        "/api/v1/admin/maintenance" => Some(Some(Permission::Admin)),
         _ => Some(None),
     }
+}
+
+/// Runs maintenance now (after a run in progress) and answers what it did; 500
+/// when a step failed (the report says which, and what the other steps did).
+async fn run_maintenance(State(s): State<Arc<AppState>>) -> Response {
+    // In a task of its own: a client that hangs up does not cancel the run
+    // halfway (it finishes, and is in system.maintenance).
+    let maintenance = Arc::clone(&s.maintenance);
+    let report = match tokio::spawn(async move { maintenance.run("request").await }).await {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("maintenance failed: {e}"),
+            )
+        }
+    };
+    let status = if report.errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    (status, Json(report)).into_response()
 }
 
 /// Host names a browser on this machine uses for a loopback server.

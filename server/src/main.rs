@@ -36,6 +36,10 @@ enum Command {
     Query(cli::QueryArgs),
     /// Send line protocol from a file (or `-` for stdin) to a running server.
     Write(cli::WriteArgs),
+    /// Administration of a running server: `vigil admin maintenance` runs
+    /// compaction, retention and tiering now and prints what they did.
+    #[command(subcommand)]
+    Admin(cli::AdminCommand),
     /// Tokens: `vigil auth hash` reads a secret on stdin and prints the hash to put
     /// in `[[auth.tokens]] secret_hash`.
     #[command(subcommand)]
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Query(args) => rt.block_on(cli::query(args)),
         Command::Write(args) => rt.block_on(cli::write(args)),
+        Command::Admin(cli::AdminCommand::Maintenance(args)) => rt.block_on(cli::maintenance(args)),
         Command::Auth(AuthCommand::Hash) => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
@@ -102,14 +107,48 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if !tokens.enabled() {
         info!("no tokens configured: authentication is off and vigil serves loopback clients only");
     }
-    let storage = vigil_storage::Storage::open(config.storage_config())
+    let mut storage_config = config.storage_config();
+    if let Some(options) = config.cold_store_options() {
+        storage_config.cold_store = Some(vigil_cold_tier::open_cold_store(&options)?);
+    }
+    let storage = vigil_storage::Storage::open(storage_config)
         .await
         .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
     let engine = Arc::new(vigil_sql::QueryEngine::new(
         Arc::clone(&storage),
         config.query_config(),
     )?);
-    let metrics = Arc::new(metrics::ServerMetrics::new(storage.metrics(), &engine));
+    let mut maintenance = vigil_cold_tier::Maintenance::new(
+        Arc::clone(&storage),
+        vigil_cold_tier::MaintenancePolicy {
+            hot_window: config.cold_tier.hot_window,
+        },
+    );
+    if config.rollups.enabled {
+        maintenance = maintenance.with_step(Arc::new(vigil_rollup::Rollups::new(
+            Arc::clone(&engine),
+            Arc::clone(&storage),
+            config.rollups.delay,
+        )));
+    }
+    let maintenance = Arc::new(maintenance);
+    {
+        let s = Arc::clone(&storage);
+        engine.register_system_table(
+            "rollups",
+            vigil_rollup::Rollups::watermark_schema(),
+            Arc::new(move || Ok(vigil_rollup::Rollups::watermarks(&s)?)),
+        );
+    }
+    {
+        let m = Arc::clone(&maintenance);
+        engine.register_system_table(
+            "maintenance",
+            vigil_cold_tier::MaintenanceReport::schema(),
+            Arc::new(move || Ok(vigil_cold_tier::MaintenanceReport::to_batch(&m.history())?)),
+        );
+    }
+    let metrics = Arc::new(metrics::ServerMetrics::new(&storage, &engine));
     let forwarder = match (config.mode, &config.kafka.brokers) {
         (config::Mode::Collector, Some(_)) => Some(Arc::new(vigil_kafka::KafkaForwarder::new(
             &config.kafka_config(),
@@ -132,6 +171,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         metrics,
         max_body_bytes: config.http.max_body_bytes,
         forwarder,
+        maintenance: Arc::clone(&maintenance),
     });
     let flight = vigil_flight::FlightServer::bind(
         Arc::clone(&state.engine),
@@ -201,6 +241,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Flushing, compaction and deleting replaced files; their failures show on
     // /health through the storage engine's problems.
     let jobs = storage.start_jobs(config.storage.compaction_interval);
+    let maintenance_schedule = maintenance.start(config.maintenance.interval);
     let app = http::router(state);
     match https {
         Some(acceptor) => {
@@ -217,6 +258,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     flight_task.abort();
     pg_task.abort();
     // Let a running flush finish rather than abandoning it halfway.
+    maintenance_schedule.stop().await;
     jobs.stop().await;
     info!("shutting down: flushing the buffer");
     // Kafka stops reading first; its offsets are committed once the shutdown flush

@@ -24,10 +24,7 @@ pub(crate) struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    pub(crate) fn new(
-        storage: &vigil_storage::metrics::StorageMetrics,
-        engine: &vigil_sql::QueryEngine,
-    ) -> Self {
+    pub(crate) fn new(storage: &vigil_storage::Storage, engine: &vigil_sql::QueryEngine) -> Self {
         let mut registry = Registry::default();
         let m = Self {
             write_requests: Counter::default(),
@@ -89,7 +86,8 @@ impl ServerMetrics {
             "SQL query latency",
             m.query_duration.clone(),
         );
-        storage.register(&mut registry);
+        storage.metrics().register(&mut registry);
+        storage.cold_metrics().register(&mut registry);
         engine.register_metrics(&mut registry);
         m.kafka.register(&mut registry);
         Self { registry, ..m }

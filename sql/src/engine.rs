@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::last_cache::LastCacheTable;
 use crate::memory::QueryMemoryPool;
 use crate::result_cache::{Fingerprint, ResultCache, ResultCacheMetrics};
+use crate::system::{SystemRows, SystemSchema, SYSTEM_SCHEMA};
 use crate::table::VigilSchema;
 
 /// Limits every query runs under.
@@ -90,6 +91,7 @@ struct QueryMetrics {
 /// streaming under the deadline, in the shared memory pool, via the result cache.
 pub struct QueryEngine {
     ctx: SessionContext,
+    system: Arc<SystemSchema>,
     config: QueryConfig,
     storage: Arc<Storage>,
     result_cache: Arc<ResultCache>,
@@ -182,6 +184,9 @@ impl std::fmt::Debug for QueryEngine {
 pub const CATALOG: &str = "vigil";
 /// The schema every table lives in.
 pub const SCHEMA: &str = "public";
+/// The schemas of the 10-minute and 1-hour rollups (`rollup_10m.cpu`).
+pub const ROLLUP_10M_SCHEMA: &str = "rollup_10m";
+pub const ROLLUP_1H_SCHEMA: &str = "rollup_1h";
 
 /// Refuses anything but reading: DDL (CREATE/DROP of tables, views, schemas,
 /// external tables), DML (INSERT, UPDATE, DELETE, COPY ... TO) and statements (SET,
@@ -226,8 +231,17 @@ pub fn check_access(plan: &LogicalPlan, access: &TableAccess) -> Result<()> {
                 .and_then(|p| p.downcast_ref::<LastCacheTable>())
                 .map(|c| c.table().to_string());
             let t = &scan.table_name;
-            let vigil_table = matches!(t.schema(), None | Some(SCHEMA))
-                && matches!(t.catalog(), None | Some(CATALOG));
+            // A rollup of table t is readable by whoever may read t.
+            let vigil_table = matches!(
+                t.schema(),
+                None | Some(SCHEMA) | Some(ROLLUP_10M_SCHEMA) | Some(ROLLUP_1H_SCHEMA)
+            ) && matches!(t.catalog(), None | Some(CATALOG));
+            // The system tables describe every table (names, files): only for
+            // clients that may read them all.
+            if t.schema() == Some(SYSTEM_SCHEMA) && matches!(t.catalog(), None | Some(CATALOG)) {
+                refused = Some(t.to_string());
+                return Ok(TreeNodeRecursion::Stop);
+            }
             let table = cached.unwrap_or_else(|| t.table().to_string());
             if (vigil_table || provider.is_none()) && !access.allows(&table) {
                 refused = Some(table);
@@ -303,6 +317,17 @@ impl QueryEngine {
         );
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(SCHEMA, Arc::new(VigilSchema::new(Arc::clone(&storage))))?;
+        for (schema, prefix) in [
+            (ROLLUP_10M_SCHEMA, "rollup_10m."),
+            (ROLLUP_1H_SCHEMA, "rollup_1h."),
+        ] {
+            catalog.register_schema(
+                schema,
+                Arc::new(VigilSchema::rollups(Arc::clone(&storage), prefix)),
+            )?;
+        }
+        let system = Arc::new(SystemSchema::new(Arc::clone(&storage)));
+        catalog.register_schema(SYSTEM_SCHEMA, Arc::clone(&system) as _)?;
         ctx.register_catalog(CATALOG, Arc::new(catalog));
         let result_cache = Arc::new(ResultCache::new(config.result_cache_bytes));
         let slots = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
@@ -312,6 +337,7 @@ impl QueryEngine {
         };
         Ok(Self {
             ctx,
+            system,
             config,
             storage,
             result_cache,
@@ -340,6 +366,11 @@ impl QueryEngine {
             .with_runtime_env(runtime)
             .build();
         Ok(SessionContext::new_with_state(state))
+    }
+
+    /// Adds a table to the `system` schema whose rows `rows` builds when queried.
+    pub fn register_system_table(&self, name: &str, schema: SchemaRef, rows: SystemRows) {
+        self.system.register(name, schema, rows);
     }
 
     /// Hit/miss counters of the result cache, for `/metrics`.

@@ -15,13 +15,15 @@ mod last_cache;
 mod memory;
 mod result_cache;
 mod scan;
+mod system;
 mod table;
 mod time_range;
 
 pub use engine::{
     check_access, check_read_only, parameter_types, PlannedQuery, QueryConfig, QueryEngine,
-    RunningQuery, CATALOG, SCHEMA,
+    RunningQuery, CATALOG, ROLLUP_10M_SCHEMA, ROLLUP_1H_SCHEMA, SCHEMA,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use result_cache::ResultCacheMetrics;
+pub use system::{utc_timestamp, SystemRows, SYSTEM_SCHEMA};
 pub use table::{VigilSchema, VigilTable};

@@ -216,12 +216,19 @@ fn immutable_files(storage: &Storage, table: &str, range: TimeRange) -> Option<V
     if snap.buffer_overlaps(range.min, range.max) {
         return None;
     }
-    let mut ids: Vec<u64> = snap
+    let files: Vec<_> = snap
         .files
         .iter()
         .filter(|f| f.meta.overlaps(range.min, range.max))
-        .map(|f| f.meta.id)
         .collect();
+    // A file the retention cutoff cuts into answers differently as the cutoff
+    // moves on, under the same ids: such a query is not cached.
+    if let Some(cut) = snap.retention_cutoff {
+        if files.iter().any(|f| f.meta.min_time < cut) {
+            return None;
+        }
+    }
+    let mut ids: Vec<u64> = files.iter().map(|f| f.meta.id).collect();
     ids.sort_unstable();
     Some(ids)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::compute::SortOptions;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
@@ -31,7 +31,9 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use vigil_storage::catalog::{ParquetFileMeta, SeriesKey};
-use vigil_storage::{SnapshotFile, Storage, TableSnapshot, SEQ_COLUMN, TIME_COLUMN};
+use vigil_storage::{
+    is_rollup_table, SnapshotFile, Storage, TableSnapshot, SEQ_COLUMN, TIME_COLUMN,
+};
 
 use crate::decimal_predicate::DecimalPredicateAdapterFactory;
 use crate::dedupe::DeduplicateExec;
@@ -42,32 +44,67 @@ use crate::time_range::TimeRange;
 #[derive(Debug)]
 pub struct VigilSchema {
     storage: Arc<Storage>,
+    /// `""` for the measurements (schema `public`); `rollup_10m.` or `rollup_1h.`
+    /// for a schema of rollup tables (the stored name is prefix + table name).
+    prefix: &'static str,
 }
 
 impl VigilSchema {
+    /// The measurements.
     pub fn new(storage: Arc<Storage>) -> Self {
-        Self { storage }
+        Self {
+            storage,
+            prefix: "",
+        }
+    }
+
+    /// The rollup tables stored under `prefix` (one of [`vigil_storage::ROLLUP_PREFIXES`]).
+    pub fn rollups(storage: Arc<Storage>, prefix: &'static str) -> Self {
+        Self { storage, prefix }
+    }
+
+    /// The stored name of `name`, if this schema shows it.
+    fn stored_name(&self, name: &str) -> Option<String> {
+        if self.prefix.is_empty() {
+            (!is_rollup_table(name)).then(|| name.to_string())
+        } else {
+            Some(format!("{}{name}", self.prefix))
+        }
     }
 }
 
 #[async_trait]
 impl SchemaProvider for VigilSchema {
     fn table_names(&self) -> Vec<String> {
-        self.storage.table_names()
+        self.storage
+            .table_names()
+            .into_iter()
+            .filter_map(|n| {
+                if self.prefix.is_empty() {
+                    (!is_rollup_table(&n)).then_some(n)
+                } else {
+                    n.strip_prefix(self.prefix).map(str::to_string)
+                }
+            })
+            .collect()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(self.storage.table_schema(name).map(|schema| {
+        let Some(stored) = self.stored_name(name) else {
+            return Ok(None);
+        };
+        Ok(self.storage.table_schema(&stored).map(|schema| {
             Arc::new(VigilTable {
                 storage: Arc::clone(&self.storage),
-                name: name.to_string(),
+                name: stored,
                 schema,
             }) as Arc<dyn TableProvider>
         }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.storage.table_schema(name).is_some()
+        self.stored_name(name)
+            .is_some_and(|n| self.storage.table_schema(&n).is_some())
     }
 }
 
@@ -247,15 +284,32 @@ impl TableProvider for VigilTable {
                 self.name
             )));
         };
-        // Parquet files are read through the storage engine's object store; a
-        // session this provider was registered with by hand may not know it yet.
-        let store = self.storage.parquet_store();
-        let store_url = ObjectStoreUrl::parse(store.url())?;
-        if state.runtime_env().object_store(&store_url).is_err() {
-            state
-                .runtime_env()
-                .register_object_store(store_url.as_ref(), store.object_store());
+        // Parquet files are read through the storage engine's object stores (hot
+        // and cold); a session this provider was registered with by hand may not
+        // know them yet.
+        for store in [self.storage.parquet_store(), self.storage.cold_store()] {
+            let store_url = ObjectStoreUrl::parse(store.url())?;
+            if state.runtime_env().object_store(&store_url).is_err() {
+                state
+                    .runtime_env()
+                    .register_object_store(store_url.as_ref(), store.object_store());
+            }
         }
+        // Rows past the table's retention are never returned, even while the
+        // files holding them wait for deletion: the cutoff is a filter on the key,
+        // applied in every part of the scan (and it prunes the parts).
+        let mut filters = filters.to_vec();
+        if let Some(cutoff) = snap.retention_cutoff {
+            let tz = match snap.schema.field_with_name(TIME_COLUMN)?.data_type() {
+                DataType::Timestamp(_, tz) => tz.clone(),
+                _ => None,
+            };
+            filters.push(
+                datafusion::logical_expr::col(TIME_COLUMN)
+                    .gt_eq(lit(ScalarValue::TimestampNanosecond(Some(cutoff), tz))),
+            );
+        }
+        let filters = filters.as_slice();
         let range = TimeRange::from_filters(filters);
         let mut chunks = self.chunks(&snap, range)?;
         let mut summary = ScanSummary {
@@ -545,13 +599,23 @@ impl TableProvider for VigilTable {
                 .collect::<Result<_>>()?;
             parts.push(Arc::new(ProjectionExec::try_new(exprs, deduped)?));
         }
-        if !plain_files.is_empty() {
-            let refs: Vec<&str> = plain_files.iter().map(String::as_str).collect();
+        // One listing per store: a listing reads all its paths from the store of
+        // its first one (a hot file listed with cold ones would be looked for in
+        // the cold store, and silently not found).
+        let mut by_store: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for url in &plain_files {
+            let store = url
+                .find("://")
+                .and_then(|i| url[i + 3..].find('/').map(|j| &url[..i + 3 + j]))
+                .unwrap_or(url.as_str());
+            by_store.entry(store).or_default().push(url.as_str());
+        }
+        for refs in by_store.into_values() {
             let mut b = LogicalPlanBuilder::from(self.listing(&refs, &self.schema, None)?);
             if let Some(f) = &plain_filter {
                 b = b.filter(f.clone())?;
             }
-            plain_parts.push(b.project(out_cols)?.build()?);
+            plain_parts.push(b.project(out_cols.clone())?.build()?);
         }
         parts.extend(plan_each(state, plain_parts).await?);
         let plan: Arc<dyn ExecutionPlan> = match parts.len() {

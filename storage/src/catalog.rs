@@ -48,6 +48,34 @@ pub struct ParquetFileMeta {
     /// compaction, holds one time window and overlaps no other level-1 file.
     #[serde(default)]
     pub level: u8,
+    /// Which store holds the file: the data directory (hot) or the cold tier. A
+    /// cold file keeps its path, relative to the cold store's root.
+    #[serde(default, skip_serializing_if = "Tier::is_hot")]
+    pub tier: Tier,
+}
+
+/// Where a Parquet file is stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// The data directory on local disk.
+    #[default]
+    Hot,
+    /// The cold tier: a local directory or an S3-compatible bucket.
+    Cold,
+}
+
+impl Tier {
+    pub fn is_hot(&self) -> bool {
+        *self == Tier::Hot
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Tier::Hot => "hot",
+            Tier::Cold => "cold",
+        }
+    }
 }
 
 /// Tag values of one series in sort-key order; `None` (no such tag on the series)
@@ -87,6 +115,21 @@ pub struct CatalogState {
     pub next_file_id: u64,
     pub tables: BTreeMap<String, TableSchema>,
     pub files: Vec<ParquetFileMeta>,
+    /// Per raw table: how far its rollups are built.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollups: BTreeMap<String, RollupWatermark>,
+}
+
+/// How far a table's rollups are built: every 10-minute bucket before
+/// `rolled_10m` and every hour before `rolled_1h` is rolled up from the data of
+/// the files with a sequence up to `rolled_seq`. A file with a higher sequence
+/// that reaches back before `rolled_10m` is a late write: its buckets are rolled
+/// up again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollupWatermark {
+    pub rolled_10m: i64,
+    pub rolled_1h: i64,
+    pub rolled_seq: u64,
 }
 
 pub const CATALOG_FILE: &str = "catalog.json";

@@ -31,7 +31,7 @@ use arrow::datatypes::{DataType, Decimal128Type, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
 
-use crate::catalog::{ParquetFileMeta, SeriesKey};
+use crate::catalog::{ParquetFileMeta, SeriesKey, Tier};
 use crate::dedupe::{capped_key_range, series_key};
 use crate::error::Error;
 use crate::flush::writer_properties;
@@ -415,6 +415,7 @@ impl Merge<'_, '_> {
                     _ => None,
                 },
                 level: 1,
+                tier: Tier::Hot,
             });
         }
         Ok(std::mem::take(&mut self.outputs))
@@ -641,6 +642,7 @@ mod tests {
             sort_key: vec!["host".into()],
             key_range: Some((vec![Some(keys.0.into())], vec![Some(keys.1.into())])),
             level,
+            tier: Tier::Hot,
         }
     }
 

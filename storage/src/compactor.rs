@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ParquetFileMeta, Tier};
 use crate::compact::{merge_files, plan_compactions, CompactionPlan, MergeError, MergeSpec};
 use crate::error::{Error, Result};
 use crate::flush::NANOS_PER_DAY;
@@ -42,14 +42,31 @@ pub(crate) fn window_nanos(window: std::time::Duration) -> i64 {
     nanos.max(60_000_000_000)
 }
 
+fn hot_files(files: Vec<ParquetFileMeta>) -> Vec<ParquetFileMeta> {
+    files.into_iter().filter(|f| f.tier == Tier::Hot).collect()
+}
+
 impl Compactor {
     /// Sets the file and compaction-debt gauges from the catalog.
     pub(crate) fn update_gauges(&self) {
-        let files = self.catalog.files();
-        self.metrics.parquet_files.set(files.len() as i64);
+        let all = self.catalog.files();
+        self.metrics.parquet_files.set(all.len() as i64);
         self.metrics
             .parquet_bytes
-            .set(files.iter().map(|f| f.size_bytes as i64).sum());
+            .set(all.iter().map(|f| f.size_bytes as i64).sum());
+        for tier in [Tier::Hot, Tier::Cold] {
+            let label = vec![("tier".to_string(), tier.as_str().to_string())];
+            let of_tier = all.iter().filter(|f| f.tier == tier);
+            let (n, bytes, rows) = of_tier.fold((0i64, 0i64, 0i64), |(n, b, r), f| {
+                (n + 1, b + f.size_bytes as i64, r + f.rows as i64)
+            });
+            self.metrics.tier_files.get_or_create(&label).set(n);
+            self.metrics.tier_bytes.get_or_create(&label).set(bytes);
+            self.metrics.tier_rows.get_or_create(&label).set(rows);
+        }
+        // Compaction merges hot files only: a late write into a day already in
+        // the cold tier stays a file of its own until it is moved too.
+        let files = hot_files(all);
         let plans = plan_compactions(&files, self.min_files, self.window_nanos);
         self.metrics
             .compaction_debt_bytes
@@ -73,8 +90,25 @@ impl Compactor {
 
     /// Runs every merge due, one after the other.
     fn compact_blocking(&self) -> Result<usize> {
-        let files = self.catalog.files();
-        let plans = plan_compactions(&files, self.min_files, self.window_nanos);
+        let all = self.catalog.files();
+        let cold: Vec<ParquetFileMeta> = all
+            .iter()
+            .filter(|f| f.tier != Tier::Hot)
+            .cloned()
+            .collect();
+        let files = hot_files(all);
+        let mut plans = plan_compactions(&files, self.min_files, self.window_nanos);
+        // A merge's output takes the highest sequence of its inputs: merged
+        // without a cold file it overlaps, older rows could come to win over that
+        // file's newer ones. Such windows wait until their hot files move too.
+        plans.retain(|p| {
+            let (lo, hi) = p.inputs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), f| {
+                (lo.min(f.min_time), hi.max(f.max_time))
+            });
+            !cold
+                .iter()
+                .any(|c| c.table == p.table && c.overlaps(lo, hi))
+        });
         let mut merged = 0;
         let mut first_error = None;
         for plan in plans {
@@ -162,8 +196,9 @@ impl Compactor {
         fail::fail_point!("compaction-before-commit");
         let ids: std::collections::HashSet<u64> = plan.inputs.iter().map(|f| f.id).collect();
         let committed = self.catalog.commit_if(|next| {
-            if next.files.iter().filter(|f| ids.contains(&f.id)).count() != ids.len() {
-                // Something else (retention) removed an input meanwhile.
+            let still_hot = |f: &&ParquetFileMeta| ids.contains(&f.id) && f.tier == Tier::Hot;
+            if next.files.iter().filter(still_hot).count() != ids.len() {
+                // Something else (retention, tiering) took an input meanwhile.
                 return Ok(None);
             }
             next.files.retain(|f| !ids.contains(&f.id));
@@ -194,7 +229,7 @@ impl Compactor {
         };
         fail::fail_point!("compaction-after-commit");
         self.reaper
-            .delete_later(plan.inputs.iter().map(|f| f.path.clone()));
+            .delete_later(Tier::Hot, plan.inputs.iter().map(|f| f.path.clone()));
         let out_bytes: u64 = outputs.iter().map(|f| f.size_bytes).sum();
         let out_rows: u64 = outputs.iter().map(|f| f.rows).sum();
         self.metrics.compactions.inc();

@@ -12,17 +12,20 @@ use parking_lot::Mutex;
 use vigil_model::Point;
 
 use crate::buffer::{file_seq, normalize, with_seq_column, BufferedBatch, WriteBuffer};
-use crate::catalog::{Catalog, ParquetFileMeta};
+use crate::catalog::{Catalog, ParquetFileMeta, RollupWatermark};
+use crate::cold_store::{ColdStoreMetrics, ObservedStore};
 use crate::compactor::{window_nanos, Compactor};
 use crate::error::{Error, Result};
 use crate::metrics::StorageMetrics;
-use crate::parquet_store::ParquetStore;
+use crate::parquet_store::{ParquetStore, COLD_STORE_URL};
 use crate::persister::{FlushLimits, Persister};
 use crate::problems::Problems;
-use crate::reaper::{Reaper, PARQUET_DIR};
+use crate::reaper::{Reaper, COLD_DIR, PARQUET_DIR};
+use crate::retention::{now_nanos, RetentionPolicy};
 use crate::tables::{TableSchemas, ValidatedWrite};
 use crate::wal;
 use crate::wal_writer::{self, WalWriter};
+use object_store::local::LocalFileSystem;
 
 /// Settings of the storage engine (the server fills them from its config).
 #[derive(Debug, Clone)]
@@ -53,6 +56,13 @@ pub struct StorageConfig {
     pub max_wal_record_bytes: usize,
     /// What replay does with a damaged WAL record that is not a torn tail.
     pub wal_recovery: wal::WalRecovery,
+    /// The cold tier's object store; `None`: the directory `cold` of the data
+    /// directory.
+    pub cold_store: Option<Arc<dyn object_store::ObjectStore>>,
+    /// Bytes of cold-tier reads kept in memory for repeated queries (0: none).
+    pub cold_cache_bytes: usize,
+    /// How long each table's data is kept (queries see nothing older).
+    pub retention: RetentionPolicy,
 }
 
 impl StorageConfig {
@@ -69,6 +79,9 @@ impl StorageConfig {
             max_columns_per_table: 1_000,
             max_wal_record_bytes: wal::MAX_RECORD_BYTES,
             wal_recovery: wal::WalRecovery::Refuse,
+            cold_store: None,
+            cold_cache_bytes: 64 << 20,
+            retention: RetentionPolicy::forever(),
         }
     }
 }
@@ -87,7 +100,11 @@ pub struct TableSnapshot {
     /// No two buffered rows have the same series and time: the buffer can be read
     /// without sorting and deduplicating it (it may still repeat rows of files).
     pub buffer_duplicate_free: bool,
+    /// The files holding rows at or after `retention_cutoff`, hot and cold.
     pub files: Vec<SnapshotFile>,
+    /// Rows before this time (nanoseconds) are past the table's retention: queries
+    /// must not return them, even from the buffer or a file not yet deleted.
+    pub retention_cutoff: Option<i64>,
 }
 
 /// A Parquet file of a snapshot.
@@ -148,16 +165,19 @@ impl TableSnapshot {
 /// The storage engine. Cheap to share behind an `Arc`.
 pub struct Storage {
     config: StorageConfig,
-    store: ParquetStore,
-    catalog: Arc<Catalog>,
+    pub(crate) store: ParquetStore,
+    /// The cold tier, with request counters and a read cache.
+    pub(crate) cold: ParquetStore,
+    cold_metrics: ColdStoreMetrics,
+    pub(crate) catalog: Arc<Catalog>,
     schemas: Arc<TableSchemas>,
     buffer: Arc<Mutex<WriteBuffer>>,
     wal: Arc<WalWriter>,
     persister: Arc<Persister>,
-    compactor: Arc<Compactor>,
-    reaper: Arc<Reaper>,
+    pub(crate) compactor: Arc<Compactor>,
+    pub(crate) reaper: Arc<Reaper>,
     pub(crate) problems: Problems,
-    metrics: StorageMetrics,
+    pub(crate) metrics: StorageMetrics,
 }
 
 impl std::fmt::Debug for Storage {
@@ -179,7 +199,37 @@ impl Storage {
         }
         let catalog = Arc::new(Catalog::open(dir)?);
         let store = ParquetStore::local(dir)?;
-        let reaper = Arc::new(Reaper::new(store.clone(), config.deletion_grace));
+        let cold_metrics = ColdStoreMetrics::default();
+        let (cold_inner, cold_root) = match &config.cold_store {
+            Some(s) => (Arc::clone(s), None),
+            None => {
+                let root = dir.join(COLD_DIR);
+                std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+                let local =
+                    LocalFileSystem::new_with_prefix(&root).map_err(|e| Error::ObjectStore {
+                        path: root.display().to_string(),
+                        source: e,
+                    })?;
+                (
+                    Arc::new(local) as Arc<dyn object_store::ObjectStore>,
+                    Some(root),
+                )
+            }
+        };
+        let cold = ParquetStore::new(
+            Arc::new(ObservedStore::new(
+                cold_inner,
+                config.cold_cache_bytes,
+                cold_metrics.clone(),
+            )),
+            COLD_STORE_URL,
+            cold_root,
+        )?;
+        let reaper = Arc::new(Reaper::new(
+            store.clone(),
+            cold.clone(),
+            config.deletion_grace,
+        ));
         reaper.remove_orphans(&catalog).await?;
         let schemas = Arc::new(catalog.read(|c| {
             TableSchemas::new(&c.tables, config.max_tables, config.max_columns_per_table)
@@ -234,6 +284,8 @@ impl Storage {
         Ok(Arc::new(Self {
             config,
             store,
+            cold,
+            cold_metrics,
             catalog,
             schemas,
             buffer,
@@ -260,6 +312,16 @@ impl Storage {
         &self.metrics
     }
 
+    /// Requests to the cold tier's store and its read cache.
+    pub fn cold_metrics(&self) -> &ColdStoreMetrics {
+        &self.cold_metrics
+    }
+
+    /// The oldest time `table` keeps now (see [`RetentionPolicy::cutoff`]).
+    pub fn retention_cutoff(&self, table: &str) -> Option<i64> {
+        self.config.retention.cutoff(table, now_nanos())
+    }
+
     /// Where the Parquet files are: queries register this store under its URL.
     pub fn parquet_store(&self) -> &ParquetStore {
         &self.store
@@ -269,6 +331,16 @@ impl Storage {
     /// by part, for `/health`.
     pub fn problems(&self) -> Vec<(String, String)> {
         self.problems.list()
+    }
+
+    /// Names a failing part outside the engine's own jobs (the cold tier's
+    /// maintenance) among [`Storage::problems`], until [`Storage::clear_problem`].
+    pub fn set_problem(&self, part: &str, message: String) {
+        self.problems.set(part, message);
+    }
+
+    pub fn clear_problem(&self, part: &str) {
+        self.problems.clear(part);
     }
 
     /// Checks points against the table schemas, adds new tables and columns, and
@@ -310,6 +382,33 @@ impl Storage {
         Ok(seq)
     }
 
+    /// [`Storage::validate`] for the rollup tables (see
+    /// [`crate::TableSchemas::validate_rollups`]); clients' writes cannot name them.
+    pub fn validate_rollups<'a>(&self, points: Vec<(usize, Point<'a>)>) -> ValidatedWrite {
+        self.schemas.validate_rollups(points)
+    }
+
+    /// How far `table`'s rollups are built (`None`: not started).
+    pub fn rollup_watermark(&self, table: &str) -> Option<RollupWatermark> {
+        self.catalog.read(|c| c.rollups.get(table).copied())
+    }
+
+    /// All tables' rollup watermarks.
+    pub fn rollup_watermarks(&self) -> Vec<(String, RollupWatermark)> {
+        self.catalog
+            .read(|c| c.rollups.iter().map(|(k, v)| (k.clone(), *v)).collect())
+    }
+
+    /// Records how far `table`'s rollups are built. Call once the rollup rows it
+    /// covers are committed (durable): a crash before this only redoes them.
+    pub fn set_rollup_watermark(&self, table: &str, watermark: RollupWatermark) -> Result<()> {
+        self.catalog.commit(|next| {
+            next.rollups.insert(table.to_string(), watermark);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     pub fn table_names(&self) -> Vec<String> {
         self.schemas.names()
     }
@@ -326,13 +425,15 @@ impl Storage {
             let b = self.buffer.lock();
             (b.table_batches(table), b.duplicate_free(table))
         };
+        let retention_cutoff = self.retention_cutoff(table);
         let files = self.catalog.read(|c| {
             c.files
                 .iter()
                 .filter(|f| f.table == table)
+                .filter(|f| retention_cutoff.is_none_or(|cut| f.max_time >= cut))
                 .map(|f| SnapshotFile {
                     meta: f.clone(),
-                    url: self.store.file_url(&f.path),
+                    url: self.store_of(f.tier).file_url(&f.path),
                 })
                 .collect()
         });
@@ -343,6 +444,7 @@ impl Storage {
             buffer,
             buffer_duplicate_free,
             files,
+            retention_cutoff,
         })
     }
 

@@ -10,6 +10,7 @@
 
 pub mod buffer;
 pub mod catalog;
+pub mod cold_store;
 pub mod compact;
 mod compactor;
 pub mod dedupe;
@@ -22,16 +23,22 @@ pub mod parquet_store;
 mod persister;
 mod problems;
 mod reaper;
+pub mod retention;
 mod scheduler;
 pub mod schema;
 mod tables;
+pub mod tiering;
 pub mod wal;
 mod wal_writer;
 
+pub use catalog::{ParquetFileMeta, RollupWatermark, Tier};
 pub use engine::{BufferedRows, SnapshotFile, Storage, StorageConfig, TableSnapshot};
 pub use error::{Error, Result};
 pub use parquet_store::ParquetStore;
+pub use retention::RetentionPolicy;
 pub use scheduler::BackgroundJobs;
 pub use schema::{ColumnKind, FieldType, TableSchema, SEQ_COLUMN, TIME_COLUMN};
-pub use tables::{TableDescription, TableSchemas, ValidatedWrite};
+pub use tables::{
+    is_rollup_table, TableDescription, TableSchemas, ValidatedWrite, ROLLUP_PREFIXES,
+};
 pub use vigil_model::{FieldValue, LineError, Point};

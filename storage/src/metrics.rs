@@ -1,6 +1,7 @@
 //! Counters of the storage engine, exported by the server on `/metrics`.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -26,6 +27,14 @@ pub struct StorageMetrics {
     pub buffer_bytes: Gauge,
     pub parquet_files: Gauge,
     pub parquet_bytes: Gauge,
+    /// Per `tier` (hot, cold): files, bytes and rows in the catalog.
+    pub tier_files: Family<Vec<(String, String)>, Gauge>,
+    pub tier_bytes: Family<Vec<(String, String)>, Gauge>,
+    pub tier_rows: Family<Vec<(String, String)>, Gauge>,
+    pub files_moved_to_cold: Counter,
+    pub bytes_moved_to_cold: Counter,
+    pub files_expired: Counter,
+    pub rows_expired: Counter,
 }
 
 impl StorageMetrics {
@@ -119,6 +128,41 @@ impl StorageMetrics {
             "vigil_parquet_bytes",
             "Bytes of Parquet files in the catalog",
             self.parquet_bytes.clone(),
+        );
+        r.register(
+            "vigil_tier_files",
+            "Parquet files in the catalog, by tier",
+            self.tier_files.clone(),
+        );
+        r.register(
+            "vigil_tier_bytes",
+            "Bytes of Parquet files in the catalog, by tier",
+            self.tier_bytes.clone(),
+        );
+        r.register(
+            "vigil_tier_rows",
+            "Rows of Parquet files in the catalog, by tier",
+            self.tier_rows.clone(),
+        );
+        r.register(
+            "vigil_files_moved_to_cold",
+            "Parquet files moved to the cold tier",
+            self.files_moved_to_cold.clone(),
+        );
+        r.register(
+            "vigil_bytes_moved_to_cold",
+            "Bytes moved to the cold tier",
+            self.bytes_moved_to_cold.clone(),
+        );
+        r.register(
+            "vigil_files_expired",
+            "Parquet files deleted by retention",
+            self.files_expired.clone(),
+        );
+        r.register(
+            "vigil_rows_expired",
+            "Rows deleted by retention",
+            self.rows_expired.clone(),
         );
     }
 }

@@ -31,6 +31,8 @@ use crate::error::{Error, Result};
 
 /// The URL queries use for the local store's files (`vigil://local/parquet/…`).
 pub const LOCAL_STORE_URL: &str = "vigil://local/";
+/// The URL queries use for the cold tier's files (`vigil://cold/parquet/…`).
+pub const COLD_STORE_URL: &str = "vigil://cold/";
 
 /// Bytes buffered per file being written before it becomes a multipart upload,
 /// and the size of each part: S3's smallest part. A compaction writes up to a file
@@ -68,6 +70,86 @@ impl ParquetStore {
             local_root: Some(data_dir.to_path_buf()),
             runtime,
         })
+    }
+
+    /// A store other than the data directory (the cold tier), under `url`
+    /// (`scheme://host/`). `local_root`: its directory, when it is one on local disk
+    /// (finished files are then synced). Must be called within a Tokio runtime.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        url: impl Into<String>,
+        local_root: Option<PathBuf>,
+    ) -> Result<Self> {
+        let url = url.into();
+        let runtime = Handle::try_current()
+            .map_err(|e| Error::io(&url, std::io::Error::other(e.to_string())))?;
+        Ok(Self {
+            store,
+            url,
+            local_root,
+            runtime,
+        })
+    }
+
+    /// Copies the file at `path` into `to` under `dest` (streamed: a large file is
+    /// a multipart upload, never whole in memory); returns the bytes copied. Nothing
+    /// is visible under `dest` unless the copy completes.
+    pub async fn copy_to(&self, path: &str, to: &ParquetStore, dest: &str) -> Result<u64> {
+        use tokio::io::AsyncWriteExt;
+        let from = Self::location(path)?;
+        let location = Self::location(dest)?;
+        let part = if to.local_root.is_some() {
+            LOCAL_PART_BYTES
+        } else {
+            UPLOAD_PART_BYTES
+        };
+        let mut sink = BufWriter::with_capacity(Arc::clone(&to.store), location, part);
+        // A failed shutdown (completing the upload) has abandoned it already, and
+        // the writer must not be aborted after it.
+        let mut completing = false;
+        let copied = async {
+            let mut stream = self
+                .store
+                .get(&from)
+                .await
+                .map_err(Self::store_error(path))?
+                .into_stream();
+            let mut n = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(Self::store_error(path))?;
+                n += chunk.len() as u64;
+                sink.write_all(&chunk)
+                    .await
+                    .map_err(|e| Error::io(dest, e))?;
+            }
+            completing = true;
+            sink.shutdown().await.map_err(|e| Error::io(dest, e))?;
+            Ok(n)
+        }
+        .await;
+        match copied {
+            Ok(n) => {
+                let synced = {
+                    let to = to.clone();
+                    let owned = dest.to_string();
+                    tokio::task::spawn_blocking(move || to.sync_local(&owned))
+                        .await
+                        .map_err(|e| Error::io(dest, std::io::Error::other(e.to_string())))
+                        .and_then(|r| r)
+                };
+                if let Err(e) = synced {
+                    let _ = to.remove(dest).await;
+                    return Err(e);
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                if !completing {
+                    let _ = sink.abort().await;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The store, for registering with a query engine under [`ParquetStore::url`].

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 
 use crate::buffer::{normalize, with_seq_column, TableBuffer, WriteBuffer};
-use crate::catalog::{Catalog, ParquetFileMeta};
+use crate::catalog::{Catalog, ParquetFileMeta, Tier};
 use crate::compactor::Compactor;
 use crate::dedupe::{series_key_range, sort_dedupe};
 use crate::error::{Error, Result};
@@ -256,6 +256,7 @@ impl Persister {
             sort_key: tags.to_vec(),
             key_range: series_key_range(batch, tags),
             level: 0,
+            tier: Tier::Hot,
         })
     }
 }

@@ -161,7 +161,45 @@ impl TableSchemas {
         points: Vec<(usize, Point<'a>)>,
         max_errors: usize,
     ) -> ValidatedWrite {
+        self.validate_as(points, max_errors, false)
+    }
+
+    /// [`TableSchemas::validate`] for the engine's own rollup tables: their names
+    /// are reserved to it, and they are not counted against the table and column
+    /// limits (they follow the tables they roll up, which are).
+    pub fn validate_rollups<'a>(&self, points: Vec<(usize, Point<'a>)>) -> ValidatedWrite {
+        self.validate_as(points, usize::MAX, true)
+    }
+
+    fn validate_as<'a>(
+        &self,
+        points: Vec<(usize, Point<'a>)>,
+        max_errors: usize,
+        rollups: bool,
+    ) -> ValidatedWrite {
         let mut out = ValidatedWrite::default();
+        // A client may not write into (or create) a rollup table; the engine
+        // writes nothing else through this path.
+        let (points, misnamed): (Vec<_>, Vec<_>) = points
+            .into_iter()
+            .partition(|(_, p)| is_rollup_table(&p.table) == rollups);
+        for (line, p) in misnamed {
+            out.reject(max_errors, line, || {
+                if rollups {
+                    format!("'{}' is not a rollup table", p.table)
+                } else {
+                    format!(
+                        "table names starting with {} are reserved for rollups",
+                        ROLLUP_PREFIXES
+                            .iter()
+                            .find(|x| p.table.starts_with(*x))
+                            .copied()
+                            .unwrap_or("rollup_")
+                    )
+                }
+            });
+        }
+        let (misnamed_shown, misnamed_count) = (out.rejected.len(), out.rejected_count);
         let mut checked: Vec<Option<Vec<ColumnKind>>> = Vec::with_capacity(points.len());
         let mut needs_write = false;
         {
@@ -182,7 +220,9 @@ impl TableSchemas {
         }
         if needs_write {
             checked.clear();
-            out = ValidatedWrite::default();
+            // Start over, keeping only the rejections of misnamed tables.
+            out.rejected.truncate(misnamed_shown);
+            out.rejected_count = misnamed_count;
             let mut schemas = self.schemas.write();
             for (line, p) in &points {
                 if p.table.is_empty() {
@@ -198,7 +238,11 @@ impl TableSchemas {
                         checked.push(None);
                     }
                     Check::NeedsNewColumns => {
-                        if existing.is_none() && schemas.len() >= self.max_tables {
+                        if existing.is_none()
+                            && !rollups
+                            && schemas.keys().filter(|t| !is_rollup_table(t)).count()
+                                >= self.max_tables
+                        {
                             out.reject(max_errors, *line, || {
                                 format!(
                                     "table '{}' would exceed the limit of {} tables (storage.max_tables)",
@@ -216,7 +260,7 @@ impl TableSchemas {
                             .chain(p.fields.iter().map(|(k, _)| k))
                             .filter(|k| existing.and_then(|s| s.column(k)).is_none())
                             .count();
-                        if have + new > self.max_columns_per_table {
+                        if !rollups && have + new > self.max_columns_per_table {
                             out.reject(max_errors, *line, || {
                                 format!(
                                     "table '{}' would have {} columns, over the limit of {} (storage.max_columns_per_table)",
@@ -313,6 +357,7 @@ impl TableSchemas {
                 }
             }
         }
+        out.rejected.sort_by_key(|e| e.line);
         out
     }
 }
@@ -402,4 +447,13 @@ fn check_point(schema: Option<&TableSchema>, p: &Point<'_>) -> Check {
     } else {
         Check::Ok(kinds)
     }
+}
+/// The schemas (in SQL) and storage-name prefixes of the rollup tables: the
+/// 10-minute rollup of table `cpu` is stored as `rollup_10m.cpu` and queried as
+/// `rollup_10m.cpu`.
+pub const ROLLUP_PREFIXES: [&str; 2] = ["rollup_10m.", "rollup_1h."];
+
+/// Whether `table` is one of the engine's rollup tables.
+pub fn is_rollup_table(table: &str) -> bool {
+    ROLLUP_PREFIXES.iter().any(|p| table.starts_with(p))
 }

@@ -10,3 +10,4 @@ mod errors;
 mod hostile;
 mod kafka;
 mod roundtrip;
+mod tiers;

@@ -108,6 +108,9 @@ impl TestServer {
             .arg("--pg-addr")
             .arg(&self.pg_addr)
             .args(&self.extra)
+            // Most tests write at fixed, long-past times: they keep data forever
+            // unless they ask for a retention (a flag or this variable).
+            .env("VIGIL_RETENTION_RAW", "forever")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "VIGIL_LOG",
