@@ -100,7 +100,9 @@ def start_vigil(data, port, result_cache=True, extra=None, **popen):
     """Starts vigil and waits until it is healthy. `extra` replaces the default
     compaction setting (COMPACTION)."""
     env = dict(os.environ, VIGIL_LOG="warn")
-    args = [] if result_cache else ["--query-result-cache-bytes", "0"]
+    # The data is from 2023: kept forever, and not tiered or rolled up mid-run.
+    args = ["--retention-raw", "forever", "--maintenance-interval", "24h"]
+    args += [] if result_cache else ["--query-result-cache-bytes", "0"]
     args += COMPACTION if extra is None else extra
     p = subprocess.Popen([os.path.join(BIN, "vigil"), "serve", "--data-dir", data,
                           "--http-addr", f"127.0.0.1:{port}"] + args, env=env, **popen)
