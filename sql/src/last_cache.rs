@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{plan_err, DataFusionError, Result, ScalarValue};
 use datafusion::datasource::MemTable;
@@ -156,8 +157,67 @@ impl TableProvider for LastCacheTable {
                 )))
             }
         };
+        // A series whose latest row is past the table's retention is gone, as it
+        // is from the table.
+        let rows = match self.storage.retention_cutoff(&self.table) {
+            Some(cutoff) => keep_from(rows, cutoff)?,
+            None => rows,
+        };
         MemTable::try_new(Arc::clone(&self.schema), vec![vec![rows]])?
             .scan(state, projection, filters, limit)
             .await
+    }
+}
+
+/// The rows of `rows` at or after `cutoff`.
+fn keep_from(rows: RecordBatch, cutoff: i64) -> Result<RecordBatch> {
+    let Some(time) = rows.column_by_name(TIME_COLUMN) else {
+        return Ok(rows);
+    };
+    let time =
+        datafusion::arrow::compute::cast(time, &datafusion::arrow::datatypes::DataType::Int64)?;
+    let keep = datafusion::arrow::compute::kernels::cmp::gt_eq(
+        &time,
+        &datafusion::arrow::array::Int64Array::new_scalar(cutoff),
+    )?;
+    Ok(datafusion::arrow::compute::filter_record_batch(
+        &rows, &keep,
+    )?)
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+    use datafusion::arrow::array::{StringArray, TimestampNanosecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    #[test]
+    fn rows_past_the_cutoff_are_dropped() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("host", DataType::Utf8, true),
+            Field::new(
+                TIME_COLUMN,
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                false,
+            ),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["old", "edge", "new"])),
+                Arc::new(TimestampNanosecondArray::from(vec![5, 10, 20]).with_timezone("UTC")),
+            ],
+        )
+        .unwrap();
+        let kept = keep_from(rows, 10).unwrap();
+        let hosts = kept
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(
+            hosts.iter().flatten().collect::<Vec<_>>(),
+            vec!["edge", "new"]
+        );
     }
 }
