@@ -111,6 +111,22 @@ fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// The rows of `source` in `[$1, $2)`: its tags, time and `values`, in series
+/// then time order (as [`RowBuilder`] takes them).
+fn series_query(source: &str, tags: &[String], values: impl Iterator<Item = String>) -> String {
+    let key: Vec<String> = tags
+        .iter()
+        .map(|t| quote(t))
+        .chain([quote(TIME_COLUMN)])
+        .collect();
+    let select: Vec<String> = key.iter().cloned().chain(values).collect();
+    format!(
+        "SELECT {} FROM {source} WHERE time >= $1 AND time < $2 ORDER BY {}",
+        select.join(", "),
+        key.join(", ")
+    )
+}
+
 fn ts(t: i64) -> ScalarValue {
     ScalarValue::TimestampNanosecond(Some(t), Some("UTC".into()))
 }
@@ -327,29 +343,11 @@ impl Rollups {
     }
 
     async fn roll_10m(&self, table: &str, c: &Columns, from: i64, to: i64) -> Result<u64> {
-        let select: Vec<String> = c
-            .tags
+        let values = c
+            .fields
             .iter()
-            .map(|t| quote(t))
-            .chain([quote(TIME_COLUMN)])
-            .chain(
-                c.fields
-                    .iter()
-                    .map(|f| format!("CAST({} AS DOUBLE) AS {}", quote(f), quote(f))),
-            )
-            .collect();
-        let order: Vec<String> = c
-            .tags
-            .iter()
-            .map(|t| quote(t))
-            .chain([quote(TIME_COLUMN)])
-            .collect();
-        let query = format!(
-            "SELECT {} FROM public.{} WHERE time >= $1 AND time < $2 ORDER BY {}",
-            select.join(", "),
-            quote(table),
-            order.join(", ")
-        );
+            .map(|f| format!("CAST({} AS DOUBLE) AS {}", quote(f), quote(f)));
+        let query = series_query(&format!("public.{}", quote(table)), &c.tags, values);
         let mut builder = RowBuilder::new(table, "rollup_10m.", TEN_MINUTES, c);
         self.read(table, &query, from, to, |batch| builder.add_raw(batch))
             .await?;
@@ -379,29 +377,12 @@ impl Rollups {
             .cloned()
             .collect();
         let cols = Columns { tags, fields };
-        let select: Vec<String> = cols
-            .tags
-            .iter()
-            .map(|t| quote(t))
-            .chain([quote(TIME_COLUMN)])
-            .chain(cols.fields.iter().flat_map(|f| {
-                STATE_COLUMNS
-                    .iter()
-                    .map(move |s| quote(&format!("{f}_{s}")))
-            }))
-            .collect();
-        let order: Vec<String> = cols
-            .tags
-            .iter()
-            .map(|t| quote(t))
-            .chain([quote(TIME_COLUMN)])
-            .collect();
-        let query = format!(
-            "SELECT {} FROM rollup_10m.{} WHERE time >= $1 AND time < $2 ORDER BY {}",
-            select.join(", "),
-            quote(table),
-            order.join(", ")
-        );
+        let values = cols.fields.iter().flat_map(|f| {
+            STATE_COLUMNS
+                .iter()
+                .map(move |s| quote(&format!("{f}_{s}")))
+        });
+        let query = series_query(&format!("rollup_10m.{}", quote(table)), &cols.tags, values);
         let mut builder = RowBuilder::new(table, "rollup_1h.", HOUR, &cols);
         self.read(table, &query, from, to, |batch| builder.add_states(batch))
             .await?;
