@@ -58,6 +58,8 @@ pub struct MaintenanceReport {
     pub files_expired: usize,
     pub rows_expired: u64,
     pub bytes_expired: u64,
+    /// Of the expired files, those kept in the archive.
+    pub files_archived: usize,
     pub files_moved_to_cold: usize,
     pub bytes_moved_to_cold: u64,
     pub move_failures: usize,
@@ -84,6 +86,7 @@ impl MaintenanceReport {
             n("files_expired"),
             n("rows_expired"),
             n("bytes_expired"),
+            n("files_archived"),
             n("files_moved_to_cold"),
             n("bytes_moved_to_cold"),
             n("move_failures"),
@@ -114,6 +117,7 @@ impl MaintenanceReport {
                 int(&|r| r.files_expired as i64),
                 int(&|r| r.rows_expired as i64),
                 int(&|r| r.bytes_expired as i64),
+                int(&|r| r.files_archived as i64),
                 int(&|r| r.files_moved_to_cold as i64),
                 int(&|r| r.bytes_moved_to_cold as i64),
                 int(&|r| r.move_failures as i64),
@@ -203,6 +207,8 @@ impl Maintenance {
         };
         let expired: Vec<u64> = files
             .iter()
+            // Restored files go when their restore is dropped.
+            .filter(|f| f.tier != Tier::Restored)
             .filter(|f| {
                 s.retention_cutoff(&f.table)
                     .is_some_and(|cut| f.max_time < cut)
@@ -216,6 +222,10 @@ impl Maintenance {
                     r.files_expired = o.files;
                     r.rows_expired = o.rows;
                     r.bytes_expired = o.bytes;
+                    r.files_archived = o.archived;
+                    if let Some(e) = o.error {
+                        r.errors.push(format!("archive: {e}"));
+                    }
                 }
                 Err(e) => r.errors.push(format!("retention: {e}")),
             }

@@ -79,10 +79,11 @@ pub(crate) async fn maintenance(args: AdminArgs) -> anyhow::Result<()> {
     println!("  compaction: {} table-days merged", n("days_compacted"));
     println!("  rollups:    {} rows written", n("rollup_rows_written"));
     println!(
-        "  retention:  {} files expired ({} rows, {} bytes)",
+        "  retention:  {} files expired ({} rows, {} bytes), {} archived",
         n("files_expired"),
         n("rows_expired"),
-        n("bytes_expired")
+        n("bytes_expired"),
+        n("files_archived")
     );
     println!(
         "  tiering:    {} files moved to the cold tier ({} bytes), {} failed",
@@ -263,4 +264,143 @@ pub(crate) async fn write(args: WriteArgs) -> anyhow::Result<()> {
         bail!("{rejected} lines were rejected");
     }
     Ok(())
+}
+
+/// Arguments of `vigil restore`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["table", "list", "drop", "resume"])))]
+pub(crate) struct RestoreArgs {
+    /// The table whose archived data to bring back (with --from and --to).
+    #[arg(long, requires_all = ["from", "to"])]
+    pub table: Option<String>,
+    /// Start of the range: `2026-01-01T00:00:00Z` or `2026-01-01`.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the range (not included).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// List the restores and their progress.
+    #[arg(long)]
+    pub list: bool,
+    /// Undo restore ID: its data is hidden and its files deleted.
+    #[arg(long, value_name = "ID")]
+    pub drop: Option<u64>,
+    /// Carry on with a restore that stopped (and follow it).
+    #[arg(long, value_name = "ID")]
+    pub resume: Option<u64>,
+    /// Start the restore and return without following it.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub server: AdminArgs,
+}
+
+pub(crate) async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let base = format!(
+        "{}/api/v1/admin/restore",
+        args.server.url.trim_end_matches('/')
+    );
+    let client = reqwest::Client::new();
+    let token = &args.server.token;
+    let server_url = &args.server.url;
+    let send = |r: reqwest::RequestBuilder| async move {
+        let resp = with_token(r, token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach vigil at {server_url}"))?;
+        let status = resp.status();
+        let body = resp.text().await?;
+        match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(v) if status.is_success() => Ok(v),
+            _ => bail!("{}", server_error(status, &body)),
+        }
+    };
+    if args.list {
+        let v = send(client.get(&base)).await?;
+        let all = v["restores"].as_array().cloned().unwrap_or_default();
+        if all.is_empty() {
+            println!("no restores");
+        }
+        for r in all {
+            println!(
+                "{:>4}  {:<20} {} .. {}  {}/{} files  {} bytes  {}{}",
+                r["id"],
+                r["table"].as_str().unwrap_or(""),
+                r["from"].as_str().unwrap_or(""),
+                r["to"].as_str().unwrap_or(""),
+                r["files_done"],
+                r["files"],
+                r["bytes"],
+                r["state"].as_str().unwrap_or(""),
+                r["error"]
+                    .as_str()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+        return Ok(());
+    }
+    if let Some(id) = args.drop {
+        let v = send(client.delete(format!("{base}/{id}"))).await?;
+        println!(
+            "restore {id} dropped ({} files removed)",
+            v["files_removed"]
+        );
+        return Ok(());
+    }
+    let started = match (args.resume, &args.table) {
+        (Some(id), _) => send(client.post(format!("{base}/{id}"))).await?,
+        (None, Some(table)) => {
+            let body = serde_json::json!({"table": table, "from": args.from, "to": args.to});
+            send(client.post(&base).json(&body)).await?
+        }
+        (None, None) => bail!("say what to restore: --table T --from TS --to TS"),
+    };
+    let id = started["id"]
+        .as_u64()
+        .context("the server answered no restore id")?;
+    println!(
+        "restore {id}: {} files ({} bytes) of {}",
+        started["files"],
+        started["bytes"],
+        started["table"].as_str().unwrap_or("")
+    );
+    if args.no_wait {
+        return Ok(());
+    }
+    let bar = ProgressBar::new(started["bytes"].as_u64().unwrap_or(0));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta}) {msg}",
+        )
+        .expect("valid template"),
+    );
+    loop {
+        let v = send(client.get(&base)).await?;
+        let Some(r) = v["restores"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["id"].as_u64() == Some(id)))
+            .cloned()
+        else {
+            bar.abandon();
+            bail!("restore {id} is gone (dropped meanwhile?)");
+        };
+        bar.set_position(r["bytes_done"].as_u64().unwrap_or(0));
+        bar.set_message(format!("{}/{} files", r["files_done"], r["files"]));
+        match r["state"].as_str() {
+            Some("complete") => {
+                bar.finish();
+                println!("restore {id} complete: {} files", r["files_done"]);
+                return Ok(());
+            }
+            Some("failed") | Some("stopped") => {
+                bar.abandon();
+                bail!(
+                    "restore {id} stopped: {} (carry on with `vigil restore --resume {id}`)",
+                    r["error"].as_str().unwrap_or("interrupted")
+                );
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
 }

@@ -126,6 +126,9 @@ pub(crate) struct RollupSection {
     pub enabled: bool,
     #[serde(with = "humantime_serde")]
     pub delay: Duration,
+    /// Aggregates over time buckets of 10 minutes or more read the rollups where
+    /// they answer exactly (raw rows elsewhere); off reads raw rows only.
+    pub read: bool,
 }
 
 impl Default for RollupSection {
@@ -133,6 +136,7 @@ impl Default for RollupSection {
         Self {
             enabled: true,
             delay: Duration::from_secs(900),
+            read: true,
         }
     }
 }
@@ -154,6 +158,9 @@ pub(crate) struct ColdTierSection {
     pub hot_window: Duration,
     /// Bytes of cold reads kept in memory for repeated queries (0: none).
     pub cache_bytes: usize,
+    /// Keep raw files leaving retention in the cold store under `archive/`
+    /// (restorable with `vigil restore`) instead of deleting them.
+    pub archive: bool,
 }
 
 impl Default for ColdTierSection {
@@ -167,6 +174,7 @@ impl Default for ColdTierSection {
             allow_http: false,
             hot_window: Duration::from_secs(86_400),
             cache_bytes: 64 << 20,
+            archive: false,
         }
     }
 }
@@ -675,6 +683,7 @@ impl Config {
             WalRecovery::Truncate => vigil_storage::wal::WalRecovery::Truncate,
         };
         s.cold_cache_bytes = self.cold_tier.cache_bytes;
+        s.archive = self.cold_tier.archive;
         let r = &self.retention;
         let mut tables = std::collections::BTreeMap::new();
         for (t, o) in &r.tables {
@@ -871,6 +880,7 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(2),
             result_cache_bytes: self.query.result_cache_bytes,
+            rollup_reads: self.rollups.enabled && self.rollups.read,
         }
     }
 }
@@ -959,9 +969,16 @@ pub(crate) struct ServeArgs {
     /// How long raw data is kept: a duration or `forever` [default: 7d].
     #[arg(long, env = "VIGIL_RETENTION_RAW")]
     pub retention_raw: Option<Period>,
+    /// Whether aggregates over time buckets read the rollups where they answer
+    /// exactly [default: true].
+    #[arg(long, env = "VIGIL_ROLLUP_READS")]
+    pub rollup_reads: Option<bool>,
     /// The cold tier: `s3://bucket/prefix` or `file:///path` [default: <data dir>/cold].
     #[arg(long, env = "VIGIL_COLD_URL")]
     pub cold_url: Option<String>,
+    /// Keep raw data leaving retention in the cold tier's archive [default: false].
+    #[arg(long, env = "VIGIL_ARCHIVE")]
+    pub archive: Option<bool>,
     /// Files older than this move to the cold tier [default: 1d].
     #[arg(long, env = "VIGIL_HOT_WINDOW")]
     pub hot_window: Option<humantime::Duration>,
@@ -1073,8 +1090,14 @@ impl ServeArgs {
         if let Some(v) = self.retention_raw {
             c.retention.raw = v;
         }
+        if let Some(v) = self.rollup_reads {
+            c.rollups.read = v;
+        }
         if let Some(v) = &self.cold_url {
             c.cold_tier.url = Some(v.clone());
+        }
+        if let Some(v) = self.archive {
+            c.cold_tier.archive = v;
         }
         if let Some(v) = self.hot_window {
             c.cold_tier.hot_window = v.into();

@@ -36,6 +36,7 @@ pub(crate) struct AppState {
     /// Collector mode: writes go to Kafka instead of storage.
     pub forwarder: Option<Arc<KafkaForwarder>>,
     pub maintenance: Arc<vigil_cold_tier::Maintenance>,
+    pub restores: Arc<crate::restore::RestoreJobs>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -50,6 +51,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sql", get(sql_get).post(sql_post))
         .route("/api/v3/query_sql", get(sql_get).post(sql_post))
         .route("/api/v1/admin/maintenance", post(run_maintenance))
+        .route(
+            "/api/v1/admin/restore",
+            post(crate::restore::start).get(crate::restore::list),
+        )
+        .route(
+            "/api/v1/admin/restore/{id}",
+            post(crate::restore::resume).delete(crate::restore::drop_restore),
+        )
         .route("/health", get(health))
         .route("/ping", get(health))
         .route("/metrics", get(metrics))
@@ -70,7 +79,7 @@ fn required_permission(path: &str) -> Option<Option<Permission>> {
             Some(Some(Permission::Write))
         }
         "/api/v1/sql" | "/api/v3/query_sql" => Some(Some(Permission::Query)),
-        "/api/v1/admin/maintenance" => Some(Some(Permission::Admin)),
+        p if p.starts_with("/api/v1/admin/") => Some(Some(Permission::Admin)),
         _ => Some(None),
     }
 }

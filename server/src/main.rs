@@ -6,6 +6,7 @@ mod config;
 mod health;
 mod http;
 mod metrics;
+mod restore;
 mod tls;
 
 use std::sync::Arc;
@@ -40,6 +41,9 @@ enum Command {
     /// compaction, retention and tiering now and prints what they did.
     #[command(subcommand)]
     Admin(cli::AdminCommand),
+    /// Bring archived data back (`[cold_tier] archive = true`) on a running
+    /// server: `--table T --from TS --to TS`, `--list`, `--drop ID`, `--resume ID`.
+    Restore(cli::RestoreArgs),
     /// Tokens: `vigil auth hash` reads a secret on stdin and prints the hash to put
     /// in `[[auth.tokens]] secret_hash`.
     #[command(subcommand)]
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Query(args) => rt.block_on(cli::query(args)),
         Command::Write(args) => rt.block_on(cli::write(args)),
         Command::Admin(cli::AdminCommand::Maintenance(args)) => rt.block_on(cli::maintenance(args)),
+        Command::Restore(args) => rt.block_on(cli::restore(args)),
         Command::Auth(AuthCommand::Hash) => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
@@ -172,7 +177,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_body_bytes: config.http.max_body_bytes,
         forwarder,
         maintenance: Arc::clone(&maintenance),
+        restores: Arc::default(),
     });
+    state.restores.resume_all(&state.storage);
     let flight = vigil_flight::FlightServer::bind(
         Arc::clone(&state.engine),
         &vigil_flight::FlightConfig {

@@ -58,6 +58,9 @@ pub struct QueryConfig {
     /// queries cannot starve the runtime serving connections (health checks,
     /// cancel requests, writes); 0 executes on the caller's runtime.
     pub execution_threads: usize,
+    /// Aggregates over time buckets read the rollups where they give the raw
+    /// answer exactly (see `rollup_selection`).
+    pub rollup_reads: bool,
 }
 
 impl Default for QueryConfig {
@@ -71,6 +74,7 @@ impl Default for QueryConfig {
             target_partitions: 0,
             result_cache_bytes: 64 << 20,
             execution_threads: 0,
+            rollup_reads: true,
         }
     }
 }
@@ -296,11 +300,26 @@ impl QueryEngine {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::clone(&memory))
             .build_arc()?;
+        let mut rules = datafusion::optimizer::Optimizer::new().rules;
+        if config.rollup_reads {
+            // After `now()` and casts of constants are folded, before filters move.
+            let at = rules
+                .iter()
+                .position(|r| r.name() == "simplify_expressions")
+                .map_or(0, |i| i + 1);
+            rules.insert(
+                at,
+                Arc::new(crate::rollup_selection::RollupSelection::new(Arc::clone(
+                    &storage,
+                ))),
+            );
+        }
         let state = crate::functions::with_planner(
             SessionStateBuilder::new()
                 .with_config(session)
                 .with_runtime_env(runtime)
-                .with_default_features(),
+                .with_default_features()
+                .with_optimizer_rules(rules),
         )
         .build();
         let ctx = SessionContext::new_with_state(state);

@@ -14,6 +14,7 @@ mod functions;
 mod last_cache;
 mod memory;
 mod result_cache;
+mod rollup_selection;
 mod scan;
 mod system;
 mod table;

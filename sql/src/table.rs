@@ -179,6 +179,16 @@ enum ChunkKind {
 }
 
 impl VigilTable {
+    /// The table stored as `name` (a measurement or a rollup table), if it exists.
+    pub fn open(storage: Arc<Storage>, name: &str) -> Option<Self> {
+        let schema = storage.table_schema(name)?;
+        Some(Self {
+            storage,
+            name: name.to_string(),
+            schema,
+        })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -304,10 +314,17 @@ impl TableProvider for VigilTable {
                 DataType::Timestamp(_, tz) => tz.clone(),
                 _ => None,
             };
-            filters.push(
-                datafusion::logical_expr::col(TIME_COLUMN)
-                    .gt_eq(lit(ScalarValue::TimestampNanosecond(Some(cutoff), tz))),
-            );
+            let ts = |t: i64| lit(ScalarValue::TimestampNanosecond(Some(t), tz.clone()));
+            let time = || datafusion::logical_expr::col(TIME_COLUMN);
+            // Restored ranges show whatever the retention.
+            let kept = snap
+                .restored
+                .iter()
+                .filter(|(_, to)| *to > i64::MIN)
+                .fold(time().gt_eq(ts(cutoff)), |e, &(from, to)| {
+                    e.or(time().gt_eq(ts(from)).and(time().lt(ts(to))))
+                });
+            filters.push(kept);
         }
         let filters = filters.as_slice();
         let range = TimeRange::from_filters(filters);

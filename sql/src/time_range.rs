@@ -75,6 +75,33 @@ fn literal(e: &Expr) -> Option<i64> {
     }
 }
 
+/// Whether `e` is a bound [`TimeRange::from_filters`] understands whole: a
+/// comparison of the time column with a constant, or a `BETWEEN` of constants
+/// (or a conjunction of those).
+pub(crate) fn is_time_bound(e: &Expr) -> bool {
+    match e {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => is_time_bound(left) && is_time_bound(right),
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            matches!(
+                op,
+                Operator::Gt | Operator::GtEq | Operator::Lt | Operator::LtEq | Operator::Eq
+            ) && ((is_time(left) && literal(right).is_some())
+                || (is_time(right) && literal(left).is_some()))
+        }
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) => is_time(expr) && literal(low).is_some() && literal(high).is_some(),
+        _ => false,
+    }
+}
+
 impl TimeRange {
     /// Narrows the range with every conjunct of `filters` it understands.
     pub(crate) fn from_filters(filters: &[Expr]) -> Self {

@@ -63,6 +63,10 @@ pub enum Tier {
     Hot,
     /// The cold tier: a local directory or an S3-compatible bucket.
     Cold,
+    /// Brought back from the archive by a restore: on local disk under
+    /// `restored/<restore id>/`, outside retention, compaction and tiering, until
+    /// the restore is dropped.
+    Restored,
 }
 
 impl Tier {
@@ -74,6 +78,7 @@ impl Tier {
         match self {
             Tier::Hot => "hot",
             Tier::Cold => "cold",
+            Tier::Restored => "restored",
         }
     }
 }
@@ -118,6 +123,15 @@ pub struct CatalogState {
     /// Per raw table: how far its rollups are built.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rollups: BTreeMap<String, RollupWatermark>,
+    /// Raw files past retention kept in the cold store's archive (`archive/`
+    /// + their path), when archiving is on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archive: Vec<ParquetFileMeta>,
+    /// Restores of archived data, by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub restores: BTreeMap<u64, crate::archive::Restore>,
+    #[serde(default)]
+    pub next_restore_id: u64,
 }
 
 /// How far a table's rollups are built: every 10-minute bucket before

@@ -54,7 +54,7 @@ impl Compactor {
         self.metrics
             .parquet_bytes
             .set(all.iter().map(|f| f.size_bytes as i64).sum());
-        for tier in [Tier::Hot, Tier::Cold] {
+        for tier in [Tier::Hot, Tier::Cold, Tier::Restored] {
             let label = vec![("tier".to_string(), tier.as_str().to_string())];
             let of_tier = all.iter().filter(|f| f.tier == tier);
             let (n, bytes, rows) = of_tier.fold((0i64, 0i64, 0i64), |(n, b, r), f| {

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use vigil_model::Point;
 
 use crate::buffer::{file_seq, normalize, with_seq_column, BufferedBatch, WriteBuffer};
-use crate::catalog::{Catalog, ParquetFileMeta, RollupWatermark};
+use crate::catalog::{Catalog, ParquetFileMeta, RollupWatermark, Tier};
 use crate::cold_store::{ColdStoreMetrics, ObservedStore};
 use crate::compactor::{window_nanos, Compactor};
 use crate::error::{Error, Result};
@@ -63,6 +63,9 @@ pub struct StorageConfig {
     pub cold_cache_bytes: usize,
     /// How long each table's data is kept (queries see nothing older).
     pub retention: RetentionPolicy,
+    /// Keep raw files leaving retention in the cold store's archive instead of
+    /// deleting them (restorable with [`Storage::start_restore`]).
+    pub archive: bool,
 }
 
 impl StorageConfig {
@@ -82,6 +85,7 @@ impl StorageConfig {
             cold_store: None,
             cold_cache_bytes: 64 << 20,
             retention: RetentionPolicy::forever(),
+            archive: false,
         }
     }
 }
@@ -105,6 +109,9 @@ pub struct TableSnapshot {
     /// Rows before this time (nanoseconds) are past the table's retention: queries
     /// must not return them, even from the buffer or a file not yet deleted.
     pub retention_cutoff: Option<i64>,
+    /// Time ranges `[from, to)` restored from the archive: visible whatever the
+    /// retention.
+    pub restored: Vec<(i64, i64)>,
 }
 
 /// A Parquet file of a snapshot.
@@ -164,7 +171,7 @@ impl TableSnapshot {
 
 /// The storage engine. Cheap to share behind an `Arc`.
 pub struct Storage {
-    config: StorageConfig,
+    pub(crate) config: StorageConfig,
     pub(crate) store: ParquetStore,
     /// The cold tier, with request counters and a read cache.
     pub(crate) cold: ParquetStore,
@@ -231,6 +238,7 @@ impl Storage {
             config.deletion_grace,
         ));
         reaper.remove_orphans(&catalog).await?;
+        crate::archive::remove_dropped_restores(&store, &catalog).await?;
         let schemas = Arc::new(catalog.read(|c| {
             TableSchemas::new(&c.tables, config.max_tables, config.max_columns_per_table)
         }));
@@ -430,7 +438,9 @@ impl Storage {
             c.files
                 .iter()
                 .filter(|f| f.table == table)
-                .filter(|f| retention_cutoff.is_none_or(|cut| f.max_time >= cut))
+                .filter(|f| {
+                    f.tier == Tier::Restored || retention_cutoff.is_none_or(|cut| f.max_time >= cut)
+                })
                 .map(|f| SnapshotFile {
                     meta: f.clone(),
                     url: self.store_of(f.tier).file_url(&f.path),
@@ -445,6 +455,7 @@ impl Storage {
             buffer_duplicate_free,
             files,
             retention_cutoff,
+            restored: self.restored_ranges(table),
         })
     }
 

@@ -45,6 +45,8 @@ pub enum Error {
     WriteTooLarge { size: usize, limit: usize },
     #[error("{dir} holds {files} Parquet files but no catalog.json: refusing to start with an empty catalog (which would delete them). Restore catalog.json from a backup, or move the parquet directory away to start empty")]
     MissingCatalog { dir: PathBuf, files: usize },
+    #[error("restore refused: {message}")]
+    Restore { message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

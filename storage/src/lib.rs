@@ -8,6 +8,7 @@
 //! files recorded in the [`catalog`]; the [`compact`] step merges small files.
 //! The SQL layer reads a consistent [`TableSnapshot`] (buffer + files) per query.
 
+pub mod archive;
 pub mod buffer;
 pub mod catalog;
 pub mod cold_store;

@@ -43,7 +43,7 @@ impl Reaper {
 
     fn store(&self, tier: Tier) -> &ParquetStore {
         match tier {
-            Tier::Hot => &self.hot,
+            Tier::Hot | Tier::Restored => &self.hot,
             Tier::Cold => &self.cold,
         }
     }

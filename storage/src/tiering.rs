@@ -35,6 +35,12 @@ pub struct ExpireOutcome {
     pub files: usize,
     pub rows: u64,
     pub bytes: u64,
+    /// Of those, kept in the archive.
+    pub archived: usize,
+    /// Files that could not be archived: they stay (hidden from queries) and are
+    /// tried again, with the first error.
+    pub archive_failed: usize,
+    pub error: Option<String>,
 }
 
 impl Storage {
@@ -138,18 +144,57 @@ impl Storage {
 
     /// Removes the files `ids` from the catalog (their data is past retention) and
     /// deletes them from their tier after the grace time.
+    /// With archiving on, a raw file is first copied to the archive (a file that
+    /// cannot be copied stays); restored files only go when their restore is
+    /// dropped.
     pub async fn expire_files(&self, ids: &[u64]) -> Result<ExpireOutcome> {
         let _guard = self.compactor.lock.lock().await;
-        let ids: HashSet<u64> = ids.iter().copied().collect();
+        let mut ids: HashSet<u64> = ids.iter().copied().collect();
+        let mut out = ExpireOutcome::default();
+        let mut archived: std::collections::HashMap<u64, String> = Default::default();
+        let candidates: Vec<ParquetFileMeta> = self.catalog.read(|c| {
+            c.files
+                .iter()
+                .filter(|f| ids.contains(&f.id))
+                .cloned()
+                .collect()
+        });
+        for f in candidates {
+            if f.tier == Tier::Restored {
+                ids.remove(&f.id);
+            } else if self.config.archive && !crate::is_rollup_table(&f.table) {
+                match self.archive_copy(&f).await {
+                    Ok(path) => {
+                        archived.insert(f.id, path);
+                    }
+                    Err(e) => {
+                        warn!(file = f.path, table = f.table, error = %e, "could not archive an expired file; it stays until it can be");
+                        ids.remove(&f.id);
+                        out.archive_failed += 1;
+                        out.error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+        }
         let removed = self.catalog.commit_if(|next| {
             let (gone, keep): (Vec<ParquetFileMeta>, Vec<ParquetFileMeta>) =
                 next.files.drain(..).partition(|f| ids.contains(&f.id));
             next.files = keep;
+            for f in &gone {
+                if let Some(path) = archived.get(&f.id) {
+                    next.archive.retain(|a| a.id != f.id);
+                    next.archive.push(ParquetFileMeta {
+                        path: path.clone(),
+                        tier: Tier::Cold,
+                        ..f.clone()
+                    });
+                }
+            }
             Ok((!gone.is_empty()).then_some(gone))
         })?;
-        let mut out = ExpireOutcome::default();
         for f in removed.unwrap_or_default() {
             out.files += 1;
+            out.archived += usize::from(archived.contains_key(&f.id));
             out.rows += f.rows;
             out.bytes += f.size_bytes;
             info!(
@@ -184,7 +229,7 @@ impl Storage {
     /// The store holding `tier`'s files.
     pub fn store_of(&self, tier: Tier) -> &crate::ParquetStore {
         match tier {
-            Tier::Hot => &self.store,
+            Tier::Hot | Tier::Restored => &self.store,
             Tier::Cold => &self.cold,
         }
     }
@@ -248,6 +293,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_moved_file_is_read_from_the_cold_tier_and_its_hot_copy_goes() {
+        // Failpoints are global: hold the scenario lock so another test's
+        // `tier-before-commit` cannot fail these moves.
+        let _scenario = fail::FailScenario::setup();
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(config(dir.path())).await.unwrap();
         let old = now_nanos() - 3 * DAY;
@@ -313,6 +361,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn expired_rows_are_never_read_and_expired_files_are_deleted() {
+        let _scenario = fail::FailScenario::setup();
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path());
         c.retention = RetentionPolicy {
@@ -327,7 +376,7 @@ mod tests {
             .files()
             .into_iter()
             .partition(|f| f.max_time < now - 7 * DAY);
-        s.move_to_cold(&[old[0].id]).await.unwrap();
+        assert_eq!(s.move_to_cold(&[old[0].id]).await.unwrap().files, 1);
         let snap = s.snapshot("cpu").unwrap();
         let cutoff = snap.retention_cutoff.unwrap();
         assert!((now - 7 * DAY..now - 7 * DAY + 60_000_000_000).contains(&cutoff));

@@ -352,3 +352,191 @@ fn rollups_match_duckdb_before_and_after_a_late_write() {
     assert_eq!(r.status(), 400);
     assert!(r.text().unwrap().contains("reserved for rollups"));
 }
+
+fn plan_text(s: &TestServer, q: &str) -> String {
+    s.sql(&format!("EXPLAIN {q}"))
+        .iter()
+        .map(|r| r["plan"].as_str().unwrap_or("").to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn date(ns: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_nanos(ns as u64);
+    humantime::format_rfc3339(t).to_string()[..10].to_string()
+}
+
+/// `vigil restore` with `args`: exit status and everything it printed.
+fn restore(s: &TestServer, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["restore"];
+    all.extend_from_slice(args);
+    let out = s.cli(&all);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Raw data past retention is archived by maintenance instead of deleted,
+/// `vigil restore` brings a range of it back into queries (and `--drop` hides it
+/// again); hourly aggregates read the rollups, and answer as raw rows do.
+#[test]
+fn archive_restore_and_rollup_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start(
+        dir.path(),
+        &[
+            "--retention-raw",
+            "7d",
+            "--archive",
+            "true",
+            "--flush-interval",
+            "1s",
+        ],
+    );
+    let now = now();
+    let old = now - 10 * DAY;
+    let recent = (now - 2 * DAY) / 3_600_000_000_000 * 3_600_000_000_000;
+    let mut lp = String::new();
+    for i in 0..3 {
+        lp.push_str(&format!("cpu,host=a usage={} {}\n", 100 + i, old + i));
+    }
+    for i in 0..36i64 {
+        let host = if i % 2 == 0 { "a" } else { "b" };
+        lp.push_str(&format!(
+            "cpu,host={host} usage={}.25 {}\n",
+            i,
+            recent + i * 600_000_000_000 + 7_000_000_000
+        ));
+    }
+    s.write_lp(&lp);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.sql("SELECT coalesce(sum(rows), 0) AS n FROM system.files")[0]["n"].as_i64() != Some(39)
+    {
+        assert!(Instant::now() < deadline, "not flushed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(int(&s.sql("SELECT count(*) AS n FROM cpu"), 0, "n"), 36);
+
+    let (ok, text) = maintenance(&s);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("1 files expired (3 rows") && text.contains("1 archived"),
+        "{text}"
+    );
+    assert!(
+        !tiers(&s).iter().any(|(t, _)| t == "restored"),
+        "{:?}",
+        tiers(&s)
+    );
+
+    // Careless and hostile requests get a clear refusal.
+    let (ok, text) = restore(
+        &s,
+        &[
+            "--table",
+            "nope",
+            "--from",
+            "2020-01-01",
+            "--to",
+            "2030-01-01",
+        ],
+    );
+    assert!(
+        !ok && text.contains("nothing of table 'nope' is archived"),
+        "{text}"
+    );
+    let (ok, text) = restore(
+        &s,
+        &[
+            "--table",
+            "cpu",
+            "--from",
+            "last week",
+            "--to",
+            "2030-01-01",
+        ],
+    );
+    assert!(!ok && text.contains("'from' is not a time"), "{text}");
+    let (ok, text) = restore(
+        &s,
+        &[
+            "--table",
+            "cpu",
+            "--from",
+            "2030-01-01",
+            "--to",
+            "2020-01-01",
+        ],
+    );
+    assert!(!ok && text.contains("range to restore is empty"), "{text}");
+    let (ok, text) = restore(&s, &["--drop", "99"]);
+    assert!(!ok && text.contains("no restore 99"), "{text}");
+    let r = s
+        .request(reqwest::Method::POST, "/api/v1/admin/restore")
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let (from, to) = (date(old - DAY), date(old + DAY));
+    let (ok, text) = restore(&s, &["--table", "cpu", "--from", &from, "--to", &to]);
+    assert!(ok && text.contains("restore 1 complete: 1 files"), "{text}");
+    assert_eq!(int(&s.sql("SELECT count(*) AS n FROM cpu"), 0, "n"), 39);
+    assert_eq!(
+        int(
+            &s.sql("SELECT CAST(sum(usage) AS BIGINT) AS n FROM cpu WHERE usage >= 100"),
+            0,
+            "n"
+        ),
+        303
+    );
+    assert!(
+        tiers(&s).contains(&("restored".to_string(), 1)),
+        "{:?}",
+        tiers(&s)
+    );
+    let (ok, text) = restore(&s, &["--list"]);
+    assert!(
+        ok && text.contains("complete") && text.contains("cpu"),
+        "{text}"
+    );
+    // Maintenance leaves restored data alone, and a restart keeps it.
+    assert!(maintenance(&s).0);
+    s.restart();
+    assert_eq!(int(&s.sql("SELECT count(*) AS n FROM cpu"), 0, "n"), 39);
+
+    let (ok, text) = restore(&s, &["--drop", "1"]);
+    assert!(ok && text.contains("1 files removed"), "{text}");
+    assert_eq!(int(&s.sql("SELECT count(*) AS n FROM cpu"), 0, "n"), 36);
+
+    // Hourly buckets over the last three days read the 1-hour rollup where it
+    // is built, and give what the raw rows give.
+    let q = "SELECT time_bucket('1 hour', time) AS b, host, avg(usage) AS a, max(usage) AS m, count(usage) AS n \
+             FROM cpu WHERE time >= now() - interval '3 days' GROUP BY 1, 2 ORDER BY 1, 2";
+    let plan = plan_text(&s, q);
+    assert!(plan.contains("tier rollup_1h"), "{plan}");
+    let with = s.sql(q);
+    assert_eq!(
+        with.iter().map(|r| r["n"].as_i64().unwrap()).sum::<i64>(),
+        36
+    );
+    s.env.push(("VIGIL_ROLLUP_READS".into(), "false".into()));
+    s.restart();
+    assert!(!plan_text(&s, q).contains("tier "));
+    let without = s.sql(q);
+    assert_eq!(with.len(), without.len());
+    for (a, b) in with.iter().zip(&without) {
+        assert_eq!(
+            (&a["b"], &a["host"], &a["n"], &a["m"]),
+            (&b["b"], &b["host"], &b["n"], &b["m"])
+        );
+        let (x, y) = (a["a"].as_f64().unwrap(), b["a"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-9 * y.abs().max(1.0), "{a:?} vs {b:?}");
+    }
+}

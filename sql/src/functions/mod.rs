@@ -1,7 +1,7 @@
 //! Time-series SQL functions, registered in every session (HTTP, CLI, Flight SQL,
 //! Postgres wire), and the planner pieces gap filling needs.
 
-mod bucket;
+pub(crate) mod bucket;
 mod counter;
 mod first_last;
 mod gapfill;
