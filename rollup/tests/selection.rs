@@ -243,3 +243,42 @@ async fn rollup_reads_answer_as_raw_rows_do() {
     assert_eq!(run(&with, QUERIES[2]).await, day);
     storage.shutdown().await.unwrap();
 }
+
+/// Names are names: a capitalized field and a dotted tag (OpenTelemetry style)
+/// are read from the rollups like any other, and integer sums stay raw.
+#[tokio::test]
+async fn odd_names_and_integer_sums() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+    let mut points = Vec::new();
+    for i in 0..2000i64 {
+        points.push(Point {
+            table: Cow::Borrowed("Mem"),
+            tags: vec![(
+                Cow::Borrowed("service.name"),
+                Cow::Owned(format!("svc{}", i % 3)),
+            )],
+            fields: vec![
+                (Cow::Borrowed("Used"), FieldValue::F64(i as f64 * 1.5)),
+                (Cow::Borrowed("n"), FieldValue::I64(i)),
+            ],
+            time: T0 + i * 61 * SECOND,
+        });
+    }
+    store(&storage, points).await;
+    storage.flush().await.unwrap();
+    let with = Arc::new(engine(&storage, true));
+    let without = engine(&storage, false);
+    Rollups::new(Arc::clone(&with), Arc::clone(&storage), Duration::ZERO)
+        .run_at(T0 + 40 * HOUR)
+        .await
+        .unwrap();
+    let q = "SELECT time_bucket('1 hour', time) AS b, \"service.name\", avg(\"Used\"), max(\"Used\"), count(n), avg(n) \
+             FROM \"Mem\" WHERE \"service.name\" <> 'svc2' GROUP BY 1, 2 ORDER BY 1, 2";
+    assert!(explain(&with, q).await.contains("tier rollup_1h"));
+    assert_eq!(run(&with, q).await, run(&without, q).await);
+    // sum of an integer field: rollups keep floats, so raw rows answer it.
+    let q = "SELECT time_bucket('1 hour', time) AS b, sum(n) FROM \"Mem\" GROUP BY 1 ORDER BY 1";
+    assert!(!explain(&with, q).await.contains("tier "));
+    storage.shutdown().await.unwrap();
+}

@@ -10,11 +10,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
+use vigil_auth::Principal;
 use vigil_storage::archive::Restore;
 use vigil_storage::Storage;
 
@@ -38,11 +39,12 @@ impl RestoreJobs {
         let storage = Arc::clone(storage);
         tokio::spawn(async move {
             let out = storage.run_restore(id, |_| {}).await;
-            jobs.running.lock().remove(&id);
+            // The error first: a poll in between must not see a stop without it.
             if let Err(e) = out {
                 warn!(restore = id, error = %e, "restore stopped");
                 jobs.errors.lock().insert(id, e.to_string());
             }
+            jobs.running.lock().remove(&id);
         });
     }
 
@@ -129,6 +131,14 @@ pub(crate) struct RestoreRequest {
     to: Value,
 }
 
+/// A token scoped to other tables may not restore (or see restores of) this one.
+fn forbidden(table: &str) -> Response {
+    error(
+        StatusCode::FORBIDDEN,
+        format!("this token may not read table '{table}'"),
+    )
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
@@ -137,6 +147,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// with the restore (follow it with `GET`).
 pub(crate) async fn start(
     State(s): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
     body: Result<Json<RestoreRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(req) = match body {
@@ -148,6 +159,9 @@ pub(crate) async fn start(
             )
         }
     };
+    if !principal.tables.allows(&req.table) {
+        return forbidden(&req.table);
+    }
     let (from, to) = match (parse_time("from", &req.from), parse_time("to", &req.to)) {
         (Ok(f), Ok(t)) => (f, t),
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
@@ -165,19 +179,28 @@ pub(crate) async fn start(
 }
 
 /// `GET /api/v1/admin/restore`: every restore with its progress.
-pub(crate) async fn list(State(s): State<Arc<AppState>>) -> Response {
+pub(crate) async fn list(
+    State(s): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
+) -> Response {
     let all: Vec<Value> = s
         .storage
         .restores()
         .iter()
+        .filter(|r| principal.tables.allows(&r.table))
         .map(|r| s.restores.view(r))
         .collect();
     Json(json!({ "restores": all })).into_response()
 }
 
 /// `POST /api/v1/admin/restore/{id}`: runs a stopped restore again.
-pub(crate) async fn resume(State(s): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
+pub(crate) async fn resume(
+    State(s): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(id): Path<u64>,
+) -> Response {
     match s.storage.restores().into_iter().find(|r| r.id == id) {
+        Some(r) if !principal.tables.allows(&r.table) => forbidden(&r.table),
         Some(r) => {
             if !r.complete() {
                 s.restores.spawn(&s.storage, id);
@@ -189,7 +212,16 @@ pub(crate) async fn resume(State(s): State<Arc<AppState>>, Path(id): Path<u64>) 
 }
 
 /// `DELETE /api/v1/admin/restore/{id}`: undoes a restore.
-pub(crate) async fn drop_restore(State(s): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
+pub(crate) async fn drop_restore(
+    State(s): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
+    Path(id): Path<u64>,
+) -> Response {
+    if let Some(r) = s.storage.restores().into_iter().find(|r| r.id == id) {
+        if !principal.tables.allows(&r.table) {
+            return forbidden(&r.table);
+        }
+    }
     match s.storage.drop_restore(id).await {
         Ok(files) => Json(json!({"id": id, "files_removed": files})).into_response(),
         Err(e @ vigil_storage::Error::Restore { .. }) => {

@@ -33,7 +33,7 @@ use datafusion::datasource::provider_as_source;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
-    cast, col, lit, when, Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, TableScan,
+    cast, lit, when, Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, TableScan,
 };
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use vigil_storage::{Storage, TIME_COLUMN};
@@ -87,9 +87,15 @@ impl OptimizerRule for RollupSelection {
             let LogicalPlan::Aggregate(agg) = &node else {
                 return Ok(Transformed::no(node));
             };
-            match self.rewrite_aggregate(agg)? {
-                Some(plan) => Ok(Transformed::new(plan, true, TreeNodeRecursion::Jump)),
-                None => Ok(Transformed::no(node)),
+            match self.rewrite_aggregate(agg) {
+                Ok(Some(plan)) => Ok(Transformed::new(plan, true, TreeNodeRecursion::Jump)),
+                Ok(None) => Ok(Transformed::no(node)),
+                // A rewrite that cannot be planned is not the query's error: it
+                // reads raw rows as written.
+                Err(e) => {
+                    tracing::warn!(error = %e, "rollup selection gave up on a query");
+                    Ok(Transformed::no(node))
+                }
             }
         })
     }
@@ -195,6 +201,20 @@ fn subtract(ranges: &[(i64, i64)], holes: &[(i64, i64)]) -> Vec<(i64, i64)> {
     out
 }
 
+/// Where both `a` and `b` (sorted, disjoint half-open ranges) are.
+fn intersect(a: &[(i64, i64)], b: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    for &(a0, a1) in a {
+        for &(b0, b1) in b {
+            let (lo, hi) = (a0.max(b0), a1.min(b1));
+            if lo < hi {
+                out.push((lo, hi));
+            }
+        }
+    }
+    coalesce(out)
+}
+
 /// The whole `step`-aligned pieces of `ranges`.
 fn aligned(ranges: &[(i64, i64)], step: i64) -> Vec<(i64, i64)> {
     ranges
@@ -249,6 +269,12 @@ fn plain_column(e: &Expr) -> Option<&Column> {
         Expr::Column(c) => Some(c),
         _ => None,
     }
+}
+
+/// The column named exactly `name` (never parsed: `Usage` or `service.name` are
+/// names, not SQL).
+fn col(name: &str) -> Expr {
+    Expr::Column(Column::new_unqualified(name))
 }
 
 /// The partial state column names of field number `i`.
@@ -323,7 +349,9 @@ impl RollupSelection {
                 let [n, s, lo, hi] = state_names(f);
                 let counted = col(n.as_str()).gt(lit(0i64));
                 match merge {
-                    Merge::Count => col(n.as_str()),
+                    Merge::Count => {
+                        datafusion::functions::expr_fn::coalesce(vec![col(n.as_str()), lit(0i64)])
+                    }
                     Merge::Sum => when(counted, col(s.as_str())).end()?,
                     Merge::Avg => when(
                         counted,
@@ -377,7 +405,18 @@ impl RollupSelection {
         // Filters: bounds on time, or conditions on tags only.
         let mut tag_filters = Vec::new();
         for f in &filters {
-            if f.is_volatile() {
+            let subquery = f
+                .exists(|e| {
+                    Ok(matches!(
+                        e,
+                        Expr::Exists(_)
+                            | Expr::InSubquery(_)
+                            | Expr::ScalarSubquery(_)
+                            | Expr::OuterReferenceColumn(..)
+                    ))
+                })
+                .unwrap_or(true);
+            if subquery || f.is_volatile() {
                 return None;
             }
             let cols = f.column_refs();
@@ -465,8 +504,12 @@ impl RollupSelection {
                 return None;
             }
             let ty = snap_schema.field_with_name(&field.name).ok()?.data_type();
-            if !matches!(ty, DataType::Float64 | DataType::Int64) {
-                return None;
+            // Rollups keep integer fields as floats: exact for counts and
+            // averages, not for sums and extremes past 2^53.
+            match ty {
+                DataType::Float64 => {}
+                DataType::Int64 if matches!(merge, Merge::Avg | Merge::Count) => {}
+                _ => return None,
             }
             let at = match fields.iter().position(|c| c == field) {
                 Some(at) => at,
@@ -527,7 +570,17 @@ impl RollupSelection {
         {
             stale.extend(stale_buckets(b, watermark.rolled_10m));
         }
-        stale = coalesce(stale);
+        // Raw rows are kept from the retention cutoff on, and in restored ranges;
+        // a stale bucket is read raw only where it is kept whole (elsewhere the
+        // rollup, if stale, is all there is).
+        let raw_start = self
+            .storage
+            .retention_cutoff(&shape.table)
+            .unwrap_or(i64::MIN);
+        let mut raw_kept = vec![(raw_start, i64::MAX)];
+        raw_kept.extend(snap.restored.iter().copied());
+        let raw_kept = coalesce(raw_kept);
+        stale = intersect(&coalesce(stale), &aligned(&raw_kept, TEN_MINUTES));
         let stale_hours = coalesce(
             stale
                 .iter()
@@ -554,16 +607,8 @@ impl RollupSelection {
         if hours.is_empty() && tens.is_empty() {
             return None;
         }
-        // Raw rows are there from the retention cutoff on, and in restored ranges.
-        let raw_from = lo.max(
-            self.storage
-                .retention_cutoff(&shape.table)
-                .unwrap_or(i64::MIN),
-        );
-        let mut raw_kept = vec![(raw_from, hi)];
-        raw_kept.extend(snap.restored.iter().map(|&(a, b)| (a.max(lo), b.min(hi))));
         let rolled = coalesce(hours.iter().chain(&tens).copied().collect());
-        let raw = subtract(&coalesce(raw_kept), &rolled);
+        let raw = subtract(&intersect(&raw_kept, &[(lo, hi)]), &rolled);
         let mut parts: Vec<(Source, i64, i64)> = hours
             .into_iter()
             .map(|(a, b)| (Source::Hour, a, b))
@@ -637,20 +682,27 @@ impl RollupSelection {
         };
         let schema = table.schema();
         let has = |c: &str| schema.field_with_name(c).is_ok();
+        let typed =
+            |c: &str, t: &DataType| schema.field_with_name(c).is_ok_and(|f| f.data_type() == t);
         let needed_tags = shape.group_tags.iter().map(|(_, c)| c.name.clone()).chain(
             shape
                 .tag_filters
                 .iter()
                 .flat_map(|f| f.column_refs().into_iter().map(|c| c.name.clone())),
         );
-        let mut needed_fields = shape
-            .fields
-            .iter()
-            .flat_map(|f| ["count", "sum", "min", "max"].map(|k| format!("{}_{k}", f.name)));
+        let mut needed_fields = shape.fields.iter().flat_map(|f| {
+            [
+                ("count", DataType::Int64),
+                ("sum", DataType::Float64),
+                ("min", DataType::Float64),
+                ("max", DataType::Float64),
+            ]
+            .map(|(k, t)| (format!("{}_{k}", f.name), t))
+        });
         if !needed_tags
             .chain(std::iter::once(TIME_COLUMN.to_string()))
             .all(|c| has(&c))
-            || !needed_fields.all(|c| has(&c))
+            || !needed_fields.all(|(c, t)| typed(&c, &t))
         {
             return Ok(None);
         }
@@ -679,7 +731,7 @@ impl RollupSelection {
         let mut states = Vec::new();
         for (i, field) in shape.fields.iter().enumerate() {
             let [n, s, lo, hi] = state_names(i);
-            let c = |k: &str| col(format!("{}_{k}", field.name).as_str());
+            let c = |k: &str| col(&format!("{}_{k}", field.name));
             states.push(sum(c("count")).alias(n));
             states.push(sum(c("sum")).alias(s));
             states.push(min(c("min")).alias(lo));
@@ -713,6 +765,10 @@ mod tests {
         assert_eq!(subtract(&[(0, 100)], &[(-5, 200)]), vec![]);
         assert_eq!(aligned(&[(5, 95)], 10), vec![(10, 90)]);
         assert_eq!(aligned(&[(5, 9)], 10), vec![]);
+        assert_eq!(
+            intersect(&[(0, 10), (20, 30)], &[(5, 25)]),
+            vec![(5, 10), (20, 25)]
+        );
         assert_eq!(
             coalesce(vec![(5, 9), (0, 5), (20, 30)]),
             vec![(0, 9), (20, 30)]

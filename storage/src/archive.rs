@@ -111,15 +111,30 @@ impl Storage {
             )));
         }
         let restore = self.catalog.commit(|next| {
-            let files: Vec<&ParquetFileMeta> = next
+            let in_range: Vec<&ParquetFileMeta> = next
                 .archive
                 .iter()
                 .filter(|f| f.table == table && f.overlaps(from, to - 1))
                 .collect();
-            if files.is_empty() {
+            if in_range.is_empty() {
                 return Err(refused(format!(
                     "nothing of table '{table}' is archived in that range ({} archived files in all)",
                     next.archive.len()
+                )));
+            }
+            // A file another restore brings back is not copied twice.
+            let taken: HashSet<u64> = next
+                .restores
+                .values()
+                .flat_map(|r| r.files.iter().copied())
+                .collect();
+            let files: Vec<&ParquetFileMeta> = in_range
+                .into_iter()
+                .filter(|f| !taken.contains(&f.id))
+                .collect();
+            if files.is_empty() {
+                return Err(refused(format!(
+                    "everything archived of table '{table}' in that range is restored already (vigil restore --list)"
                 )));
             }
             next.next_restore_id = next.next_restore_id.max(1);
@@ -375,6 +390,10 @@ mod tests {
             .start_restore("cpu", now - 11 * DAY, now - 9 * DAY)
             .unwrap();
         assert_eq!(r.files.len(), 1);
+        let e = s
+            .start_restore("cpu", now - 10 * DAY, now - 9 * DAY)
+            .unwrap_err();
+        assert!(e.to_string().contains("restored already"), "{e}");
         {
             let _scenario = fail::FailScenario::setup();
             fail::cfg("restore-before-commit", "return").unwrap();
