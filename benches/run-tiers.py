@@ -10,6 +10,9 @@ cache), run the query once (cold, uncached) and 5 times more (cold, cached),
 then print the numbers and a storage projection for 10 M series at a 10 s
 interval, one year, with the default retention (raw 7 d, 10 m 30 d, 1 h 1 y).
 
+Then the same hourly query written with time_bucket, read from raw rows and
+with rollup reads (the 1-hour rollup), cold cached both.
+
   python3 benches/run-tiers.py --hosts 100 --hours 24
 """
 import argparse, json, os, socket, subprocess, sys, tempfile, time, urllib.request
@@ -18,6 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 QUERY = ("SELECT date_trunc('hour', time) AS hour, hostname, avg(usage_user) AS u, "
          "max(usage_system) AS s FROM cpu GROUP BY 1, 2 ORDER BY 1, 2")
+# The same with time_bucket, which rollup reads answer from the 1-hour rollup.
+BUCKETED = ("SELECT time_bucket('1 hour', time) AS hour, hostname, avg(usage_user) AS u, "
+            "max(usage_system) AS s FROM cpu GROUP BY 1, 2 ORDER BY 1, 2")
 
 
 def free_port():
@@ -92,12 +98,13 @@ interval = "24h"
 """)
         url = f"http://127.0.0.1:{http}"
 
-        def start():
+        def start(rollup_reads=False):
             p = subprocess.Popen([os.path.join(BIN, "vigil"), "serve", "--config", cfg,
                                   "--data-dir", os.path.join(work, "data"), "--http-addr", f"127.0.0.1:{http}",
                                   "--flight-addr", f"127.0.0.1:{free_port()}", "--pg-addr", f"127.0.0.1:{free_port()}",
                                   "--query-result-cache-bytes", "0"],
-                                 env=dict(os.environ, VIGIL_LOG="warn"))
+                                 env=dict(os.environ, VIGIL_LOG="warn",
+                                          VIGIL_ROLLUP_READS=str(rollup_reads).lower()))
             wait(url + "/health")
             return p
 
@@ -117,12 +124,12 @@ interval = "24h"
         rows = sql(url, "SELECT count(*) AS n FROM cpu")[0]["n"]
         samples = rows * 10
 
-        def timed(label, n):
+        def timed(label, n, query=QUERY):
             ms = []
             before = metrics(url)
             for _ in range(n):
                 t = time.perf_counter()
-                sql(url, QUERY)
+                sql(url, query)
                 ms.append((time.perf_counter() - t) * 1000)
             after = metrics(url)
             reqs = {k: int(after.get(k, 0) - before.get(k, 0)) for k in after}
@@ -140,6 +147,12 @@ interval = "24h"
         server = start()
         timed("cold, uncached", 1)
         timed("cold, cached", args.runs)
+        raw_answer = sql(url, BUCKETED)
+        timed("bucketed, raw rows", args.runs, BUCKETED)
+        stop(server)
+        server = start(rollup_reads=True)
+        timed("bucketed, rollup reads", args.runs, BUCKETED)
+        assert len(sql(url, BUCKETED)) == len(raw_answer), "rollup reads changed the answer"
         by_table = sql(url, "SELECT table_name, tier, sum(size_bytes) AS b, sum(rows) AS r "
                             "FROM system.files GROUP BY 1, 2 ORDER BY 1, 2")
         sizes = {r["table_name"]: r["b"] for r in by_table}
