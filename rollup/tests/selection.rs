@@ -111,7 +111,7 @@ async fn explain(engine: &QueryEngine, sql: &str) -> String {
         .to_string()
 }
 
-const QUERIES: [&str; 5] = [
+const QUERIES: [&str; 6] = [
     // The issue's example, with an unaligned start.
     "SELECT time_bucket('1 hour', time) AS b, avg(usage), max(usage), min(usage), sum(usage), count(usage) \
      FROM cpu WHERE time > '2026-01-01T00:07:13Z' GROUP BY 1 ORDER BY 1",
@@ -128,6 +128,9 @@ const QUERIES: [&str; 5] = [
     // No rollup fits a 5-minute bucket: raw rows, same answer.
     "SELECT time_bucket('5 minutes', time) AS b, avg(usage) FROM cpu \
      WHERE time >= '2026-01-02T00:00:00Z' AND time < '2026-01-02T03:00:00Z' GROUP BY 1 ORDER BY 1",
+    // date_trunc by hour, as Grafana users write it.
+    "SELECT date_trunc('hour', time) AS h, host, avg(usage) AS a, max(usage) AS m \
+     FROM cpu WHERE time >= '2026-01-01T03:30:00Z' GROUP BY 1, 2 ORDER BY 1, 2",
 ];
 
 /// The first query from a whole hour: no edge that only raw rows could give.
@@ -174,6 +177,7 @@ async fn rollup_reads_answer_as_raw_rows_do() {
         "rollup reads off still rewrote"
     );
     assert!(!explain(&with, QUERIES[4]).await.contains("tier "));
+    assert!(explain(&with, QUERIES[5]).await.contains("tier rollup_1h"));
 
     for q in QUERIES {
         let a = run(&with, q).await;

@@ -16,7 +16,7 @@
 //! comes out as if read whole.
 //!
 //! Only shapes whose answer is exact are rewritten: `time_bucket`/`date_bin` with
-//! a fixed width that is a multiple of the rollup resolution (and an aligned
+//! a fixed width (or `date_trunc('hour' | 'day')`) that is a multiple of the rollup resolution (and an aligned
 //! origin), grouped by tags, with `avg`, `sum`, `min`, `max` and `count` of
 //! float and integer fields, filtered on time and tags only. Anything else reads
 //! raw rows as written. Each part is a `SubqueryAlias` named after its source
@@ -440,7 +440,7 @@ impl RollupSelection {
                 Expr::Column(c) if is_tag(c) => group_tags.push((i, c.clone())),
                 Expr::ScalarFunction(f) if bucket.is_none() => {
                     let name = f.func.name();
-                    if !matches!(name, "time_bucket" | "date_bin")
+                    if !matches!(name, "time_bucket" | "date_bin" | "date_trunc")
                         || !(2..=3).contains(&f.args.len())
                     {
                         return None;
@@ -449,6 +449,23 @@ impl RollupSelection {
                     let Expr::Literal(width, _) = &f.args[0] else {
                         return None;
                     };
+                    if name == "date_trunc" {
+                        // `date_trunc('hour' | 'day', time)` of a UTC time is a
+                        // bucket of that width from the epoch (no zone argument).
+                        let unit = match width {
+                            ScalarValue::Utf8(Some(u))
+                            | ScalarValue::Utf8View(Some(u))
+                            | ScalarValue::LargeUtf8(Some(u)) => u.to_ascii_lowercase(),
+                            _ => return None,
+                        };
+                        let stride = match (unit.as_str(), f.args.len()) {
+                            ("hour", 2) => HOUR,
+                            ("day", 2) => 24 * HOUR,
+                            _ => return None,
+                        };
+                        bucket = Some((i, g.clone(), time.clone(), stride, 0));
+                        continue;
+                    }
                     let Stride::Nanos(stride) = Stride::from_scalar(width).ok()? else {
                         return None;
                     };
@@ -469,8 +486,11 @@ impl RollupSelection {
             .ok()?
             .data_type()
             .clone();
-        if !matches!(time_type, DataType::Timestamp(TimeUnit::Nanosecond, _)) {
-            return None;
+        match &time_type {
+            DataType::Timestamp(TimeUnit::Nanosecond, None) => {}
+            DataType::Timestamp(TimeUnit::Nanosecond, Some(tz))
+                if matches!(tz.as_ref(), "UTC" | "+00:00" | "Z") => {}
+            _ => return None,
         }
 
         // Aggregates: avg, sum, min, max, count of one float or integer field.
