@@ -36,11 +36,8 @@ use vigil_storage::{is_rollup_table, RollupWatermark, Storage, TIME_COLUMN};
 
 pub use state::{counter_step, BucketState};
 
-const MINUTE: i64 = 60_000_000_000;
-/// The 10-minute resolution.
-pub const TEN_MINUTES: i64 = 10 * MINUTE;
-/// The 1-hour resolution.
-pub const HOUR: i64 = 60 * MINUTE;
+use vigil_sql::ranges::{ceil_to, coalesce, floor_to};
+pub use vigil_sql::ranges::{HOUR, TEN_MINUTES};
 /// Raw time read per query while rolling up.
 const READ_SPAN: i64 = 6 * HOUR;
 /// Rollup rows per storage commit.
@@ -83,28 +80,6 @@ pub struct Rollups {
     storage: Arc<Storage>,
     delay: Duration,
     running: Mutex<()>,
-}
-
-fn floor_to(t: i64, step: i64) -> i64 {
-    t.div_euclid(step).saturating_mul(step)
-}
-
-fn ceil_to(t: i64, step: i64) -> i64 {
-    floor_to(t, step).saturating_add(if t.rem_euclid(step) == 0 { 0 } else { step })
-}
-
-/// Sorts and joins overlapping or touching ranges.
-fn coalesce(mut ranges: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
-    ranges.retain(|(a, b)| a < b);
-    ranges.sort();
-    let mut out: Vec<(i64, i64)> = Vec::new();
-    for (a, b) in ranges {
-        match out.last_mut() {
-            Some(last) if a <= last.1 => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
 }
 
 fn quote(ident: &str) -> String {
@@ -685,21 +660,5 @@ impl<'c> RowBuilder<'c> {
     fn finish(mut self) -> Vec<Point<'static>> {
         self.emit();
         self.out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_and_rounding() {
-        assert_eq!(floor_to(-1, 10), -10);
-        assert_eq!(ceil_to(11, 10), 20);
-        assert_eq!(ceil_to(20, 10), 20);
-        assert_eq!(
-            coalesce(vec![(5, 9), (0, 3), (3, 4), (8, 12), (20, 20)]),
-            vec![(0, 4), (5, 12)]
-        );
     }
 }

@@ -13,6 +13,7 @@ mod error;
 mod functions;
 mod last_cache;
 mod memory;
+pub mod ranges;
 mod result_cache;
 mod rollup_selection;
 mod scan;

@@ -39,11 +39,10 @@ use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use vigil_storage::{Storage, TIME_COLUMN};
 
 use crate::functions::bucket::{origin_from_scalar, Stride, TIMESCALE_ORIGIN_NS};
+use crate::ranges::{ceil_to, coalesce, floor_to, HOUR, TEN_MINUTES};
 use crate::table::VigilTable;
 use crate::time_range::{is_time_bound, TimeRange};
 
-const TEN_MINUTES: i64 = 600_000_000_000;
-const HOUR: i64 = 6 * TEN_MINUTES;
 /// More parts than this (many stale ranges) and the raw rows are read as written.
 const MAX_PARTS: usize = 64;
 /// Names of the parts start with this, which also keeps the rule from rewriting
@@ -152,32 +151,6 @@ impl Source {
             Source::Hour => "rollup_1h",
         }
     }
-}
-
-fn floor_to(t: i64, step: i64) -> i64 {
-    t.div_euclid(step).saturating_mul(step)
-}
-
-fn ceil_to(t: i64, step: i64) -> i64 {
-    if t.rem_euclid(step) == 0 {
-        t
-    } else {
-        floor_to(t, step).saturating_add(step)
-    }
-}
-
-/// Half-open ranges, sorted and joined.
-fn coalesce(mut ranges: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
-    ranges.retain(|(a, b)| a < b);
-    ranges.sort();
-    let mut out: Vec<(i64, i64)> = Vec::new();
-    for (a, b) in ranges {
-        match out.last_mut() {
-            Some(last) if a <= last.1 => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
 }
 
 /// `ranges` without `holes` (both sorted and disjoint).
