@@ -222,6 +222,24 @@ impl Rollups {
             .unwrap_or_else(|| floor_to(data_start, TEN_MINUTES))
             .max(keep_from);
         let mut ranges = vec![(from_10m, due_10m)];
+        // Raw rows older than the first rollup that are still kept (a backfill,
+        // rows still buffered at the first run) are rolled up too, and the
+        // lower edge moves down to them. A catalog from before the lower edge
+        // was kept had rollups that skipped NaN and rows without values: the
+        // range whose raw rows are kept is rolled up again, and the edge starts
+        // there.
+        let lower = floor_to(data_start, TEN_MINUTES).max(keep_from);
+        let rolled_from = match old {
+            None => from_10m,
+            Some(w) if w.rolled_from == i64::MIN => {
+                ranges.push((lower, w.rolled_10m));
+                lower
+            }
+            Some(w) => {
+                ranges.push((lower, w.rolled_from));
+                w.rolled_from.min(lower)
+            }
+        };
         if let Some(w) = old {
             // Late writes: flushed after the last run, into buckets it rolled up.
             for f in files
@@ -266,6 +284,7 @@ impl Rollups {
             }
         }
         let watermark = RollupWatermark {
+            rolled_from,
             rolled_10m,
             rolled_1h: due_1h.max(from_1h),
             rolled_seq: max_seq.max(old.map_or(0, |w| w.rolled_seq)),
@@ -398,8 +417,11 @@ impl Rollups {
         Arc::new(Schema::new(vec![
             Field::new("table_name", DataType::Utf8, false),
             Field::new("rolled_10m", ts.clone(), false),
-            Field::new("rolled_1h", ts, false),
+            Field::new("rolled_1h", ts.clone(), false),
             Field::new("rolled_seq", DataType::UInt64, false),
+            // Where the first rollup began (NULL: not known yet, a catalog
+            // from before it was kept).
+            Field::new("rolled_from", ts, true),
         ]))
     }
 
@@ -428,6 +450,13 @@ impl Rollups {
                 Arc::new(UInt64Array::from_iter_values(
                     w.iter().map(|(_, w)| w.rolled_seq),
                 )),
+                Arc::new(
+                    TimestampNanosecondArray::from_iter(
+                        w.iter()
+                            .map(|(_, w)| (w.rolled_from != i64::MIN).then_some(w.rolled_from)),
+                    )
+                    .with_timezone("UTC"),
+                ),
             ],
         )
     }
@@ -618,12 +647,16 @@ impl<'c> RowBuilder<'c> {
         let Some(bucket) = self.bucket else {
             return;
         };
+        // A row per series and bucket that had raw rows, even with no value of
+        // any field counted: the raw rows make a group (count 0) in SQL, so
+        // the rollup must too.
         let mut fields = Vec::new();
         for (name, s) in self.columns.fields.iter().zip(&self.states) {
+            let f = |suffix: &str| std::borrow::Cow::Owned(format!("{name}_{suffix}"));
             if s.count == 0 {
+                fields.push((f("count"), FieldValue::I64(0)));
                 continue;
             }
-            let f = |suffix: &str| std::borrow::Cow::Owned(format!("{name}_{suffix}"));
             fields.extend([
                 (f("count"), FieldValue::I64(s.count)),
                 (f("sum"), FieldValue::F64(s.sum)),

@@ -20,7 +20,14 @@ pub fn counter_step(before: f64, after: f64) -> f64 {
 }
 
 /// One field of one series in one bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+///
+/// `count` and `sum` are what SQL's aggregates give over the raw values, NaN
+/// included (counted; it makes the sum NaN), so `count`, `sum` and `avg` from
+/// rollups equal the raw answer. `min`, `max`, `first`, `last` and `increase`
+/// skip NaN (a Prometheus staleness marker is no value; DataFusion's own
+/// grouped min/max over raw NaN depend on row order); `min`/`max` are NaN only
+/// when every value was, `first` is NaN while no number was seen.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BucketState {
     pub count: i64,
     pub sum: f64,
@@ -34,34 +41,44 @@ pub struct BucketState {
     pub increase: f64,
 }
 
+impl Default for BucketState {
+    fn default() -> Self {
+        BucketState {
+            count: 0,
+            sum: 0.0,
+            min: f64::NAN,
+            max: f64::NAN,
+            first: f64::NAN,
+            first_time: 0,
+            last: f64::NAN,
+            last_time: 0,
+            increase: 0.0,
+        }
+    }
+}
+
 impl BucketState {
-    /// Adds a sample; samples come in time order. NaN (a Prometheus staleness
-    /// marker, or a gap) is skipped.
+    /// Adds a sample; samples come in time order.
     pub fn push(&mut self, value: f64, time: i64) {
+        if self.count == 0 {
+            (self.sum, self.min, self.max) = (value, value, value);
+        } else {
+            self.sum += value;
+            self.min = self.min.min(value);
+            self.max = self.max.max(value);
+        }
+        self.count += 1;
         if value.is_nan() {
             return;
         }
-        if self.count == 0 {
-            *self = BucketState {
-                count: 1,
-                sum: value,
-                min: value,
-                max: value,
-                first: value,
-                first_time: time,
-                last: value,
-                last_time: time,
-                increase: 0.0,
-            };
+        if self.first.is_nan() {
+            (self.first, self.first_time) = (value, time);
+            (self.last, self.last_time) = (value, time);
+            self.increase = 0.0;
             return;
         }
-        self.count += 1;
-        self.sum += value;
-        self.min = self.min.min(value);
-        self.max = self.max.max(value);
         self.increase += counter_step(self.last, value);
-        self.last = value;
-        self.last_time = time;
+        (self.last, self.last_time) = (value, time);
     }
 
     /// Merges the state of the next bucket (later in time) into this one.
@@ -77,9 +94,17 @@ impl BucketState {
         self.sum += next.sum;
         self.min = self.min.min(next.min);
         self.max = self.max.max(next.max);
+        if next.first.is_nan() {
+            return;
+        }
+        if self.first.is_nan() {
+            (self.first, self.first_time) = (next.first, next.first_time);
+            (self.last, self.last_time) = (next.last, next.last_time);
+            self.increase = next.increase;
+            return;
+        }
         self.increase += counter_step(self.last, next.first) + next.increase;
-        self.last = next.last;
-        self.last_time = next.last_time;
+        (self.last, self.last_time) = (next.last, next.last_time);
     }
 }
 
@@ -123,10 +148,33 @@ mod tests {
         }
     }
 
+    /// NaN counts and poisons the sum as in SQL over the raw rows,
+    /// but is no counter value: first, last and increase skip it.
     #[test]
-    fn nan_is_skipped() {
-        let s = of(&[(1, f64::NAN), (2, 3.0), (3, f64::NAN), (4, 5.0)]);
-        assert_eq!((s.count, s.sum, s.first_time, s.increase), (2, 8.0, 2, 2.0));
-        assert_eq!(of(&[(1, f64::NAN)]).count, 0);
+    fn nan_is_counted_like_sql_and_skipped_by_counters() {
+        let samples = [(1, f64::NAN), (2, 3.0), (3, f64::NAN), (4, 5.0)];
+        let s = of(&samples);
+        assert_eq!(s.count, 4);
+        assert!(s.sum.is_nan());
+        assert_eq!((s.min, s.max), (3.0, 5.0));
+        assert_eq!(
+            (s.first, s.first_time, s.last_time, s.increase),
+            (3.0, 2, 4, 2.0)
+        );
+        let only_nan = of(&[(1, f64::NAN)]);
+        assert_eq!(only_nan.count, 1);
+        assert!(only_nan.first.is_nan() && only_nan.min.is_nan());
+        // Every split merges to the same state, a NaN-only bucket included.
+        for a in 0..=samples.len() {
+            let mut m = of(&samples[..a]);
+            m.merge(&of(&samples[a..]));
+            assert_eq!(m.count, 4);
+            assert!(m.sum.is_nan());
+            assert_eq!(
+                (m.min, m.max, m.first_time, m.last, m.increase),
+                (3.0, 5.0, 2, 5.0, 2.0),
+                "split at {a}"
+            );
+        }
     }
 }

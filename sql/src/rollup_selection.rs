@@ -582,15 +582,25 @@ impl RollupSelection {
         );
         let serves = |step: i64| shape.stride % step == 0 && shape.origin.rem_euclid(step) == 0;
         let cutoff = |t: String| self.storage.retention_cutoff(&t).unwrap_or(i64::MIN);
+        // Buckets before the first rollup were never rolled up (an unknown
+        // edge, from an old catalog, trusts every bucket).
+        let after_first = |step: i64| match watermark.rolled_from {
+            i64::MIN => i64::MIN,
+            t => ceil_to(t, step),
+        };
         let hours = if serves(HOUR) {
-            let from = lo.max(cutoff(format!("rollup_1h.{}", shape.table)));
+            let from = lo
+                .max(cutoff(format!("rollup_1h.{}", shape.table)))
+                .max(after_first(HOUR));
             let to = hi.min(watermark.rolled_1h);
             subtract(&aligned(&[(from, to)], HOUR), &stale_hours)
         } else {
             Vec::new()
         };
         let tens = if serves(TEN_MINUTES) {
-            let from = lo.max(cutoff(format!("rollup_10m.{}", shape.table)));
+            let from = lo
+                .max(cutoff(format!("rollup_10m.{}", shape.table)))
+                .max(after_first(TEN_MINUTES));
             let to = hi.min(watermark.rolled_10m);
             let tens = subtract(&aligned(&[(from, to)], TEN_MINUTES), &stale);
             subtract(&tens, &hours)
@@ -654,8 +664,8 @@ impl RollupSelection {
             let f = || cast(Expr::Column(field.clone()), DataType::Float64);
             states.push(count(Expr::Column(field.clone())).alias(n));
             states.push(sum(f()).alias(s));
-            states.push(min(f()).alias(lo));
-            states.push(max(f()).alias(hi));
+            states.push(min(skip_nan(f())?).alias(lo));
+            states.push(max(skip_nan(f())?).alias(hi));
         }
         plan.aggregate(group, states)
     }
@@ -727,11 +737,23 @@ impl RollupSelection {
             let c = |k: &str| col(&format!("{}_{k}", field.name));
             states.push(sum(c("count")).alias(n));
             states.push(sum(c("sum")).alias(s));
-            states.push(min(c("min")).alias(lo));
-            states.push(max(c("max")).alias(hi));
+            states.push(min(skip_nan(c("min"))?).alias(lo));
+            states.push(max(skip_nan(c("max"))?).alias(hi));
         }
         Ok(Some(plan.aggregate(group, states)?))
     }
+}
+
+/// NaN as NULL for `min` and `max`: DataFusion's grouped min/max let a NaN
+/// reset the running value (`partial_cmp` is None), so over raw rows the answer
+/// depends on row order. Rollups keep the extremes without NaN (as Prometheus
+/// ignores staleness markers), and the rewrite reads every part that way.
+fn skip_nan(e: Expr) -> Result<Expr> {
+    when(
+        datafusion::functions::math::expr_fn::isnan(e.clone()),
+        lit(ScalarValue::Float64(None)),
+    )
+    .otherwise(e)
 }
 
 /// `e` with its columns unqualified, to be applied to another table.

@@ -138,12 +138,34 @@ pub struct CatalogState {
 /// `rolled_10m` and every hour before `rolled_1h` is rolled up from the data of
 /// the files with a sequence up to `rolled_seq`. A file with a higher sequence
 /// that reaches back before `rolled_10m` is a late write: its buckets are rolled
-/// up again.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// up again. Buckets before `rolled_from` were never rolled up (their raw rows
+/// had expired before the first rollup, or were written later): a query reads
+/// them raw where raw rows are kept (restored ranges), never from an empty
+/// rollup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollupWatermark {
+    /// Catalogs from before this field count every bucket before the
+    /// watermark as rolled up, as they did.
+    #[serde(default = "unknown_start")]
+    pub rolled_from: i64,
     pub rolled_10m: i64,
     pub rolled_1h: i64,
     pub rolled_seq: u64,
+}
+
+fn unknown_start() -> i64 {
+    i64::MIN
+}
+
+impl Default for RollupWatermark {
+    fn default() -> Self {
+        RollupWatermark {
+            rolled_from: unknown_start(),
+            rolled_10m: 0,
+            rolled_1h: 0,
+            rolled_seq: 0,
+        }
+    }
 }
 
 pub const CATALOG_FILE: &str = "catalog.json";

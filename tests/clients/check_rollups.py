@@ -122,7 +122,9 @@ def actual(table):
     rows = sql(f"""SELECT *, CAST(time AS BIGINT) AS t FROM {table} ORDER BY host, time""")
     for r in rows:
         for field in ["usage", "requests"]:
-            if r.get(f"{field}_count") is None:
+            # 0: the series had rows in the bucket but no value of this field
+            # (the row makes a group in SQL over the raw rows, as it does here).
+            if not r.get(f"{field}_count"):
                 continue
             got[(r["host"], r["t"], field)] = tuple(
                 r[f"{field}_{s}"] for s in
