@@ -404,3 +404,82 @@ pub(crate) async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         }
     }
 }
+
+/// `vigil rules ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum RulesCommand {
+    /// Check rule files offline (YAML, keys, durations, templates, SQL syntax);
+    /// with --url also plan every rule's SQL against a running server's tables
+    /// and check that it returns a `value` column. Errors are `file:line:`.
+    Check(RulesCheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RulesCheckArgs {
+    /// Rule files (YAML).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Plan the SQL on this server too (e.g. http://127.0.0.1:8181).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Token secret (needs `query`); prefer the environment variable.
+    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+pub(crate) async fn rules_check(args: RulesCheckArgs) -> anyhow::Result<()> {
+    let groups =
+        match vigil_alert::rules::load_files(&args.files, std::time::Duration::from_secs(60)) {
+            Ok(g) => g,
+            Err(errors) => {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                bail!("{} error(s) in the rule files", errors.len());
+            }
+        };
+    let rules: usize = groups.iter().map(|g| g.rules.len()).sum();
+    if let Some(url) = &args.url {
+        let endpoint = format!("{}/api/v1/sql", url.trim_end_matches('/'));
+        let client = reqwest::Client::new();
+        let mut failed = 0;
+        for g in &groups {
+            for r in &g.rules {
+                // Plans the rule's SQL and needs its `value` column; returns no row.
+                let body = r.sql.trim_end().trim_end_matches(';');
+                let sql = format!("SELECT value FROM ({body}\n) AS rule LIMIT 0");
+                let resp = with_token(client.post(&endpoint), &args.token)
+                    .json(&serde_json::json!({"sql": sql, "format": "json"}))
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach vigil at {url}"))?;
+                let status = resp.status();
+                if !status.is_success() {
+                    let body = resp.text().await.unwrap_or_default();
+                    eprintln!(
+                        "{}:{}: rule {:?}: {}",
+                        g.file.display(),
+                        r.line,
+                        r.name,
+                        server_error(status, &body)
+                    );
+                    failed += 1;
+                }
+            }
+        }
+        if failed > 0 {
+            bail!("{failed} rule(s) do not plan on {url}");
+        }
+    }
+    println!(
+        "ok: {} file(s), {} group(s), {rules} rule(s){}",
+        args.files.len(),
+        groups.len(),
+        if args.url.is_some() {
+            ", all planned on the server"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}

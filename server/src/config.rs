@@ -28,6 +28,7 @@ pub(crate) struct Config {
     pub rollups: RollupSection,
     pub cold_tier: ColdTierSection,
     pub maintenance: MaintenanceSection,
+    pub alerting: AlertingSection,
 }
 
 /// A retention period: a duration (`7d`, `36h`) or `forever`.
@@ -175,6 +176,39 @@ impl Default for ColdTierSection {
             hot_window: Duration::from_secs(86_400),
             cache_bytes: 64 << 20,
             archive: false,
+        }
+    }
+}
+
+/// `[alerting]`: SQL alert and recording rules (Prometheus-style group files in
+/// `rules_dir`, watched), routing and receivers in Alertmanager's format
+/// (`config`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AlertingSection {
+    /// Rule files; none: `<data_dir>/rules`.
+    pub rules_dir: Option<PathBuf>,
+    /// `alerting.yml` (Alertmanager's `route` and `receivers`); none: alerts
+    /// are evaluated and kept but not sent.
+    pub config: Option<PathBuf>,
+    /// A group's interval when it names none.
+    #[serde(with = "humantime_serde")]
+    pub default_interval: Duration,
+    /// Longest evaluation of one rule (and never longer than its interval).
+    #[serde(with = "humantime_serde")]
+    pub eval_timeout: Duration,
+    /// Base of the links in notifications; none: the HTTP address.
+    pub external_url: Option<String>,
+}
+
+impl Default for AlertingSection {
+    fn default() -> Self {
+        Self {
+            rules_dir: None,
+            config: None,
+            default_interval: Duration::from_secs(60),
+            eval_timeout: Duration::from_secs(30),
+            external_url: None,
         }
     }
 }
@@ -429,6 +463,7 @@ impl Default for Config {
             rollups: RollupSection::default(),
             cold_tier: ColdTierSection::default(),
             maintenance: MaintenanceSection::default(),
+            alerting: AlertingSection::default(),
         }
     }
 }
@@ -666,6 +701,29 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    pub(crate) fn alerting_config(&self) -> vigil_alert::AlertingConfig {
+        let a = &self.alerting;
+        let scheme = if self.tls_files().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        vigil_alert::AlertingConfig {
+            rules_dir: a
+                .rules_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("rules")),
+            routing_file: a.config.clone(),
+            state_path: self.data_dir.join("alerts.redb"),
+            default_interval: a.default_interval,
+            eval_timeout: a.eval_timeout,
+            external_url: a
+                .external_url
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{}", self.http.addr)),
+        }
     }
 
     pub(crate) fn storage_config(&self) -> vigil_storage::StorageConfig {
@@ -973,6 +1031,12 @@ pub(crate) struct ServeArgs {
     /// exactly [default: true].
     #[arg(long, env = "VIGIL_ROLLUP_READS")]
     pub rollup_reads: Option<bool>,
+    /// Directory of alert and recording rule files [default: <data dir>/rules].
+    #[arg(long, env = "VIGIL_RULES_DIR")]
+    pub rules_dir: Option<PathBuf>,
+    /// Alertmanager-format routing and receivers file [default: none, nothing sent].
+    #[arg(long, env = "VIGIL_ALERTING_CONFIG")]
+    pub alerting_config: Option<PathBuf>,
     /// The cold tier: `s3://bucket/prefix` or `file:///path` [default: <data dir>/cold].
     #[arg(long, env = "VIGIL_COLD_URL")]
     pub cold_url: Option<String>,
@@ -1092,6 +1156,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.rollup_reads {
             c.rollups.read = v;
+        }
+        if let Some(v) = &self.rules_dir {
+            c.alerting.rules_dir = Some(v.clone());
+        }
+        if let Some(v) = &self.alerting_config {
+            c.alerting.config = Some(v.clone());
         }
         if let Some(v) = &self.cold_url {
             c.cold_tier.url = Some(v.clone());

@@ -37,6 +37,7 @@ pub(crate) struct AppState {
     pub forwarder: Option<Arc<KafkaForwarder>>,
     pub maintenance: Arc<vigil_cold_tier::Maintenance>,
     pub restores: Arc<crate::restore::RestoreJobs>,
+    pub alerting: Arc<vigil_alert::Alerting>,
 }
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -59,6 +60,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/api/v1/admin/restore/{id}",
             post(crate::restore::resume).delete(crate::restore::drop_restore),
         )
+        .route("/api/v1/rules", get(rules_api))
+        .route("/api/v1/alerts", get(alerts_api))
         .route("/health", get(health))
         .route("/ping", get(health))
         .route("/metrics", get(metrics))
@@ -78,10 +81,39 @@ fn required_permission(path: &str) -> Option<Option<Permission>> {
         "/api/v3/write_lp" | "/api/v2/write" | "/write" | "/api/v1/write" => {
             Some(Some(Permission::Write))
         }
-        "/api/v1/sql" | "/api/v3/query_sql" => Some(Some(Permission::Query)),
+        "/api/v1/sql" | "/api/v3/query_sql" | "/api/v1/rules" | "/api/v1/alerts" => {
+            Some(Some(Permission::Query))
+        }
         p if p.starts_with("/api/v1/admin/") => Some(Some(Permission::Admin)),
         _ => Some(None),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct RulesParams {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// Prometheus's `/api/v1/rules` (Grafana and tools read it), `type=alert|record`.
+async fn rules_api(State(s): State<Arc<AppState>>, Query(p): Query<RulesParams>) -> Response {
+    let only = match p.kind.as_deref() {
+        None | Some("") => None,
+        Some("alert") => Some(vigil_alert::rules::RuleKind::Alerting),
+        Some("record") => Some(vigil_alert::rules::RuleKind::Recording),
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("type must be alert or record, not {other:?}"),
+            )
+        }
+    };
+    Json(s.alerting.rules_api(only)).into_response()
+}
+
+/// Prometheus's `/api/v1/alerts`: pending and firing alerts.
+async fn alerts_api(State(s): State<Arc<AppState>>) -> Response {
+    Json(s.alerting.alerts_api()).into_response()
 }
 
 /// Runs maintenance now (after a run in progress) and answers what it did; 500

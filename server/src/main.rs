@@ -44,6 +44,9 @@ enum Command {
     /// Bring archived data back (`[cold_tier] archive = true`) on a running
     /// server: `--table T --from TS --to TS`, `--list`, `--drop ID`, `--resume ID`.
     Restore(cli::RestoreArgs),
+    /// Alert and recording rules: `vigil rules check FILE... [--url URL]`.
+    #[command(subcommand)]
+    Rules(cli::RulesCommand),
     /// Tokens: `vigil auth hash` reads a secret on stdin and prints the hash to put
     /// in `[[auth.tokens]] secret_hash`.
     #[command(subcommand)]
@@ -74,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Command::Write(args) => rt.block_on(cli::write(args)),
         Command::Admin(cli::AdminCommand::Maintenance(args)) => rt.block_on(cli::maintenance(args)),
         Command::Restore(args) => rt.block_on(cli::restore(args)),
+        Command::Rules(cli::RulesCommand::Check(args)) => rt.block_on(cli::rules_check(args)),
         Command::Auth(AuthCommand::Hash) => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
@@ -153,7 +157,38 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Arc::new(move || Ok(vigil_cold_tier::MaintenanceReport::to_batch(&m.history())?)),
         );
     }
-    let metrics = Arc::new(metrics::ServerMetrics::new(&storage, &engine));
+    let pipeline = Arc::new(vigil_ingest::WritePipeline::new(
+        Arc::clone(&storage),
+        config.write_limits(),
+    ));
+    // Rules evaluate through the one query path; recording rules write
+    // through the one write pipeline.
+    let alerting = vigil_alert::Alerting::open(
+        config.alerting_config(),
+        Arc::clone(&engine),
+        Arc::clone(&pipeline),
+    )?;
+    {
+        let a = Arc::clone(&alerting);
+        engine.register_system_table(
+            "alerts",
+            vigil_alert::Alerting::alerts_schema(),
+            Arc::new(move || Ok(a.alerts_batch()?)),
+        );
+        let a = Arc::clone(&alerting);
+        engine.register_system_table(
+            "rules",
+            vigil_alert::Alerting::rules_schema(),
+            Arc::new(move || Ok(a.rules_batch()?)),
+        );
+        let a = Arc::clone(&alerting);
+        engine.register_system_table(
+            "alert_history",
+            vigil_alert::Alerting::history_schema(),
+            Arc::new(move || Ok(a.history_batch()?)),
+        );
+    }
+    let metrics = Arc::new(metrics::ServerMetrics::new(&storage, &engine, &alerting));
     let forwarder = match (config.mode, &config.kafka.brokers) {
         (config::Mode::Collector, Some(_)) => Some(Arc::new(vigil_kafka::KafkaForwarder::new(
             &config.kafka_config(),
@@ -161,10 +196,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )?)),
         _ => None,
     };
-    let pipeline = Arc::new(vigil_ingest::WritePipeline::new(
-        Arc::clone(&storage),
-        config.write_limits(),
-    ));
     let health = Arc::new(health::Health::default());
     let state = Arc::new(http::AppState {
         storage: Arc::clone(&storage),
@@ -178,6 +209,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         forwarder,
         maintenance: Arc::clone(&maintenance),
         restores: Arc::default(),
+        alerting: Arc::clone(&alerting),
     });
     state.restores.resume_all(&state.storage);
     let flight = vigil_flight::FlightServer::bind(
@@ -249,6 +281,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // /health through the storage engine's problems.
     let jobs = storage.start_jobs(config.storage.compaction_interval);
     let maintenance_schedule = maintenance.start(config.maintenance.interval);
+    let alerting_tasks = alerting.start();
     let app = http::router(state);
     match https {
         Some(acceptor) => {
@@ -266,6 +299,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     pg_task.abort();
     // Let a running flush finish rather than abandoning it halfway.
     maintenance_schedule.stop().await;
+    alerting_tasks.stop().await;
     jobs.stop().await;
     info!("shutting down: flushing the buffer");
     // Kafka stops reading first; its offsets are committed once the shutdown flush

@@ -24,8 +24,13 @@ pub(crate) struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    pub(crate) fn new(storage: &vigil_storage::Storage, engine: &vigil_sql::QueryEngine) -> Self {
+    pub(crate) fn new(
+        storage: &vigil_storage::Storage,
+        engine: &vigil_sql::QueryEngine,
+        alerting: &vigil_alert::Alerting,
+    ) -> Self {
         let mut registry = Registry::default();
+        alerting.register_metrics(&mut registry);
         let m = Self {
             write_requests: Counter::default(),
             write_errors: Counter::default(),

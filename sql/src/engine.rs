@@ -506,6 +506,30 @@ impl QueryEngine {
         self.before_deadline(deadline, planning).await
     }
 
+    /// Plans `query` as [`QueryEngine::plan`] does, with `now()` fixed at
+    /// `at_nanos` (nanoseconds since the epoch): an alert rule evaluated at a
+    /// tick minus its query offset, or a rule test at its evaluation time, sees
+    /// the time it is evaluated for.
+    pub async fn plan_at(
+        &self,
+        query: &str,
+        at_nanos: i64,
+        access: &TableAccess,
+    ) -> Result<PlannedQuery> {
+        let admission = self.admit().await?;
+        let deadline = admission.deadline;
+        let planning = async {
+            let ctx = self.query_context()?;
+            let logical = ctx.state().create_logical_plan(query).await?;
+            check_read_only(&logical)?;
+            check_access(&logical, access)?;
+            let at = chrono::DateTime::from_timestamp_nanos(at_nanos);
+            self.plan_at_time(ctx, logical, None, admission, Some(at))
+                .await
+        };
+        self.before_deadline(deadline, planning).await
+    }
+
     /// Plans an already built logical plan (a front end that parsed the SQL itself,
     /// as pgwire's extended protocol does) exactly as [`QueryEngine::plan`] does.
     pub async fn plan_logical(
@@ -542,14 +566,29 @@ impl QueryEngine {
     async fn plan_admitted(
         &self,
         ctx: SessionContext,
+        logical: LogicalPlan,
+        params: Option<ParamValues>,
+        admission: Admission,
+    ) -> Result<PlannedQuery> {
+        self.plan_at_time(ctx, logical, params, admission, None)
+            .await
+    }
+
+    async fn plan_at_time(
+        &self,
+        ctx: SessionContext,
         mut logical: LogicalPlan,
         params: Option<ParamValues>,
         admission: Admission,
+        at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<PlannedQuery> {
         if let Some(params) = params {
             logical = logical.with_param_values(params)?;
         }
-        let state = ctx.state();
+        let mut state = ctx.state();
+        if at.is_some() {
+            state.execution_props_mut().query_execution_start_time = at;
+        }
         let optimized = state.optimize(&logical)?;
         let fingerprint = self.result_cache.fingerprint(&optimized, &self.storage);
         let cache_key = fingerprint.map(|fp| (optimized.display_indent_schema().to_string(), fp));

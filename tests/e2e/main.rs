@@ -4,6 +4,7 @@
 
 mod server;
 
+mod alerts;
 mod clients;
 mod crash;
 mod errors;

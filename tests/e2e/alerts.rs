@@ -1,0 +1,406 @@
+//! Alerting end to end: rule files and an Alertmanager-format routing file, a
+//! webhook receiver on a loopback port that refuses the first deliveries, a
+//! SIGKILL while an alert fires, a broken rule file dropped in while running.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::server::TestServer;
+
+/// A delivery the receiver saw: the idempotency key, the answer it gave and
+/// the body.
+#[derive(Clone, Debug)]
+struct Delivery {
+    path: String,
+    key: String,
+    accepted: bool,
+    body: Value,
+}
+
+#[derive(Default)]
+struct Inbox {
+    deliveries: Vec<Delivery>,
+    /// Answer 500 to this many deliveries first.
+    refuse: usize,
+}
+
+/// A webhook receiver (what a user points `webhook_configs` at).
+struct WebhookReceiver {
+    url: String,
+    inbox: Arc<Mutex<Inbox>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+async fn receive(
+    State(inbox): State<Arc<Mutex<Inbox>>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: String,
+) -> StatusCode {
+    let mut i = inbox.lock();
+    // Only /hook refuses (the first `refuse` deliveries).
+    let accepted = i.refuse == 0 || uri.path() != "/hook";
+    if uri.path() == "/hook" {
+        i.refuse = i.refuse.saturating_sub(1);
+    }
+    i.deliveries.push(Delivery {
+        path: uri.path().to_string(),
+        key: headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        accepted,
+        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+    });
+    if accepted {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+}
+
+impl WebhookReceiver {
+    fn start(refuse: usize) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let inbox = Arc::new(Mutex::new(Inbox {
+            refuse,
+            ..Inbox::default()
+        }));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .route("/errors", post(receive))
+            .with_state(Arc::clone(&inbox));
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        WebhookReceiver {
+            url,
+            inbox,
+            _runtime: runtime,
+        }
+    }
+
+    /// Deliveries to /hook.
+    fn deliveries(&self) -> Vec<Delivery> {
+        self.inbox
+            .lock()
+            .deliveries
+            .iter()
+            .filter(|d| d.path == "/hook")
+            .cloned()
+            .collect()
+    }
+
+    /// Accepted deliveries with this status and host label.
+    fn accepted(&self, status: &str, host: &str) -> Vec<Delivery> {
+        self.deliveries()
+            .into_iter()
+            .filter(|d| {
+                d.accepted
+                    && d.body["status"] == status
+                    && d.body["alerts"][0]["labels"]["host"] == host
+            })
+            .collect()
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const RULES: &str = r#"groups:
+  - name: hosts
+    interval: 1s
+    rules:
+      - alert: HighCpu
+        sql: |
+          SELECT host, usage AS value FROM (
+            SELECT host, usage, row_number() OVER (PARTITION BY host ORDER BY time DESC) AS rn
+            FROM cpu
+          ) WHERE rn = 1 AND usage > 90
+        for: 2s
+        labels: { severity: page }
+        annotations:
+          summary: "CPU {{ $value }} on {{ $labels.host }}"
+      - record: cpu_last
+        sql: SELECT host, max(usage) AS value FROM cpu GROUP BY host
+      - alert: Broken
+        sql: SELECT 1.0 AS value FROM no_such_table
+        receiver: errors
+"#;
+
+fn routing(url: &str) -> String {
+    format!(
+        "route:\n  receiver: ops\n  repeat_interval: 1h\nreceivers:\n  - name: ops\n    webhook_configs:\n      - url: \"{url}\"\n  - name: errors\n    webhook_configs:\n      - url: \"{}\"\n",
+        url.replace("/hook", "/errors")
+    )
+}
+
+fn start(dir: &Path, hook: &WebhookReceiver) -> TestServer {
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("hosts.yml"), RULES).unwrap();
+    let routing_file = dir.join("alerting.yml");
+    std::fs::write(&routing_file, routing(&hook.url)).unwrap();
+    TestServer::start(
+        &dir.join("data"),
+        &[
+            "--rules-dir",
+            rules.to_str().unwrap(),
+            "--alerting-config",
+            routing_file.to_str().unwrap(),
+        ],
+    )
+}
+
+#[test]
+fn rules_fire_notify_at_least_once_and_survive_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    // The receiver refuses the first two deliveries: vigil retries them.
+    let hook = WebhookReceiver::start(2);
+    let mut s = start(dir.path(), &hook);
+    s.write_lp("cpu,host=a usage=95\ncpu,host=b usage=10\n");
+
+    wait_for("the firing notification", Duration::from_secs(30), || {
+        !hook.accepted("firing", "a").is_empty()
+    });
+    let all = hook.deliveries();
+    // Two refused, then accepted: one notification, the same key every time.
+    assert!(all.len() >= 3, "{all:?}");
+    assert!(!all[0].accepted && !all[1].accepted && all[2].accepted);
+    assert!(all.iter().all(|d| d.key == all[0].key && !d.key.is_empty()));
+    let body = &all[2].body;
+    assert_eq!(body["version"], "4");
+    assert_eq!(body["receiver"], "ops");
+    let alert = &body["alerts"][0];
+    assert_eq!(alert["labels"]["alertname"], "HighCpu");
+    assert_eq!(alert["labels"]["severity"], "page");
+    assert_eq!(alert["annotations"]["summary"], "CPU 95 on a");
+    assert!(hook.accepted("firing", "b").is_empty());
+
+    // `for: 2s`: pending first, firing 2 s (two evaluations) later.
+    let history = s.sql(
+        "SELECT from_state, to_state, CAST(time AS BIGINT) AS t FROM system.alert_history \
+         WHERE labels LIKE '%\"host\":\"a\"%' ORDER BY time",
+    );
+    assert_eq!(history[0]["to_state"], "pending", "{history:?}");
+    assert_eq!(history[1]["to_state"], "firing", "{history:?}");
+    let waited = history[1]["t"].as_i64().unwrap() - history[0]["t"].as_i64().unwrap();
+    assert!(waited >= 2_000_000_000, "fired after {waited} ns");
+    let alerts = s.sql(
+        "SELECT alertname, state, value, labels FROM system.alerts WHERE alertname = 'HighCpu'",
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["state"], "firing");
+    assert_eq!(alerts[0]["value"], 95.0);
+    let api: Value = s
+        .request(reqwest::Method::GET, "/api/v1/alerts")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(api["data"]["alerts"][0]["state"], "firing", "{api}");
+    let rules: Value = s
+        .request(reqwest::Method::GET, "/api/v1/rules")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let group = &rules["data"]["groups"][0];
+    assert_eq!(group["rules"][0]["state"], "firing", "{rules}");
+    assert_eq!(group["rules"][0]["health"], "ok", "{rules}");
+    assert_eq!(group["rules"][1]["type"], "recording", "{rules}");
+    // The recording rule wrote its table through the write pipeline.
+    wait_for("recorded rows", Duration::from_secs(10), || {
+        s.sql("SELECT count(*) AS n FROM cpu_last WHERE host = 'a' AND value = 95")[0]["n"]
+            .as_i64()
+            .unwrap()
+            > 0
+    });
+    assert!(s.metric("vigil_notifications_sent_total") >= 1.0);
+
+    // A rule whose query fails fires one `error` alert (value NaN, the error
+    // in an annotation) to its own receiver; its health says why.
+    wait_for("the error alert", Duration::from_secs(20), || {
+        hook.inbox.lock().deliveries.iter().any(|d| {
+            d.path == "/errors"
+                && d.body["alerts"][0]["labels"]["alertstate"] == "error"
+                && d.body["alerts"][0]["annotations"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("no_such_table"))
+        })
+    });
+    let broken = s.sql("SELECT health, last_error FROM system.rules WHERE rule = 'Broken'");
+    assert_eq!(broken[0]["health"], "err", "{broken:?}");
+
+    // SIGKILL while firing: after the restart the alert is still firing, with
+    // the same start, and nobody is told again (repeat_interval is 1 h).
+    let fired_at = s
+        .sql("SELECT CAST(fired_at AS BIGINT) AS f FROM system.alerts WHERE alertname = 'HighCpu'")
+        [0]["f"]
+        .clone();
+    s.kill();
+    let sent_before = hook.accepted("firing", "a").len();
+    s.restart();
+    std::thread::sleep(Duration::from_secs(4));
+    let after = s.sql(
+        "SELECT state, CAST(fired_at AS BIGINT) AS f FROM system.alerts WHERE alertname = 'HighCpu'",
+    );
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0]["state"], "firing");
+    assert_eq!(after[0]["f"], fired_at);
+    assert_eq!(hook.accepted("firing", "a").len(), sent_before);
+
+    // A broken rule file: refused with file:line, the rules running go on.
+    let bad = dir.path().join("rules/broken.yml");
+    std::fs::write(&bad, "groups:\n  - name: more\n    rules:\n      - alert: X\n        sql: SELECT 1 AS value\n        for: soon\n").unwrap();
+    let evaluated = |s: &TestServer| -> Value {
+        let r: Value = s
+            .request(reqwest::Method::GET, "/api/v1/rules")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        r
+    };
+    wait_for("the reload error", Duration::from_secs(10), || {
+        evaluated(&s)["data"]["reloadError"]
+            .as_str()
+            .is_some_and(|e| e.contains("broken.yml:6:") && e.contains("not a duration"))
+    });
+    let before = evaluated(&s)["data"]["groups"][0]["lastEvaluation"].clone();
+    wait_for("another evaluation", Duration::from_secs(10), || {
+        evaluated(&s)["data"]["groups"][0]["lastEvaluation"] != before
+    });
+    std::fs::remove_file(&bad).unwrap();
+
+    // Resolved: the last value drops below 90.
+    s.write_lp("cpu,host=a usage=5\n");
+    wait_for("the resolved notification", Duration::from_secs(30), || {
+        !hook.accepted("resolved", "a").is_empty()
+    });
+    let resolved = &hook.accepted("resolved", "a")[0].body["alerts"][0];
+    assert_ne!(resolved["endsAt"], "0001-01-01T00:00:00Z");
+    let states = s.sql("SELECT state FROM system.alerts WHERE alertname = 'HighCpu'");
+    assert_eq!(states[0]["state"], "resolved", "{states:?}");
+}
+
+/// vigil refuses to start on an invalid rule file, naming file and line.
+#[test]
+fn an_invalid_rule_file_stops_the_start_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("bad.yaml"),
+        "groups:\n  - name: g\n    rules:\n      - alert: A\n        sql: SELEC host\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::server::BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--rules-dir")
+        .arg(&rules)
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--flight-addr",
+            "127.0.0.1:0",
+            "--pg-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:5:") && err.contains("SQL"), "{err}");
+}
+
+/// `vigil rules check`: offline, then planned against a running server.
+#[test]
+fn rules_check_names_file_and_line_offline_and_against_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yml");
+    // The rules of the other test but the one on a missing table.
+    let planned = RULES.split("      - alert: Broken").next().unwrap();
+    std::fs::write(&good, planned).unwrap();
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        "groups:\n  - name: g\n    rules:\n      - alert: A\n        sql: SELECT 1 AS value\n        annotations:\n          s: \"{{ $value | nosuch }}\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(crate::server::BIN)
+            .args(["rules", "check"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[good.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 rule(s)"));
+    let out = run(&[good.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yml:6:") && err.contains("nosuch"),
+        "{err}"
+    );
+
+    // Against a server: `cpu` exists there; a rule on a missing table or
+    // without a `value` column does not plan.
+    let s = TestServer::start(&dir.path().join("data"), &[]);
+    s.write_lp("cpu,host=a usage=1\n");
+    let out = run(&[good.to_str().unwrap(), "--url", &s.url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = dir.path().join("wrong.yml");
+    std::fs::write(
+        &wrong,
+        "groups:\n  - name: g\n    rules:\n      - alert: NoTable\n        sql: SELECT host, 1 AS value FROM nosuch\n      - alert: NoValue\n        sql: SELECT host FROM cpu\n",
+    )
+    .unwrap();
+    let out = run(&[wrong.to_str().unwrap(), "--url", &s.url]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = |at: &str| {
+        err.lines()
+            .find(|l| l.contains(at))
+            .unwrap_or_else(|| panic!("no {at} in {err}"))
+            .to_string()
+    };
+    assert!(line("wrong.yml:4:").contains("nosuch"), "{err}");
+    assert!(line("wrong.yml:6:").contains("value"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("wrong.yml:")).count(),
+        2,
+        "{err}"
+    );
+}
