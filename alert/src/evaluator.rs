@@ -59,6 +59,7 @@ pub struct Evaluator {
     pub(crate) groups: RwLock<Arc<Vec<RuleGroup>>>,
     pub(crate) statuses: Mutex<HashMap<String, RuleStatus>>,
     pub(crate) routing: RwLock<Option<Arc<Routing>>>,
+    pub(crate) silences: crate::silences::Silences,
     pub(crate) eval_timeout: Duration,
     pub(crate) wake_dispatcher: tokio::sync::Notify,
     pub(crate) metrics: crate::AlertMetrics,
@@ -500,6 +501,14 @@ impl Evaluator {
             return false;
         };
         if a.state != AlertState::Firing {
+            return false;
+        }
+        // Silenced: not told now; told once the silence ends if still firing.
+        if self
+            .silences
+            .silenced_by(&a.labels, vigil_storage::retention::now_nanos())
+            .is_some()
+        {
             return false;
         }
         let mut sent = false;

@@ -5,6 +5,7 @@
 
 pub mod evaluator;
 pub mod notify;
+pub mod silences;
 pub mod store;
 pub mod tables;
 
@@ -173,6 +174,7 @@ impl Alerting {
             alerts = instances.values().map(|m| m.len()).sum::<usize>(),
             "alerting loaded"
         );
+        let silences = silences::Silences::load(&store)?;
         let evaluator = Arc::new(Evaluator {
             engine,
             pipeline,
@@ -181,6 +183,7 @@ impl Alerting {
             groups: RwLock::new(Arc::new(groups)),
             statuses: Mutex::new(HashMap::new()),
             routing: RwLock::new(routing),
+            silences,
             eval_timeout: config.eval_timeout,
             wake_dispatcher: tokio::sync::Notify::new(),
             metrics: AlertMetrics::default(),
@@ -393,6 +396,14 @@ impl Alerting {
 
     pub fn statuses(&self) -> HashMap<String, RuleStatus> {
         self.evaluator.statuses.lock().clone()
+    }
+
+    pub fn silences(&self) -> &silences::Silences {
+        &self.evaluator.silences
+    }
+
+    pub fn store(&self) -> &AlertStore {
+        &self.evaluator.store
     }
 
     pub fn history(&self, limit: usize) -> Result<Vec<store::HistoryEvent>, AlertError> {

@@ -18,6 +18,7 @@ const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances"
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const SILENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("silences");
 
 /// History events kept (older ones are dropped as new ones come).
 pub const HISTORY_LIMIT: u64 = 100_000;
@@ -193,6 +194,7 @@ impl AlertStore {
             txn.open_table(OUTBOX).map_err(|e| store_err(e.into()))?;
             txn.open_table(HISTORY).map_err(|e| store_err(e.into()))?;
             txn.open_table(COUNTERS).map_err(|e| store_err(e.into()))?;
+            txn.open_table(SILENCES).map_err(|e| store_err(e.into()))?;
         }
         txn.commit().map_err(|e| store_err(e.into()))?;
         Ok(AlertStore {
@@ -305,6 +307,37 @@ impl AlertStore {
                 history
                     .retain_in(..cut, |_, _| false)
                     .map_err(|e| self.err(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    pub fn silences(&self) -> Result<Vec<crate::silences::Silence>, AlertError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(SILENCES).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(|e| self.err(e))? {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            out.push(self.decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Stores a silence (new or changed) and drops the ones in `remove`.
+    pub fn save_silence(
+        &self,
+        s: &crate::silences::Silence,
+        remove: &[String],
+    ) -> Result<(), AlertError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = txn.open_table(SILENCES).map_err(|e| self.err(e))?;
+            let bytes = serde_json::to_vec(s).expect("silences serialize");
+            table
+                .insert(s.id.as_str(), bytes.as_slice())
+                .map_err(|e| self.err(e))?;
+            for id in remove {
+                table.remove(id.as_str()).map_err(|e| self.err(e))?;
             }
         }
         txn.commit().map_err(|e| self.err(e))

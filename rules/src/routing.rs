@@ -72,6 +72,25 @@ impl Matcher {
         Self::new(name, op, value).map_err(|e| format!("matcher {text:?}: {e}"))
     }
 
+    /// A matcher as Alertmanager's API sends it (`isRegex`, `isEqual`).
+    pub fn from_parts(
+        name: &str,
+        value: &str,
+        is_regex: bool,
+        is_equal: bool,
+    ) -> Result<Matcher, String> {
+        if name.is_empty() {
+            return Err("a matcher needs a label name".into());
+        }
+        let op = match (is_regex, is_equal) {
+            (false, true) => MatchOp::Eq,
+            (false, false) => MatchOp::Ne,
+            (true, true) => MatchOp::Re,
+            (true, false) => MatchOp::NotRe,
+        };
+        Self::new(name.to_string(), op, value.to_string())
+    }
+
     fn new(name: String, op: MatchOp, value: String) -> Result<Matcher, String> {
         let regex = match op {
             MatchOp::Re | MatchOp::NotRe => Some(
@@ -88,6 +107,17 @@ impl Matcher {
             value,
             regex,
         })
+    }
+
+    /// Name, value, whether a regex, whether equality (Alertmanager's API form).
+    pub fn parts(&self) -> (&str, &str, bool, bool) {
+        let (re, eq) = match self.op {
+            MatchOp::Eq => (false, true),
+            MatchOp::Ne => (false, false),
+            MatchOp::Re => (true, true),
+            MatchOp::NotRe => (true, false),
+        };
+        (&self.name, &self.value, re, eq)
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {

@@ -483,3 +483,152 @@ pub(crate) async fn rules_check(args: RulesCheckArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `vigil silence ...`: Alertmanager's `amtool silence`, against a running
+/// server.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum SilenceCommand {
+    /// Silence alerts matching every matcher (`host="web-1"`, `job=~"node|db"`,
+    /// `severity!=page`) for a while; prints the silence's id.
+    Add(SilenceAddArgs),
+    /// List silences (active, pending and recently expired).
+    List(SilenceServer),
+    /// End a silence now.
+    Expire(SilenceExpireArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SilenceServer {
+    /// The server's HTTP address.
+    #[arg(long, env = "VIGIL_URL", default_value = "http://127.0.0.1:8181")]
+    pub url: String,
+    /// Token secret (`admin` to add or expire, `query` to list).
+    #[arg(long, env = "VIGIL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SilenceAddArgs {
+    #[arg(required = true)]
+    pub matchers: Vec<String>,
+    /// How long, from now.
+    #[arg(long, default_value = "1h")]
+    pub duration: humantime::Duration,
+    #[arg(long, default_value = "")]
+    pub comment: String,
+    #[arg(long, env = "USER", default_value = "vigil")]
+    pub author: String,
+    #[command(flatten)]
+    pub server: SilenceServer,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SilenceExpireArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub server: SilenceServer,
+}
+
+pub(crate) async fn silence(cmd: SilenceCommand) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    match cmd {
+        SilenceCommand::Add(a) => {
+            let mut matchers = Vec::new();
+            for m in &a.matchers {
+                let parsed = vigil_rules::Matcher::parse(m).map_err(|e| anyhow::anyhow!(e))?;
+                let (name, value, is_regex, is_equal) = parsed.parts();
+                matchers.push(serde_json::json!({
+                    "name": name, "value": value, "isRegex": is_regex, "isEqual": is_equal,
+                }));
+            }
+            let now = chrono::Utc::now();
+            let end = now
+                + chrono::Duration::from_std(a.duration.into())
+                    .context("--duration is too long")?;
+            let body = serde_json::json!({
+                "matchers": matchers,
+                "startsAt": now.to_rfc3339(),
+                "endsAt": end.to_rfc3339(),
+                "createdBy": a.author,
+                "comment": a.comment,
+            });
+            let url = format!("{}/api/v2/silences", a.server.url.trim_end_matches('/'));
+            let resp = with_token(client.post(&url), &a.server.token)
+                .json(&body)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach vigil at {}", a.server.url))?;
+            let status = resp.status();
+            let text = resp.text().await?;
+            if !status.is_success() {
+                bail!("{}", server_error(status, &text));
+            }
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            println!("{}", v["silenceID"].as_str().unwrap_or_default());
+        }
+        SilenceCommand::List(s) => {
+            let url = format!("{}/api/v2/silences", s.url.trim_end_matches('/'));
+            let resp = with_token(client.get(&url), &s.token)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach vigil at {}", s.url))?;
+            let status = resp.status();
+            let text = resp.text().await?;
+            if !status.is_success() {
+                bail!("{}", server_error(status, &text));
+            }
+            let list: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+            let mut table = comfy_table::Table::new();
+            table.set_header(["id", "state", "matchers", "ends", "by", "comment"]);
+            for s in list {
+                let matchers: Vec<String> = s["matchers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| {
+                        let op = match (m["isRegex"].as_bool(), m["isEqual"].as_bool()) {
+                            (Some(true), Some(false)) => "!~",
+                            (Some(true), _) => "=~",
+                            (_, Some(false)) => "!=",
+                            _ => "=",
+                        };
+                        format!(
+                            "{}{op}{:?}",
+                            m["name"].as_str().unwrap_or(""),
+                            m["value"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                table.add_row([
+                    s["id"].as_str().unwrap_or("").to_string(),
+                    s["status"]["state"].as_str().unwrap_or("").to_string(),
+                    matchers.join(", "),
+                    s["endsAt"].as_str().unwrap_or("").to_string(),
+                    s["createdBy"].as_str().unwrap_or("").to_string(),
+                    s["comment"].as_str().unwrap_or("").to_string(),
+                ]);
+            }
+            println!("{table}");
+        }
+        SilenceCommand::Expire(e) => {
+            let url = format!(
+                "{}/api/v2/silence/{}",
+                e.server.url.trim_end_matches('/'),
+                e.id
+            );
+            let resp = with_token(client.delete(&url), &e.server.token)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach vigil at {}", e.server.url))?;
+            let status = resp.status();
+            if !status.is_success() {
+                bail!(
+                    "{}",
+                    server_error(status, &resp.text().await.unwrap_or_default())
+                );
+            }
+            println!("expired {}", e.id);
+        }
+    }
+    Ok(())
+}

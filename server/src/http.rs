@@ -62,6 +62,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/rules", get(rules_api))
         .route("/api/v1/alerts", get(alerts_api))
+        .route("/api/v2/silences", get(list_silences).post(post_silence))
+        .route(
+            "/api/v2/silence/{id}",
+            get(get_silence).delete(expire_silence),
+        )
         .route("/health", get(health))
         .route("/ping", get(health))
         .route("/metrics", get(metrics))
@@ -75,8 +80,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 
 /// What each path needs: writes `write`, SQL `query`; `/health` and `/ping` are
 /// open (load balancers probe them); anything else needs a valid token.
-fn required_permission(path: &str) -> Option<Option<Permission>> {
+fn required_permission(method: &axum::http::Method, path: &str) -> Option<Option<Permission>> {
     match path {
+        // Silences: reading them is reading; making or ending one is admin.
+        p if p.starts_with("/api/v2/silence") => Some(Some(if method == axum::http::Method::GET {
+            Permission::Query
+        } else {
+            Permission::Admin
+        })),
         "/health" | "/ping" => None,
         "/api/v3/write_lp" | "/api/v2/write" | "/write" | "/api/v1/write" => {
             Some(Some(Permission::Write))
@@ -114,6 +125,81 @@ async fn rules_api(State(s): State<Arc<AppState>>, Query(p): Query<RulesParams>)
 /// Prometheus's `/api/v1/alerts`: pending and firing alerts.
 async fn alerts_api(State(s): State<Arc<AppState>>) -> Response {
     Json(s.alerting.alerts_api()).into_response()
+}
+
+/// Alertmanager's v2 `GET /api/v2/silences`.
+async fn list_silences(State(s): State<Arc<AppState>>) -> Response {
+    let now = vigil_storage::retention::now_nanos();
+    let list: Vec<serde_json::Value> = s
+        .alerting
+        .silences()
+        .list()
+        .iter()
+        .map(|x| x.to_json(now))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn get_silence(
+    State(s): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match s.alerting.silences().get(&id) {
+        Some(x) => Json(x.to_json(vigil_storage::retention::now_nanos())).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no silence {id}")),
+    }
+}
+
+fn silence_error(e: vigil_alert::silences::SilenceError) -> Response {
+    use vigil_alert::silences::SilenceError;
+    let status = match &e {
+        SilenceError::Invalid(_) => StatusCode::BAD_REQUEST,
+        SilenceError::NotFound(_) => StatusCode::NOT_FOUND,
+        SilenceError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+/// Alertmanager's v2 `POST /api/v2/silences`: creates (or, with `id`,
+/// updates) a silence; answers `{"silenceID": ...}`.
+async fn post_silence(State(s): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+    let posted: vigil_alert::silences::PostableSilence = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("silence: {e}")),
+    };
+    let alerting = Arc::clone(&s.alerting);
+    let done = tokio::task::spawn_blocking(move || {
+        alerting.silences().post(
+            alerting.store(),
+            posted,
+            vigil_storage::retention::now_nanos(),
+        )
+    })
+    .await;
+    match done {
+        Ok(Ok(id)) => Json(json!({ "silenceID": id })).into_response(),
+        Ok(Err(e)) => silence_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Alertmanager's v2 `DELETE /api/v2/silence/{id}`: ends it now.
+async fn expire_silence(
+    State(s): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let alerting = Arc::clone(&s.alerting);
+    let done = tokio::task::spawn_blocking(move || {
+        alerting
+            .silences()
+            .expire(alerting.store(), &id, vigil_storage::retention::now_nanos())
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => StatusCode::OK.into_response(),
+        Ok(Err(e)) => silence_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// Runs maintenance now (after a run in progress) and answers what it did; 500
@@ -217,7 +303,7 @@ async fn authenticate(
             }
         }
     }
-    let Some(needed) = required_permission(req.uri().path()) else {
+    let Some(needed) = required_permission(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
     let principal = request_credentials(req.headers(), req.uri().query())

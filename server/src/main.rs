@@ -47,6 +47,10 @@ enum Command {
     /// Alert and recording rules: `vigil rules check FILE... [--url URL]`.
     #[command(subcommand)]
     Rules(cli::RulesCommand),
+    /// Silences: `vigil silence add MATCHER... --duration 2h`, `list`,
+    /// `expire ID` (Alertmanager's v2 API on the server).
+    #[command(subcommand)]
+    Silence(cli::SilenceCommand),
     /// Tokens: `vigil auth hash` reads a secret on stdin and prints the hash to put
     /// in `[[auth.tokens]] secret_hash`.
     #[command(subcommand)]
@@ -78,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         Command::Admin(cli::AdminCommand::Maintenance(args)) => rt.block_on(cli::maintenance(args)),
         Command::Restore(args) => rt.block_on(cli::restore(args)),
         Command::Rules(cli::RulesCommand::Check(args)) => rt.block_on(cli::rules_check(args)),
+        Command::Silence(cmd) => rt.block_on(cli::silence(cmd)),
         Command::Auth(AuthCommand::Hash) => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;

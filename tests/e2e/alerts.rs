@@ -404,3 +404,97 @@ fn rules_check_names_file_and_line_offline_and_against_the_server() {
         "{err}"
     );
 }
+
+/// Silences (Alertmanager's v2 API and `vigil silence`): a silenced alert
+/// fires but is not sent; once the silence ends it is.
+#[test]
+fn silences_hold_notifications_back_until_they_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = WebhookReceiver::start(0);
+    let s = start(dir.path(), &hook);
+    let out = s.cli(&[
+        "silence",
+        "add",
+        "host=\"a\"",
+        "alertname=~High.*",
+        "--duration",
+        "1h",
+        "--comment",
+        "deploy",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 36, "{id}");
+    let listed = s.cli(&["silence", "list"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains(&id) && text.contains("active") && text.contains("deploy"),
+        "{text}"
+    );
+
+    // Bad silences are refused with the reason; an unknown id is 404.
+    for (body, what) in [
+        ("{", "silence"),
+        (
+            r#"{"matchers":[],"startsAt":"2026-01-01T00:00:00Z","endsAt":"2099-01-01T00:00:00Z"}"#,
+            "matcher",
+        ),
+        (
+            r#"{"matchers":[{"name":"a","value":"b","isRegex":false}],"startsAt":"2020-01-01T00:00:00Z","endsAt":"2020-01-02T00:00:00Z"}"#,
+            "past",
+        ),
+        (
+            r#"{"matchers":[{"name":"a","value":"((","isRegex":true}],"startsAt":"2026-01-01T00:00:00Z","endsAt":"2099-01-01T00:00:00Z"}"#,
+            "matcher",
+        ),
+    ] {
+        let r = s
+            .request(reqwest::Method::POST, "/api/v2/silences")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        assert!(r.text().unwrap().contains(what), "{body}");
+    }
+    let r = s
+        .request(reqwest::Method::DELETE, "/api/v2/silence/nope")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    s.write_lp("cpu,host=a usage=97\n");
+    wait_for("the alert to fire", Duration::from_secs(20), || {
+        s.sql("SELECT state FROM system.alerts WHERE alertname = 'HighCpu'")
+            .first()
+            .is_some_and(|r| r["state"] == "firing")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        hook.accepted("firing", "a").is_empty(),
+        "a silenced alert was sent"
+    );
+
+    let out = s.cli(&["silence", "expire", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the notification after the silence",
+        Duration::from_secs(20),
+        || !hook.accepted("firing", "a").is_empty(),
+    );
+    let silences: Value = s
+        .request(reqwest::Method::GET, &format!("/api/v2/silence/{id}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(silences["status"]["state"], "expired", "{silences}");
+}
