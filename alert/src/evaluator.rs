@@ -127,9 +127,20 @@ pub fn samples(batches: &[arrow::record_batch::RecordBatch]) -> Result<Vec<Sampl
 impl Evaluator {
     /// Runs a rule's query as of `at` (nanoseconds).
     pub async fn query(&self, rule: &Rule, at: i64) -> Result<Vec<Sample>, String> {
+        self.query_as(rule, at, &TableAccess::all()).await
+    }
+
+    /// As [`Evaluator::query`], reading only the tables `access` allows (a
+    /// preview runs with the caller's token).
+    pub async fn query_as(
+        &self,
+        rule: &Rule,
+        at: i64,
+        access: &TableAccess,
+    ) -> Result<Vec<Sample>, String> {
         let planned = self
             .engine
-            .plan_at(&rule.sql, at, &TableAccess::all())
+            .plan_at(&rule.sql, at, access)
             .await
             .map_err(|e| e.to_string())?;
         let stream = self.engine.execute(planned).map_err(|e| e.to_string())?;
@@ -262,7 +273,7 @@ impl Evaluator {
 
     /// The labels and annotations of an alert from a row: the row's labels,
     /// the rule's (templated; they win), and `alertname`.
-    fn instance_labels(
+    pub(crate) fn instance_labels(
         rule: &Rule,
         row: &BTreeMap<String, String>,
         value: f64,
@@ -351,6 +362,16 @@ impl Evaluator {
         } = outcome;
         let mut all = self.instances.lock();
         let current = all.get(&rule.key).cloned().unwrap_or_default();
+        // The firing alerts of every rule, when inhibit rules need them.
+        let firing: Vec<BTreeMap<String, String>> = match routing {
+            Some(r) if !r.inhibit_rules.is_empty() => all
+                .values()
+                .flat_map(|m| m.values())
+                .filter(|a| a.state == AlertState::Firing)
+                .map(|a| a.labels.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut next: HashMap<u64, AlertInstance> = HashMap::new();
         let mut changes = Changes::default();
         let for_ = dur_nanos(rule.for_);
@@ -410,7 +431,14 @@ impl Evaluator {
             a.value = value;
             a.annotations = annotations;
             a.last_eval = at;
-            let sent = self.notify(rule, &mut a, at, routing, &mut changes.notifications);
+            let sent = self.notify(
+                rule,
+                &mut a,
+                at,
+                routing,
+                &firing,
+                &mut changes.notifications,
+            );
             if changed || sent {
                 changes.upserts.push(a.clone());
             }
@@ -436,8 +464,14 @@ impl Evaluator {
                     let since = *a.keep_firing_since.get_or_insert(at);
                     if keep > 0 && at - since < keep {
                         a.last_eval = at;
-                        let sent =
-                            self.notify(rule, &mut a, at, routing, &mut changes.notifications);
+                        let sent = self.notify(
+                            rule,
+                            &mut a,
+                            at,
+                            routing,
+                            &firing,
+                            &mut changes.notifications,
+                        );
                         if since == at || sent {
                             changes.upserts.push(a.clone());
                         }
@@ -476,7 +510,11 @@ impl Evaluator {
     }
 
     /// Where a rule's alert goes: its own `receiver`, or the route tree.
-    fn destinations(rule: &Rule, a: &AlertInstance, routing: &Routing) -> Vec<(String, Duration)> {
+    pub(crate) fn destinations(
+        rule: &Rule,
+        a: &AlertInstance,
+        routing: &Routing,
+    ) -> Vec<(String, Duration)> {
         match &rule.receiver {
             Some(r) => vec![(r.clone(), routing.default_repeat())],
             None => routing
@@ -495,12 +533,22 @@ impl Evaluator {
         a: &mut AlertInstance,
         at: i64,
         routing: Option<&Routing>,
+        firing: &[BTreeMap<String, String>],
         out: &mut Vec<Notification>,
     ) -> bool {
         let Some(routing) = routing else {
             return false;
         };
         if a.state != AlertState::Firing {
+            return false;
+        }
+        // Inhibited by another firing alert (Alertmanager's inhibit_rules):
+        // not told while the other fires.
+        if routing
+            .inhibit_rules
+            .iter()
+            .any(|r| r.inhibits(&a.labels, firing))
+        {
             return false;
         }
         // Silenced: not told now; told once the silence ends if still firing.
@@ -552,7 +600,7 @@ impl Evaluator {
     }
 }
 
-fn notification(
+pub(crate) fn notification(
     a: &AlertInstance,
     receiver: &str,
     url: &str,

@@ -398,6 +398,94 @@ impl Alerting {
         self.evaluator.statuses.lock().clone()
     }
 
+    /// Renders the rules of a rule file (its text) for the data as it is now,
+    /// without sending or storing anything: each alerting rule's alerts
+    /// (labels, annotations, value) and the webhook bodies they would cause,
+    /// each recording rule's rows. Invalid text: its file:line errors.
+    pub async fn preview(
+        &self,
+        text: &str,
+        access: &vigil_model::TableAccess,
+    ) -> Result<serde_json::Value, Vec<RuleFileError>> {
+        let groups = rules::load_file(
+            std::path::Path::new("preview.yml"),
+            text,
+            self.config.default_interval,
+        )?;
+        let routing = self.evaluator.routing.read().clone();
+        let now = now_nanos();
+        let mut out = Vec::new();
+        for g in &groups {
+            for r in &g.rules {
+                let at = now - evaluator::dur_nanos(g.query_offset);
+                let mut entry = serde_json::json!({ "group": g.name, "name": r.name });
+                match self.evaluator.query_as(r, at, access).await {
+                    Err(e) => entry["error"] = e.into(),
+                    Ok(rows) if r.kind == rules::RuleKind::Recording => {
+                        entry["rows"] = rows
+                            .iter()
+                            .map(|(labels, value)| serde_json::json!({ "labels": labels, "value": value.to_string() }))
+                            .collect();
+                    }
+                    Ok(rows) => {
+                        let mut alerts = Vec::new();
+                        let mut notifications = Vec::new();
+                        for (row, value) in rows {
+                            let (labels, annotations) = Evaluator::instance_labels(r, &row, value);
+                            let firing = r.for_.is_zero();
+                            let instance = AlertInstance {
+                                rule: r.key.clone(),
+                                labels,
+                                annotations,
+                                state: if firing {
+                                    AlertState::Firing
+                                } else {
+                                    AlertState::Pending
+                                },
+                                value,
+                                active_at: at,
+                                fired_at: firing.then_some(at),
+                                resolved_at: None,
+                                keep_firing_since: None,
+                                last_eval: at,
+                                last_sent: BTreeMap::new(),
+                            };
+                            if let Some(routing) = routing.as_deref() {
+                                for (receiver, _) in Evaluator::destinations(r, &instance, routing)
+                                {
+                                    for w in routing
+                                        .receiver(&receiver)
+                                        .map(|x| x.webhooks.as_slice())
+                                        .unwrap_or_default()
+                                    {
+                                        let n = evaluator::notification(
+                                            &instance, &receiver, &w.url, "firing", at,
+                                        );
+                                        notifications.push(serde_json::json!({
+                                            "receiver": receiver,
+                                            "url": w.url,
+                                            "body": notify::webhook_body(&n, &self.config.external_url),
+                                        }));
+                                    }
+                                }
+                            }
+                            alerts.push(serde_json::json!({
+                                "labels": instance.labels,
+                                "annotations": instance.annotations,
+                                "value": value.to_string(),
+                                "state": instance.state.as_str(),
+                            }));
+                        }
+                        entry["alerts"] = alerts.into();
+                        entry["notifications"] = notifications.into();
+                    }
+                }
+                out.push(entry);
+            }
+        }
+        Ok(serde_json::json!({ "status": "success", "data": { "rules": out } }))
+    }
+
     pub fn silences(&self) -> &silences::Silences {
         &self.evaluator.silences
     }

@@ -2,7 +2,7 @@
 //! tree with `matchers` (also the older `match`/`match_re`), `continue`,
 //! `group_by` and `repeat_interval`, and `receivers`. An existing
 //! `alertmanager.yml` loads as is when it uses what is here; anything vigil
-//! does not do yet (`inhibit_rules`, time intervals, Slack, PagerDuty and
+//! does not do yet (time intervals, Slack, PagerDuty and
 //! e-mail receivers) is refused by name rather than silently not done.
 
 use std::collections::BTreeMap;
@@ -168,6 +168,7 @@ struct Route {
 #[derive(Debug, Clone)]
 pub struct Routing {
     route: Route,
+    pub inhibit_rules: Vec<InhibitRule>,
     pub receivers: BTreeMap<String, Receiver>,
 }
 
@@ -226,8 +227,78 @@ struct ConfigDoc {
     route: Option<RouteDoc>,
     #[serde(default)]
     receivers: Vec<ReceiverDoc>,
+    #[serde(default)]
+    inhibit_rules: Vec<InhibitDoc>,
     #[serde(flatten)]
     other: BTreeMap<String, serde_norway::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InhibitDoc {
+    #[serde(default)]
+    source_matchers: Vec<String>,
+    #[serde(default)]
+    target_matchers: Vec<String>,
+    #[serde(default)]
+    source_match: BTreeMap<String, String>,
+    #[serde(default)]
+    source_match_re: BTreeMap<String, String>,
+    #[serde(default)]
+    target_match: BTreeMap<String, String>,
+    #[serde(default)]
+    target_match_re: BTreeMap<String, String>,
+    #[serde(default)]
+    equal: Vec<String>,
+}
+
+/// An inhibit rule: while an alert matching `source` fires, alerts matching
+/// `target` with the same values of the `equal` labels are not sent.
+#[derive(Debug, Clone)]
+pub struct InhibitRule {
+    source: Vec<Matcher>,
+    target: Vec<Matcher>,
+    equal: Vec<String>,
+}
+
+impl InhibitRule {
+    /// Whether `target` is inhibited by one of the firing alerts (an alert
+    /// does not inhibit itself, as in Alertmanager).
+    pub fn inhibits<'a>(
+        &self,
+        target: &BTreeMap<String, String>,
+        firing: impl IntoIterator<Item = &'a BTreeMap<String, String>>,
+    ) -> bool {
+        if !self.target.iter().all(|m| m.matches(target)) {
+            return false;
+        }
+        firing.into_iter().any(|source| {
+            source != target
+                && self.source.iter().all(|m| m.matches(source))
+                && self.equal.iter().all(|l| source.get(l) == target.get(l))
+        })
+    }
+}
+
+fn matchers(
+    list: &[String],
+    eq: BTreeMap<String, String>,
+    re: BTreeMap<String, String>,
+) -> Result<Vec<Matcher>, String> {
+    let mut out = Vec::new();
+    for m in list {
+        let inner = m.trim().trim_start_matches('{').trim_end_matches('}');
+        for part in split_matchers(inner) {
+            out.push(Matcher::parse(&part)?);
+        }
+    }
+    for (k, v) in eq {
+        out.push(Matcher::new(k, MatchOp::Eq, v)?);
+    }
+    for (k, v) in re {
+        out.push(Matcher::new(k.clone(), MatchOp::Re, v).map_err(|e| format!("{k}: {e}"))?);
+    }
+    Ok(out)
 }
 
 /// Alertmanager's default: a firing alert is sent again every 4 hours.
@@ -262,7 +333,7 @@ impl Routing {
         for (key, _) in doc.other {
             let message = match key.as_str() {
                 "global" | "templates" => continue,
-                "inhibit_rules" | "time_intervals" | "mute_time_intervals" => {
+                "time_intervals" | "mute_time_intervals" => {
                     format!("`{key}` is not supported by vigil yet (remove it to load this file)")
                 }
                 _ => format!("unknown key `{key}`"),
@@ -343,7 +414,30 @@ impl Routing {
             routes: Vec::new(),
         };
         let route = build_route(root, &parent, &receivers, text)?;
-        Ok(Routing { route, receivers })
+        let mut inhibit_rules = Vec::new();
+        for i in doc.inhibit_rules {
+            let at = line_of("inhibit_rules:");
+            let source = matchers(&i.source_matchers, i.source_match, i.source_match_re)
+                .map_err(|e| (at, format!("inhibit_rules: source: {e}")))?;
+            let target = matchers(&i.target_matchers, i.target_match, i.target_match_re)
+                .map_err(|e| (at, format!("inhibit_rules: target: {e}")))?;
+            if source.is_empty() || target.is_empty() {
+                return Err((
+                    at,
+                    "inhibit_rules: a rule needs source and target matchers".into(),
+                ));
+            }
+            inhibit_rules.push(InhibitRule {
+                source,
+                target,
+                equal: i.equal,
+            });
+        }
+        Ok(Routing {
+            route,
+            inhibit_rules,
+            receivers,
+        })
     }
 
     /// The destinations of an alert with these labels (Alertmanager's tree walk:
@@ -546,7 +640,8 @@ receivers:
     #[test]
     fn unsupported_and_wrong_configs_are_refused_by_name() {
         for (text, what) in [
-            ("route: { receiver: a }\nreceivers: [{ name: a }]\ninhibit_rules: []\n", "inhibit_rules"),
+            ("route: { receiver: a }\nreceivers: [{ name: a }]\ntime_intervals: []\n", "time_intervals"),
+            ("route: { receiver: a }\nreceivers: [{ name: a }]\ninhibit_rules: [{ equal: [x] }]\n", "source and target"),
             ("route: { receiver: a }\nreceivers:\n  - name: a\n    slack_configs: [{}]\n", "slack_configs"),
             ("route: { receiver: nope }\nreceivers: [{ name: a }]\n", "not defined"),
             ("route: { receiver: a, repeat_interval: soon }\nreceivers: [{ name: a }]\n", "not a duration"),
@@ -557,6 +652,22 @@ receivers:
             let (_, m) = Routing::parse(text).expect_err(text);
             assert!(m.contains(what), "{text}: {m}");
         }
+    }
+
+    #[test]
+    fn inhibit_rules_as_alertmanager() {
+        let r = Routing::parse(
+            "route: { receiver: a }\nreceivers: [{ name: a }]\ninhibit_rules:\n  - source_matchers: ['severity=\"critical\"']\n    target_matchers: ['severity=~\"warning|info\"']\n    equal: [cluster]\n",
+        )
+        .unwrap();
+        let rule = &r.inhibit_rules[0];
+        let critical = labels(&[("severity", "critical"), ("cluster", "eu")]);
+        let warn_eu = labels(&[("severity", "warning"), ("cluster", "eu")]);
+        let warn_us = labels(&[("severity", "warning"), ("cluster", "us")]);
+        assert!(rule.inhibits(&warn_eu, [&critical]));
+        assert!(!rule.inhibits(&warn_us, [&critical]));
+        assert!(!rule.inhibits(&critical, [&critical]));
+        assert!(!rule.inhibits(&warn_eu, [&warn_us]));
     }
 
     #[test]

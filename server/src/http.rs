@@ -62,6 +62,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/rules", get(rules_api))
         .route("/api/v1/alerts", get(alerts_api))
+        .route("/api/v1/alerts/preview", post(preview_alerts))
         .route("/api/v2/silences", get(list_silences).post(post_silence))
         .route(
             "/api/v2/silence/{id}",
@@ -92,9 +93,11 @@ fn required_permission(method: &axum::http::Method, path: &str) -> Option<Option
         "/api/v3/write_lp" | "/api/v2/write" | "/write" | "/api/v1/write" => {
             Some(Some(Permission::Write))
         }
-        "/api/v1/sql" | "/api/v3/query_sql" | "/api/v1/rules" | "/api/v1/alerts" => {
-            Some(Some(Permission::Query))
-        }
+        "/api/v1/sql"
+        | "/api/v3/query_sql"
+        | "/api/v1/rules"
+        | "/api/v1/alerts"
+        | "/api/v1/alerts/preview" => Some(Some(Permission::Query)),
         p if p.starts_with("/api/v1/admin/") => Some(Some(Permission::Admin)),
         _ => Some(None),
     }
@@ -125,6 +128,29 @@ async fn rules_api(State(s): State<Arc<AppState>>, Query(p): Query<RulesParams>)
 /// Prometheus's `/api/v1/alerts`: pending and firing alerts.
 async fn alerts_api(State(s): State<Arc<AppState>>) -> Response {
     Json(s.alerting.alerts_api()).into_response()
+}
+
+/// `POST /api/v1/alerts/preview` with a rule file (YAML) as the body: what
+/// its rules give now and the notifications they would send; nothing is sent.
+async fn preview_alerts(
+    State(s): State<Arc<AppState>>,
+    Extension(principal): Extension<Arc<Principal>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "the rule file is not UTF-8");
+    };
+    match s.alerting.preview(text, &principal.tables).await {
+        Ok(v) => Json(v).into_response(),
+        Err(errors) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "error": "invalid rule file",
+                "errors": errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
+    }
 }
 
 /// Alertmanager's v2 `GET /api/v2/silences`.

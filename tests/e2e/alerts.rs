@@ -497,4 +497,34 @@ fn silences_hold_notifications_back_until_they_end() {
         .json()
         .unwrap();
     assert_eq!(silences["status"]["state"], "expired", "{silences}");
+
+    // A preview renders a rule for the data as it is, and sends nothing.
+    let sent = hook.deliveries().len();
+    let preview = |body: &str| {
+        s.request(reqwest::Method::POST, "/api/v1/alerts/preview")
+            .body(body.to_string())
+            .send()
+            .unwrap()
+    };
+    let r = preview(
+        "groups:\n  - name: p\n    rules:\n      - alert: Hot\n        sql: SELECT host, max(usage) AS value FROM cpu GROUP BY host\n        annotations: { summary: \"{{ $labels.host }} at {{ $value }}\" }\n",
+    );
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().unwrap();
+    let rule = &v["data"]["rules"][0];
+    assert_eq!(
+        rule["alerts"][0]["annotations"]["summary"], "a at 97",
+        "{v}"
+    );
+    assert_eq!(rule["alerts"][0]["state"], "firing", "{v}");
+    assert_eq!(rule["notifications"][0]["receiver"], "ops", "{v}");
+    assert_eq!(
+        rule["notifications"][0]["body"]["alerts"][0]["labels"]["alertname"], "Hot",
+        "{v}"
+    );
+    let r = preview("groups:\n  - name: p\n    rules:\n      - alert: Hot\n        sql: SELECT 1 AS value\n        for: later\n");
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("preview.yml:6:"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(hook.deliveries().len(), sent, "a preview sent something");
 }
