@@ -23,6 +23,9 @@ use crate::store::{AlertInstance, AlertState, AlertStore, Changes, HistoryEvent,
 use crate::template::Data;
 use crate::AlertError;
 
+/// Alerts one rule may have when its group sets no `limit`.
+pub const DEFAULT_MAX_ALERTS: usize = 10_000;
+
 /// A resolved alert is kept this long (Prometheus keeps them 15 minutes).
 const RESOLVED_RETENTION: i64 = 15 * 60 * 1_000_000_000;
 
@@ -161,6 +164,14 @@ impl Evaluator {
         let result = result.and_then(|rows| {
             if group.limit > 0 && rows.len() > group.limit {
                 return Err(format!("{} rows, over the group's limit of {}", rows.len(), group.limit));
+            }
+            // A query that forgot its GROUP BY would make an alert per row:
+            // without a limit of its own, a group stops at this many.
+            if group.limit == 0 && rule.kind == RuleKind::Alerting && rows.len() > DEFAULT_MAX_ALERTS {
+                return Err(format!(
+                    "{} rows: more than {DEFAULT_MAX_ALERTS} alerts from one rule (set the group's `limit` to allow more)",
+                    rows.len()
+                ));
             }
             // Equal labels once the rule's labels are applied (they may
             // override a column) would be one alert: an error of the rule.

@@ -30,6 +30,8 @@ struct Inbox {
     deliveries: Vec<Delivery>,
     /// Answer 500 to this many deliveries first.
     refuse: usize,
+    /// Never answer this many deliveries first (a receiver hanging mid-send).
+    hang: usize,
 }
 
 /// A webhook receiver (what a user points `webhook_configs` at).
@@ -45,6 +47,27 @@ async fn receive(
     headers: HeaderMap,
     body: String,
 ) -> StatusCode {
+    let hang = {
+        let mut i = inbox.lock();
+        let hang = i.hang > 0 && uri.path() == "/hook";
+        if hang {
+            i.hang -= 1;
+            i.deliveries.push(Delivery {
+                path: "/hang".into(),
+                key: headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string(),
+                accepted: false,
+                body: serde_json::from_str(&body).unwrap_or(Value::Null),
+            });
+        }
+        hang
+    };
+    if hang {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
     let mut i = inbox.lock();
     // Only /hook refuses (the first `refuse` deliveries).
     let accepted = i.refuse == 0 || uri.path() != "/hook";
@@ -70,6 +93,10 @@ async fn receive(
 
 impl WebhookReceiver {
     fn start(refuse: usize) -> Self {
+        Self::start_with(refuse, 0)
+    }
+
+    fn start_with(refuse: usize, hang: usize) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -77,6 +104,7 @@ impl WebhookReceiver {
             .unwrap();
         let inbox = Arc::new(Mutex::new(Inbox {
             refuse,
+            hang,
             ..Inbox::default()
         }));
         let listener = runtime
@@ -527,4 +555,43 @@ fn silences_hold_notifications_back_until_they_end() {
     assert!(r.text().unwrap().contains("preview.yml:6:"));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(hook.deliveries().len(), sent, "a preview sent something");
+}
+
+/// SIGKILL while a notification is being sent (the receiver has it and has not
+/// answered): after the restart it is sent again, with the same idempotency
+/// key, and the alert is still firing.
+#[test]
+fn a_kill_mid_send_delivers_after_restart_with_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = WebhookReceiver::start_with(0, 1);
+    let mut s = start(dir.path(), &hook);
+    s.write_lp("cpu,host=a usage=99\n");
+    wait_for("the delivery in flight", Duration::from_secs(30), || {
+        hook.inbox
+            .lock()
+            .deliveries
+            .iter()
+            .any(|d| d.path == "/hang")
+    });
+    let in_flight = hook
+        .inbox
+        .lock()
+        .deliveries
+        .iter()
+        .find(|d| d.path == "/hang")
+        .unwrap()
+        .key
+        .clone();
+    s.kill();
+    s.restart();
+    wait_for(
+        "the delivery after the restart",
+        Duration::from_secs(30),
+        || !hook.accepted("firing", "a").is_empty(),
+    );
+    let delivered = hook.accepted("firing", "a");
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0].key, in_flight);
+    let state = s.sql("SELECT state FROM system.alerts WHERE alertname = 'HighCpu'");
+    assert_eq!(state[0]["state"], "firing");
 }
