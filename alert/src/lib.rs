@@ -5,6 +5,7 @@
 
 pub mod evaluator;
 pub mod notify;
+pub mod rule_test;
 pub mod silences;
 pub mod store;
 pub mod tables;

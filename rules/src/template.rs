@@ -227,7 +227,7 @@ fn parse_pipeline(body: &str, column: usize) -> Result<Pipeline, TemplateError> 
             Some(f) => {
                 let args = args
                     .iter()
-                    .map(|(a, q)| operand(a, *q).map_err(|m| err(m)))
+                    .map(|(a, q)| operand(a, *q).map_err(&err))
                     .collect::<Result<Vec<_>, _>>()?;
                 let given = args.len() + usize::from(n > 0);
                 let ok = match f {
@@ -609,7 +609,7 @@ mod tests {
             render("{{ $value | humanizeDuration }}", 93784.0),
             "1d 2h 3m 4s"
         );
-        assert_eq!(render("{{ printf \"%.2f\" $value }}", 3.14159), "3.14");
+        assert_eq!(render("{{ printf \"%.2f\" $value }}", 1.23456), "1.23");
         assert_eq!(render("{{ $labels.host | toUpper }}", 0.0), "WEB-1");
         assert_eq!(render("{{ \"hello world\" | title }}", 0.0), "Hello World");
         assert_eq!(render("{{ $labels.missing }}!", 0.0), "!");

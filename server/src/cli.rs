@@ -412,6 +412,40 @@ pub(crate) enum RulesCommand {
     /// with --url also plan every rule's SQL against a running server's tables
     /// and check that it returns a `value` column. Errors are `file:line:`.
     Check(RulesCheckArgs),
+    /// Run unit tests of rules (Prometheus's `promtool test rules` format:
+    /// `rule_files`, `tests` with `input_series` and `alert_rule_test`) on a
+    /// temporary embedded engine; no server needed.
+    Test(RulesTestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RulesTestArgs {
+    /// Test files (YAML).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+pub(crate) async fn rules_test(args: RulesTestArgs) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for f in &args.files {
+        match vigil_alert::rule_test::run_test_file(f).await {
+            Ok(failures) if failures.is_empty() => println!("{}: ok", f.display()),
+            Ok(failures) => {
+                for x in &failures {
+                    eprintln!("{}: FAILED: {x}", f.display());
+                }
+                failed += failures.len();
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", f.display());
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} failure(s)");
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]

@@ -44,7 +44,8 @@ enum Command {
     /// Bring archived data back (`[cold_tier] archive = true`) on a running
     /// server: `--table T --from TS --to TS`, `--list`, `--drop ID`, `--resume ID`.
     Restore(cli::RestoreArgs),
-    /// Alert and recording rules: `vigil rules check FILE... [--url URL]`.
+    /// Alert and recording rules: `vigil rules check FILE... [--url URL]`,
+    /// `vigil rules test TESTFILE...`.
     #[command(subcommand)]
     Rules(cli::RulesCommand),
     /// Silences: `vigil silence add MATCHER... --duration 2h`, `list`,
@@ -82,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Command::Admin(cli::AdminCommand::Maintenance(args)) => rt.block_on(cli::maintenance(args)),
         Command::Restore(args) => rt.block_on(cli::restore(args)),
         Command::Rules(cli::RulesCommand::Check(args)) => rt.block_on(cli::rules_check(args)),
+        Command::Rules(cli::RulesCommand::Test(args)) => rt.block_on(cli::rules_test(args)),
         Command::Silence(cmd) => rt.block_on(cli::silence(cmd)),
         Command::Auth(AuthCommand::Hash) => {
             let mut line = String::new();

@@ -595,3 +595,71 @@ fn a_kill_mid_send_delivers_after_restart_with_the_same_key() {
     let state = s.sql("SELECT state FROM system.alerts WHERE alertname = 'HighCpu'");
     assert_eq!(state[0]["state"], "firing");
 }
+
+/// `vigil rules test`: promtool's test format on SQL rules, no server.
+#[test]
+fn rules_test_runs_promtool_style_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yml"),
+        r#"groups:
+  - name: hosts
+    interval: 1m
+    rules:
+      - alert: HighCpu
+        sql: |
+          SELECT host, avg(value) AS value FROM cpu
+          WHERE time > now() - interval '2 minutes' GROUP BY host HAVING avg(value) > 90
+        for: 2m
+        labels: { severity: page }
+        annotations: { summary: "{{ $labels.host }} at {{ $value }}" }
+"#,
+    )
+    .unwrap();
+    let test = |expected_host: &str| {
+        format!(
+            r#"rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'cpu{{host="a"}}'
+        values: '95x10'
+      - series: 'cpu{{host="b"}}'
+        values: '10+1x10'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: HighCpu
+        exp_alerts: []
+      - eval_time: 5m
+        alertname: HighCpu
+        exp_alerts:
+          - exp_labels: {{ host: {expected_host}, severity: page }}
+            exp_annotations: {{ summary: "a at 95" }}
+"#
+        )
+    };
+    std::fs::write(dir.path().join("good.test.yml"), test("a")).unwrap();
+    std::fs::write(dir.path().join("bad.test.yml"), test("b")).unwrap();
+    let run = |file: &str| {
+        std::process::Command::new(crate::server::BIN)
+            .args(["rules", "test"])
+            .arg(dir.path().join(file))
+            .output()
+            .unwrap()
+    };
+    let out = run("good.test.yml");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+    let out = run("bad.test.yml");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FAILED") && err.contains("at 300s") && err.contains("\"b\""),
+        "{err}"
+    );
+}
