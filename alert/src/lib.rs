@@ -68,6 +68,9 @@ pub struct AlertMetrics {
     pub reload_failures: Counter,
 }
 
+/// Rules one preview may hold.
+const MAX_PREVIEW_RULES: usize = 100;
+
 /// `[alerting]` of vigil.toml, resolved.
 #[derive(Debug, Clone)]
 pub struct AlertingConfig {
@@ -416,11 +419,30 @@ impl Alerting {
         let routing = self.evaluator.routing.read().clone();
         let now = now_nanos();
         let mut out = Vec::new();
+        let rules: usize = groups.iter().map(|g| g.rules.len()).sum();
+        if rules > MAX_PREVIEW_RULES {
+            return Err(vec![RuleFileError {
+                file: "preview.yml".into(),
+                line: 1,
+                message: format!("{rules} rules: a preview takes at most {MAX_PREVIEW_RULES}"),
+            }]);
+        }
         for g in &groups {
             for r in &g.rules {
                 let at = now - evaluator::dur_nanos(g.query_offset);
                 let mut entry = serde_json::json!({ "group": g.name, "name": r.name });
-                match self.evaluator.query_as(r, at, access).await {
+                let timeout = self.config.eval_timeout;
+                let result =
+                    match tokio::time::timeout(timeout, self.evaluator.query_as(r, at, access))
+                        .await
+                    {
+                        Ok(Ok(rows)) if rows.len() > evaluator::DEFAULT_MAX_ALERTS.max(g.limit) => {
+                            Err(format!("{} rows: more than a rule may give", rows.len()))
+                        }
+                        Ok(r) => r,
+                        Err(_) => Err(format!("evaluation timed out after {timeout:?}")),
+                    };
+                match result {
                     Err(e) => entry["error"] = e.into(),
                     Ok(rows) if r.kind == rules::RuleKind::Recording => {
                         entry["rows"] = rows
@@ -462,9 +484,9 @@ impl Alerting {
                                         let n = evaluator::notification(
                                             &instance, &receiver, &w.url, "firing", at,
                                         );
+                                        // Not the URL: a webhook URL is often a secret.
                                         notifications.push(serde_json::json!({
                                             "receiver": receiver,
-                                            "url": w.url,
                                             "body": notify::webhook_body(&n, &self.config.external_url),
                                         }));
                                     }

@@ -198,7 +198,9 @@ async fn run_case(case: &TestCase, groups: &[RuleGroup]) -> Result<Vec<String>, 
                         .map(|(k, v)| (k.clone().into(), v.clone().into()))
                         .collect(),
                     fields: vec![("value".into(), FieldValue::F64(v))],
-                    time: i as i64 * step,
+                    time: (i as i64)
+                        .checked_mul(step)
+                        .ok_or("input series: times past 2262")?,
                 });
             }
         }
@@ -242,10 +244,19 @@ async fn run_case(case: &TestCase, groups: &[RuleGroup]) -> Result<Vec<String>, 
     let mut ticks: Vec<(i64, usize)> = Vec::new();
     for (gi, g) in groups.iter().enumerate() {
         let every = dur_nanos(g.interval).max(1);
-        let mut t = 0;
+        let mut t: i64 = 0;
         while t <= end {
+            if ticks.len() >= MAX_TICKS {
+                return Err(format!(
+                    "more than {MAX_TICKS} evaluations up to eval_time {}: use a longer interval",
+                    humanize_at(end)
+                ));
+            }
             ticks.push((t, gi));
-            t += every;
+            let Some(next) = t.checked_add(every) else {
+                break;
+            };
+            t = next;
         }
     }
     ticks.sort();
@@ -276,12 +287,27 @@ async fn run_case(case: &TestCase, groups: &[RuleGroup]) -> Result<Vec<String>, 
         let g = &groups[ticks[i].1];
         for rule in &g.rules {
             evaluator.evaluate(g, rule, t).await;
+            // A rule that fails is a failed test (a table with no sample yet is
+            // not a failure: it appears with its first one).
+            let error = evaluator
+                .statuses
+                .lock()
+                .get(&rule.key)
+                .and_then(|s| s.last_error.clone());
+            if let Some(e) = error.filter(|e| !e.contains("not found")) {
+                failures.push(format!("rule {:?} at {}: {e}", rule.name, humanize_at(t)));
+                let _ = storage.shutdown().await;
+                return Ok(failures);
+            }
         }
         i += 1;
     }
     let _ = storage.shutdown().await;
     Ok(failures)
 }
+
+/// Evaluations one test may ask for (all groups together).
+const MAX_TICKS: usize = 1_000_000;
 
 /// An alert as a test compares it: labels and annotations.
 type Seen = (BTreeMap<String, String>, BTreeMap<String, String>);

@@ -13,6 +13,9 @@ use crate::notify::rfc3339;
 use crate::store::AlertStore;
 use crate::AlertError;
 
+/// Silences kept at most (expired ones included).
+const MAX_SILENCES: usize = 10_000;
+
 /// Expired silences are kept this long (Alertmanager's default retention, 120 h).
 const EXPIRED_RETENTION: i64 = 120 * 3600 * 1_000_000_000;
 
@@ -203,6 +206,18 @@ impl Silences {
             comment: p.comment,
         };
         let matchers = compile(&silence)?;
+        // As Alertmanager: a silence must not match every alert.
+        if matchers.iter().all(|m| m.matches(&BTreeMap::new())) {
+            return Err(SilenceError::Invalid(
+                "the matchers match every alert (at least one must not match an empty label set)"
+                    .into(),
+            ));
+        }
+        if self.all.read().len() >= MAX_SILENCES {
+            return Err(SilenceError::Invalid(format!(
+                "more than {MAX_SILENCES} silences"
+            )));
+        }
         self.save(store, silence, matchers, now)?;
         Ok(id)
     }
@@ -302,6 +317,13 @@ mod tests {
                 .is_err());
             assert!(s
                 .post(&store, post(vec![m("host", "a", false)], "tomorrow"), now)
+                .is_err());
+            assert!(s
+                .post(
+                    &store,
+                    post(vec![m("host", ".*", true)], "2030-01-01T00:00:00Z"),
+                    now
+                )
                 .is_err());
             s.post(
                 &store,

@@ -272,12 +272,25 @@ impl InhibitRule {
         if !self.target.iter().all(|m| m.matches(target)) {
             return false;
         }
+        // As Alertmanager: when the target matches both sides, a source that
+        // also matches both cannot inhibit it (two such alerts would mute each
+        // other); a missing label equals an empty one.
+        let two_sided = self.source.iter().all(|m| m.matches(target));
         firing.into_iter().any(|source| {
             source != target
                 && self.source.iter().all(|m| m.matches(source))
-                && self.equal.iter().all(|l| source.get(l) == target.get(l))
+                && !(two_sided && self.target.iter().all(|m| m.matches(source)))
+                && self
+                    .equal
+                    .iter()
+                    .all(|l| label(source, l) == label(target, l))
         })
     }
+}
+
+/// A label's value; a missing label is empty.
+fn label<'a>(labels: &'a BTreeMap<String, String>, name: &str) -> &'a str {
+    labels.get(name).map_or("", |v| v.as_str())
 }
 
 fn matchers(
@@ -668,6 +681,16 @@ receivers:
         assert!(!rule.inhibits(&warn_us, [&critical]));
         assert!(!rule.inhibits(&critical, [&critical]));
         assert!(!rule.inhibits(&warn_eu, [&warn_us]));
+        // Two alerts matching both sides do not mute each other.
+        let r = Routing::parse(
+            "route: { receiver: a }\nreceivers: [{ name: a }]\ninhibit_rules:\n  - source_matchers: ['alertname=NodeDown']\n    target_matchers: ['instance=~\".+\"']\n    equal: [instance, zone]\n",
+        )
+        .unwrap();
+        let a = labels(&[("alertname", "NodeDown"), ("instance", "i1"), ("job", "a")]);
+        let b = labels(&[("alertname", "NodeDown"), ("instance", "i1"), ("job", "b")]);
+        let other = labels(&[("alertname", "DiskFull"), ("instance", "i1"), ("zone", "")]);
+        assert!(!r.inhibit_rules[0].inhibits(&a, [&b]));
+        assert!(r.inhibit_rules[0].inhibits(&other, [&a]));
     }
 
     #[test]

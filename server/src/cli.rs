@@ -576,9 +576,11 @@ pub(crate) async fn silence(cmd: SilenceCommand) -> anyhow::Result<()> {
                 }));
             }
             let now = chrono::Utc::now();
-            let end = now
-                + chrono::Duration::from_std(a.duration.into())
-                    .context("--duration is too long")?;
+            let end = chrono::Duration::from_std(a.duration.into())
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .filter(|e| e.timestamp_nanos_opt().is_some())
+                .context("--duration is too long (a silence ends before 2262)")?;
             let body = serde_json::json!({
                 "matchers": matchers,
                 "startsAt": now.to_rfc3339(),
