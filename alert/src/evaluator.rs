@@ -584,7 +584,7 @@ impl Evaluator {
             };
             a.last_sent.insert(receiver.clone(), at);
             for w in &r.webhooks {
-                out.push(notification(a, &receiver, &w.url, "firing", at));
+                out.push(notification(a, &receiver, w, "firing", at));
             }
             sent = true;
         }
@@ -604,7 +604,7 @@ impl Evaluator {
         for receiver in std::mem::take(&mut a.last_sent).into_keys() {
             if let Some(r) = routing.receiver(&receiver) {
                 for w in r.webhooks.iter().filter(|w| w.send_resolved) {
-                    out.push(notification(a, &receiver, &w.url, "resolved", at));
+                    out.push(notification(a, &receiver, w, "resolved", at));
                 }
             }
         }
@@ -614,7 +614,7 @@ impl Evaluator {
 pub(crate) fn notification(
     a: &AlertInstance,
     receiver: &str,
-    url: &str,
+    to: &vigil_rules::Webhook,
     status: &str,
     at: i64,
 ) -> Notification {
@@ -625,7 +625,8 @@ pub(crate) fn notification(
             a.fired_at.unwrap_or(a.active_at)
         ),
         receiver: receiver.to_string(),
-        url: url.to_string(),
+        url: to.url.clone(),
+        kind: to.kind.clone(),
         status: status.to_string(),
         alert: a.clone(),
         enqueued_at: at,

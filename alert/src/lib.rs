@@ -482,12 +482,12 @@ impl Alerting {
                                         .unwrap_or_default()
                                     {
                                         let n = evaluator::notification(
-                                            &instance, &receiver, &w.url, "firing", at,
+                                            &instance, &receiver, w, "firing", at,
                                         );
                                         // Not the URL: a webhook URL is often a secret.
                                         notifications.push(serde_json::json!({
                                             "receiver": receiver,
-                                            "body": notify::webhook_body(&n, &self.config.external_url),
+                                            "body": notify::body(&n, &self.config.external_url),
                                         }));
                                     }
                                 }

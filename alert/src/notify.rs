@@ -13,6 +13,7 @@ use vigil_storage::retention::now_nanos;
 
 use crate::evaluator::Evaluator;
 use crate::store::{AlertInstance, Notification};
+use vigil_rules::{Data, Template, WebhookKind};
 
 /// Deliveries in flight at once.
 const CONCURRENCY: usize = 8;
@@ -52,6 +53,128 @@ pub fn webhook_body(n: &Notification, external_url: &str) -> serde_json::Value {
         "commonAnnotations": n.alert.annotations,
         "externalURL": external_url,
         "alerts": [alert_json(&n.alert, &n.status, external_url)],
+    })
+}
+
+/// The body for the notification's endpoint.
+pub fn body(n: &Notification, external_url: &str) -> serde_json::Value {
+    match &n.kind {
+        WebhookKind::Alertmanager => webhook_body(n, external_url),
+        WebhookKind::Slack {
+            channel,
+            username,
+            text,
+        } => slack_body(n, channel.as_deref(), username.as_deref(), text.as_deref()),
+        WebhookKind::PagerDuty {
+            routing_key,
+            severity,
+        } => pagerduty_body(n, routing_key, severity, external_url),
+    }
+}
+
+/// What an alert is about, in one line: its summary (or description), else
+/// its labels.
+fn summary(a: &AlertInstance) -> String {
+    let name = a.labels.get("alertname").cloned().unwrap_or_default();
+    let about = a
+        .annotations
+        .get("summary")
+        .or_else(|| a.annotations.get("description"))
+        .cloned()
+        .unwrap_or_else(|| {
+            a.labels
+                .iter()
+                .filter(|(k, _)| *k != "alertname")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+    format!("{name}: {about}")
+}
+
+/// A Slack incoming-webhook message: a line of text and an attachment with
+/// the labels, red while firing, green when resolved.
+fn slack_body(
+    n: &Notification,
+    channel: Option<&str>,
+    username: Option<&str>,
+    text: Option<&str>,
+) -> serde_json::Value {
+    let a = &n.alert;
+    let status = if n.status == "resolved" {
+        "RESOLVED"
+    } else {
+        "FIRING"
+    };
+    let text = match text.and_then(|t| Template::parse(t).ok()) {
+        Some(t) => t.render(&Data {
+            labels: &a.labels,
+            value: a.value,
+        }),
+        None => format!("[{status}] {}", summary(a)),
+    };
+    let fields: Vec<serde_json::Value> = a
+        .labels
+        .iter()
+        .map(|(k, v)| json!({ "title": k, "value": v, "short": true }))
+        .collect();
+    let mut body = json!({
+        "text": text,
+        "attachments": [{
+            "color": if n.status == "resolved" { "good" } else { "danger" },
+            "title": format!("[{status}] {}", a.labels.get("alertname").cloned().unwrap_or_default()),
+            "text": a.annotations.get("description").or_else(|| a.annotations.get("summary")).cloned().unwrap_or_default(),
+            "fields": fields,
+        }],
+    });
+    if let Some(c) = channel {
+        body["channel"] = c.into();
+    }
+    if let Some(u) = username {
+        body["username"] = u.into();
+    }
+    body
+}
+
+/// A PagerDuty Events API v2 event: `trigger` while firing, `resolve` after,
+/// deduplicated by the alert (rule and labels).
+fn pagerduty_body(
+    n: &Notification,
+    routing_key: &str,
+    severity: &str,
+    external_url: &str,
+) -> serde_json::Value {
+    let a = &n.alert;
+    let dedup_key = format!("{}/{:016x}", a.rule, a.fingerprint());
+    if n.status == "resolved" {
+        return json!({
+            "routing_key": routing_key,
+            "event_action": "resolve",
+            "dedup_key": dedup_key,
+        });
+    }
+    let source = ["instance", "host", "hostname", "job"]
+        .iter()
+        .find_map(|k| a.labels.get(*k).cloned())
+        .unwrap_or_else(|| "vigil".to_string());
+    let summary: String = summary(a).chars().take(1024).collect();
+    json!({
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": dedup_key,
+        "payload": {
+            "summary": summary,
+            "source": source,
+            "severity": severity,
+            "timestamp": rfc3339(a.fired_at.unwrap_or(a.active_at)),
+            "custom_details": {
+                "labels": a.labels,
+                "annotations": a.annotations,
+                "value": a.value.to_string(),
+            },
+        },
+        "client": "vigil",
+        "client_url": external_url,
     })
 }
 
@@ -140,7 +263,7 @@ impl Evaluator {
         id: u64,
         mut n: Notification,
     ) {
-        let body = webhook_body(&n, external_url);
+        let body = body(&n, external_url);
         let sent = client
             .post(&n.url)
             .header("Idempotency-Key", &n.idempotency_key)

@@ -128,6 +128,9 @@ pub struct Notification {
     pub idempotency_key: String,
     pub receiver: String,
     pub url: String,
+    /// The endpoint's format (entries from before it was kept: Alertmanager's).
+    #[serde(default)]
+    pub kind: vigil_rules::WebhookKind,
     pub status: String,
     pub alert: AlertInstance,
     pub enqueued_at: i64,
@@ -404,6 +407,7 @@ mod tests {
                         idempotency_key: "k".into(),
                         receiver: "r".into(),
                         url: "http://127.0.0.1:9/".into(),
+                        kind: Default::default(),
                         status: "firing".into(),
                         alert: a,
                         enqueued_at: 2,

@@ -8,7 +8,9 @@ pub mod routing;
 pub mod rules;
 pub mod template;
 
-pub use routing::{Destination, InhibitRule, Matcher, Receiver, Routing, RoutingError, Webhook};
+pub use routing::{
+    Destination, InhibitRule, Matcher, Receiver, Routing, RoutingError, Webhook, WebhookKind,
+};
 pub use rules::{
     check_sql, load_dir, load_file, load_files, parse_duration, ErrorState, NoDataState, Rule,
     RuleFileError, RuleGroup, RuleKind,

@@ -137,6 +137,28 @@ impl Matcher {
 pub struct Webhook {
     pub url: String,
     pub send_resolved: bool,
+    pub kind: WebhookKind,
+}
+
+/// The body a receiver's endpoint takes.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookKind {
+    /// Alertmanager's webhook format (version 4).
+    #[default]
+    Alertmanager,
+    /// A Slack incoming webhook (or anything that takes its format).
+    Slack {
+        channel: Option<String>,
+        username: Option<String>,
+        /// A template of the message's text (`$labels`, `$value`).
+        text: Option<String>,
+    },
+    /// PagerDuty Events API v2.
+    PagerDuty {
+        routing_key: String,
+        severity: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +224,10 @@ struct ReceiverDoc {
     name: String,
     #[serde(default)]
     webhook_configs: Vec<WebhookDoc>,
+    #[serde(default)]
+    slack_configs: Vec<SlackDoc>,
+    #[serde(default)]
+    pagerduty_configs: Vec<PagerDutyDoc>,
     #[serde(flatten)]
     other: BTreeMap<String, serde_norway::Value>,
 }
@@ -220,6 +246,48 @@ struct WebhookDoc {
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlackDoc {
+    api_url: String,
+    channel: Option<String>,
+    username: Option<String>,
+    text: Option<String>,
+    /// Alertmanager's default for Slack: resolved alerts are not sent.
+    #[serde(default)]
+    send_resolved: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PagerDutyDoc {
+    routing_key: String,
+    #[serde(default = "pagerduty_url")]
+    url: String,
+    #[serde(default = "critical")]
+    severity: String,
+    #[serde(default = "yes")]
+    send_resolved: bool,
+}
+
+fn pagerduty_url() -> String {
+    "https://events.pagerduty.com/v2/enqueue".into()
+}
+
+fn critical() -> String {
+    "critical".into()
+}
+
+/// An endpoint URL must be http(s).
+fn check_url(receiver: &str, url: &str) -> Result<(), String> {
+    let parsed =
+        url::Url::parse(url).map_err(|e| format!("receiver {receiver:?}: url {url:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("receiver {receiver:?}: url {url:?} is not http(s)"));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -359,7 +427,7 @@ impl Routing {
                 return Err((
                     line_of(&format!("{kind}:")),
                     format!(
-                        "receiver {:?}: `{kind}` is not supported by vigil yet (webhook_configs are)",
+                        "receiver {:?}: `{kind}` is not supported by vigil yet (webhook_configs, slack_configs and pagerduty_configs are)",
                         r.name
                     ),
                 ));
@@ -375,21 +443,54 @@ impl Routing {
                         ),
                     ));
                 }
-                let url = url::Url::parse(&w.url).map_err(|e| {
-                    (
-                        line_of("url:"),
-                        format!("receiver {:?}: url {:?}: {e}", r.name, w.url),
-                    )
-                })?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err((
-                        line_of("url:"),
-                        format!("receiver {:?}: url {:?} is not http(s)", r.name, w.url),
-                    ));
-                }
+                check_url(&r.name, &w.url).map_err(|e| (line_of("url:"), e))?;
                 webhooks.push(Webhook {
                     url: w.url,
                     send_resolved: w.send_resolved,
+                    kind: WebhookKind::Alertmanager,
+                });
+            }
+            for s in r.slack_configs {
+                check_url(&r.name, &s.api_url).map_err(|e| (line_of("api_url:"), e))?;
+                if let Some(t) = &s.text {
+                    crate::template::Template::parse(t).map_err(|e| {
+                        (
+                            line_of("text:"),
+                            format!("receiver {:?}: slack text: {e}", r.name),
+                        )
+                    })?;
+                }
+                webhooks.push(Webhook {
+                    url: s.api_url,
+                    send_resolved: s.send_resolved,
+                    kind: WebhookKind::Slack {
+                        channel: s.channel,
+                        username: s.username,
+                        text: s.text,
+                    },
+                });
+            }
+            for p in r.pagerduty_configs {
+                check_url(&r.name, &p.url).map_err(|e| (line_of("url:"), e))?;
+                if !matches!(
+                    p.severity.as_str(),
+                    "critical" | "error" | "warning" | "info"
+                ) {
+                    return Err((
+                        line_of("severity:"),
+                        format!(
+                            "receiver {:?}: pagerduty severity is critical, error, warning or info",
+                            r.name
+                        ),
+                    ));
+                }
+                webhooks.push(Webhook {
+                    url: p.url,
+                    send_resolved: p.send_resolved,
+                    kind: WebhookKind::PagerDuty {
+                        routing_key: p.routing_key,
+                        severity: p.severity,
+                    },
                 });
             }
             if receivers.contains_key(&r.name) {
@@ -655,7 +756,9 @@ receivers:
         for (text, what) in [
             ("route: { receiver: a }\nreceivers: [{ name: a }]\ntime_intervals: []\n", "time_intervals"),
             ("route: { receiver: a }\nreceivers: [{ name: a }]\ninhibit_rules: [{ equal: [x] }]\n", "source and target"),
-            ("route: { receiver: a }\nreceivers:\n  - name: a\n    slack_configs: [{}]\n", "slack_configs"),
+            ("route: { receiver: a }\nreceivers:\n  - name: a\n    email_configs: [{}]\n", "email_configs"),
+            ("route: { receiver: a }\nreceivers:\n  - name: a\n    slack_configs: [{ api_url: 'http://x/', actions: [] }]\n", "actions"),
+            ("route: { receiver: a }\nreceivers:\n  - name: a\n    pagerduty_configs: [{ routing_key: k, severity: huge }]\n", "severity"),
             ("route: { receiver: nope }\nreceivers: [{ name: a }]\n", "not defined"),
             ("route: { receiver: a, repeat_interval: soon }\nreceivers: [{ name: a }]\n", "not a duration"),
             ("route: { receiver: a, matchers: ['x=~(('] }\nreceivers: [{ name: a }]\n", "matcher"),

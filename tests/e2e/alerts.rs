@@ -114,6 +114,8 @@ impl WebhookReceiver {
         let app = Router::new()
             .route("/hook", post(receive))
             .route("/errors", post(receive))
+            .route("/slack", post(receive))
+            .route("/pd", post(receive))
             .with_state(Arc::clone(&inbox));
         runtime.spawn(async move { axum::serve(listener, app).await });
         WebhookReceiver {
@@ -662,4 +664,83 @@ tests:
         err.contains("FAILED") && err.contains("at 300s") && err.contains("\"b\""),
         "{err}"
     );
+}
+
+/// Slack and PagerDuty receivers get their own formats: Slack's incoming
+/// webhook message, PagerDuty Events v2 `trigger` then `resolve` with one
+/// dedup key.
+#[test]
+fn slack_and_pagerduty_get_their_own_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = WebhookReceiver::start(0);
+    let base = hook.url.trim_end_matches("/hook").to_string();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("flag.yml"),
+        r#"groups:
+  - name: flags
+    interval: 1s
+    rules:
+      - alert: FlagUp
+        sql: |
+          SELECT name, value FROM (
+            SELECT name, value, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS rn FROM flag
+          ) WHERE rn = 1 AND value > 0
+        annotations: { summary: "flag {{ $labels.name }} is up" }
+"#,
+    )
+    .unwrap();
+    let routing = dir.path().join("alerting.yml");
+    std::fs::write(
+        &routing,
+        format!(
+            "route:\n  receiver: both\nreceivers:\n  - name: both\n    slack_configs:\n      - api_url: {base}/slack\n        channel: '#ops'\n        send_resolved: true\n    pagerduty_configs:\n      - routing_key: key-1\n        url: {base}/pd\n"
+        ),
+    )
+    .unwrap();
+    let s = TestServer::start(
+        &dir.path().join("data"),
+        &[
+            "--rules-dir",
+            rules.to_str().unwrap(),
+            "--alerting-config",
+            routing.to_str().unwrap(),
+        ],
+    );
+    let at = |path: &str| -> Vec<Value> {
+        hook.inbox
+            .lock()
+            .deliveries
+            .iter()
+            .filter(|d| d.path == path)
+            .map(|d| d.body.clone())
+            .collect()
+    };
+    s.write_lp("flag,name=f value=1\n");
+    wait_for("slack and pagerduty", Duration::from_secs(20), || {
+        !at("/slack").is_empty() && !at("/pd").is_empty()
+    });
+    let slack = &at("/slack")[0];
+    assert_eq!(slack["text"], "[FIRING] FlagUp: flag f is up", "{slack}");
+    assert_eq!(slack["channel"], "#ops");
+    assert_eq!(slack["attachments"][0]["color"], "danger");
+    let pd = &at("/pd")[0];
+    assert_eq!(pd["event_action"], "trigger", "{pd}");
+    assert_eq!(pd["routing_key"], "key-1");
+    assert_eq!(pd["payload"]["severity"], "critical");
+    assert_eq!(pd["payload"]["summary"], "FlagUp: flag f is up");
+    let dedup = pd["dedup_key"].as_str().unwrap().to_string();
+    assert!(!dedup.is_empty());
+
+    s.write_lp("flag,name=f value=0\n");
+    wait_for("the resolve event", Duration::from_secs(20), || {
+        at("/pd").iter().any(|b| b["event_action"] == "resolve") && at("/slack").len() >= 2
+    });
+    let resolve = at("/pd")
+        .into_iter()
+        .find(|b| b["event_action"] == "resolve")
+        .unwrap();
+    assert_eq!(resolve["dedup_key"], dedup.as_str());
+    assert_eq!(at("/slack")[1]["attachments"][0]["color"], "good");
 }
