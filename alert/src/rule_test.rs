@@ -86,16 +86,38 @@ pub fn parse_series(text: &str) -> Result<(String, Vec<(String, String)>), Strin
             .trim_end()
             .strip_suffix('}')
             .ok_or_else(|| format!("series {text:?}: no closing }}"))?;
-        for part in body.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
+        // label="value" pairs; a value may hold commas and \" escapes.
+        let mut rest = body.trim();
+        while !rest.is_empty() {
+            let (k, after) = rest
                 .split_once('=')
-                .ok_or_else(|| format!("series {text:?}: {part:?} is not label=\"value\""))?;
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .ok_or_else(|| format!("series {text:?}: the value of {k} needs quotes"))?;
-            tags.push((k.trim().to_string(), v.to_string()));
+                .ok_or_else(|| format!("series {text:?}: {rest:?} is not label=\"value\""))?;
+            let after = after.trim_start();
+            let quoted = after.strip_prefix('"').ok_or_else(|| {
+                format!("series {text:?}: the value of {} needs quotes", k.trim())
+            })?;
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some((_, 'n')) => value.push('\n'),
+                        Some((_, e)) => value.push(e),
+                        None => break,
+                    },
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            let end =
+                end.ok_or_else(|| format!("series {text:?}: unterminated value of {}", k.trim()))?;
+            tags.push((k.trim().to_string(), value));
+            rest = quoted[end..].trim_start();
+            rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
         }
     }
     Ok((name.to_string(), tags))
@@ -411,6 +433,13 @@ mod tests {
             )
         );
         assert_eq!(parse_series("up").unwrap(), ("up".to_string(), vec![]));
+        assert_eq!(
+            parse_series(r#"log{msg="a, b \"c\"", x="é"}"#).unwrap().1,
+            [
+                ("msg".to_string(), "a, b \"c\"".to_string()),
+                ("x".into(), "é".into())
+            ]
+        );
         for bad in ["{a=\"b\"}", "cpu{host=a}", "cpu{host=\"a\"", "cpu{host}"] {
             assert!(parse_series(bad).is_err(), "{bad}");
         }

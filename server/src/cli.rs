@@ -647,12 +647,14 @@ pub(crate) async fn silence(cmd: SilenceCommand) -> anyhow::Result<()> {
             println!("{table}");
         }
         SilenceCommand::Expire(e) => {
-            let url = format!(
-                "{}/api/v2/silence/{}",
-                e.server.url.trim_end_matches('/'),
-                e.id
-            );
-            let resp = with_token(client.delete(&url), &e.server.token)
+            // The id as one path segment, whatever it holds.
+            let mut url = reqwest::Url::parse(&e.server.url)
+                .with_context(|| format!("--url {:?}", e.server.url))?;
+            url.path_segments_mut()
+                .map_err(|_| anyhow::anyhow!("--url {:?} cannot take a path", e.server.url))?
+                .pop_if_empty()
+                .extend(["api", "v2", "silence", e.id.as_str()]);
+            let resp = with_token(client.delete(url), &e.server.token)
                 .send()
                 .await
                 .with_context(|| format!("cannot reach vigil at {}", e.server.url))?;
