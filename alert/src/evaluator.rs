@@ -591,7 +591,7 @@ impl Evaluator {
         sent
     }
 
-    fn notify_resolved(
+    pub(crate) fn notify_resolved(
         &self,
         a: &mut AlertInstance,
         at: i64,

@@ -199,7 +199,8 @@ impl Alerting {
             last_reload_error: Mutex::new(None),
         };
         // Rules deleted while the server was down take their alerts along.
-        alerting.prune(&rule_keys(&alerting.groups()));
+        let routing = alerting.evaluator.routing.read().clone();
+        alerting.prune(&rule_keys(&alerting.groups()), routing.as_deref());
         Ok(Arc::new(alerting))
     }
 
@@ -274,7 +275,10 @@ impl Alerting {
     /// Puts new rules in force (no group task of the old ones may be running):
     /// alerts of rules that are gone go with them.
     pub fn install(&self, groups: Vec<RuleGroup>, routing: Option<Arc<Routing>>) {
-        self.prune(&rule_keys(&groups));
+        // Resolved notifications of removed rules go where the old routing
+        // sent their firing ones.
+        let old_routing = self.evaluator.routing.read().clone();
+        self.prune(&rule_keys(&groups), old_routing.as_deref());
         info!(groups = groups.len(), "rule files reloaded");
         *self.evaluator.groups.write() = Arc::new(groups);
         *self.evaluator.routing.write() = routing;
@@ -283,20 +287,39 @@ impl Alerting {
 
     /// Removes the alerts of rules not in `keys`, from the store and memory at
     /// once (under the instances lock).
-    fn prune(&self, keys: &std::collections::HashSet<String>) {
+    /// Firing alerts that were notified get a resolved notification (their
+    /// rule is gone, so they end), through `routing`.
+    fn prune(&self, keys: &std::collections::HashSet<String>, routing: Option<&Routing>) {
         let mut all = self.evaluator.instances.lock();
-        let gone: Vec<(String, u64)> = all
-            .iter()
-            .filter(|(k, _)| !keys.contains(*k))
-            .flat_map(|(k, m)| m.keys().map(move |fp| (k.clone(), *fp)))
-            .collect();
+        let mut gone: Vec<(String, u64)> = Vec::new();
+        let mut notifications = Vec::new();
+        let now = now_nanos();
+        for (k, m) in all.iter().filter(|(k, _)| !keys.contains(*k)) {
+            for (fp, a) in m {
+                gone.push((k.clone(), *fp));
+                if a.state == AlertState::Firing {
+                    let mut a = a.clone();
+                    a.state = AlertState::Resolved;
+                    a.resolved_at = Some(now);
+                    self.evaluator
+                        .notify_resolved(&mut a, now, routing, &mut notifications);
+                }
+            }
+        }
         if !gone.is_empty() {
+            let sends = !notifications.is_empty();
             let changes = store::Changes {
                 removals: gone,
+                notifications,
                 ..Default::default()
             };
             match self.evaluator.store.apply(&changes) {
-                Ok(()) => all.retain(|k, _| keys.contains(k)),
+                Ok(()) => {
+                    all.retain(|k, _| keys.contains(k));
+                    if sends {
+                        self.evaluator.wake_dispatcher.notify_one();
+                    }
+                }
                 Err(e) => error!(error = %e, "removing alerts of deleted rules failed"),
             }
         }

@@ -596,6 +596,15 @@ fn a_kill_mid_send_delivers_after_restart_with_the_same_key() {
     assert_eq!(delivered[0].key, in_flight);
     let state = s.sql("SELECT state FROM system.alerts WHERE alertname = 'HighCpu'");
     assert_eq!(state[0]["state"], "firing");
+
+    // Deleting the rule ends its alert: receivers are told it resolved.
+    std::fs::remove_file(dir.path().join("rules/hosts.yml")).unwrap();
+    wait_for(
+        "the resolved notification of a deleted rule",
+        Duration::from_secs(20),
+        || !hook.accepted("resolved", "a").is_empty(),
+    );
+    assert!(s.sql("SELECT state FROM system.alerts").is_empty());
 }
 
 /// `vigil rules test`: promtool's test format on SQL rules, no server.
