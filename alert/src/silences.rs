@@ -125,7 +125,15 @@ impl Silences {
         let all = store
             .silences()?
             .into_iter()
-            .filter_map(|s| compile(&s).ok().map(|m| (s, m)))
+            .filter_map(|s| match compile(&s) {
+                Ok(m) => Some((s, m)),
+                Err(e) => {
+                    // Only a stored silence from a version with other matcher
+                    // rules can fail here; it is said, not dropped silently.
+                    tracing::warn!(silence = s.id.as_str(), error = %e, "stored silence ignored: its matchers do not compile");
+                    None
+                }
+            })
             .collect();
         Ok(Silences {
             all: RwLock::new(all),
