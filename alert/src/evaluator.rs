@@ -417,24 +417,14 @@ impl Evaluator {
                     (a, changed)
                 }
                 _ => {
-                    let firing = for_ == 0;
-                    let a = AlertInstance {
-                        rule: rule.key.clone(),
+                    let a = AlertInstance::starting(
+                        &rule.key,
                         labels,
-                        annotations: annotations.clone(),
-                        state: if firing {
-                            AlertState::Firing
-                        } else {
-                            AlertState::Pending
-                        },
+                        annotations.clone(),
                         value,
-                        active_at: at,
-                        fired_at: firing.then_some(at),
-                        resolved_at: None,
-                        keep_firing_since: None,
-                        last_eval: at,
-                        last_sent: BTreeMap::new(),
-                    };
+                        at,
+                        for_ == 0,
+                    );
                     event(&a, "inactive", a.state.as_str());
                     (a, true)
                 }

@@ -479,23 +479,14 @@ impl Alerting {
                         for (row, value) in rows {
                             let (labels, annotations) = Evaluator::instance_labels(r, &row, value);
                             let firing = r.for_.is_zero();
-                            let instance = AlertInstance {
-                                rule: r.key.clone(),
+                            let instance = AlertInstance::starting(
+                                &r.key,
                                 labels,
                                 annotations,
-                                state: if firing {
-                                    AlertState::Firing
-                                } else {
-                                    AlertState::Pending
-                                },
                                 value,
-                                active_at: at,
-                                fired_at: firing.then_some(at),
-                                resolved_at: None,
-                                keep_firing_since: None,
-                                last_eval: at,
-                                last_sent: BTreeMap::new(),
-                            };
+                                at,
+                                firing,
+                            );
                             if let Some(routing) = routing.as_deref() {
                                 for (receiver, _) in Evaluator::destinations(r, &instance, routing)
                                 {

@@ -65,6 +65,35 @@ pub struct AlertInstance {
 }
 
 impl AlertInstance {
+    /// An alert whose condition starts to hold at `at`: firing at once when
+    /// the rule has no `for`, else pending.
+    pub fn starting(
+        rule: &str,
+        labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
+        value: f64,
+        at: i64,
+        firing: bool,
+    ) -> AlertInstance {
+        AlertInstance {
+            rule: rule.to_string(),
+            labels,
+            annotations,
+            state: if firing {
+                AlertState::Firing
+            } else {
+                AlertState::Pending
+            },
+            value,
+            active_at: at,
+            fired_at: firing.then_some(at),
+            resolved_at: None,
+            keep_firing_since: None,
+            last_eval: at,
+            last_sent: BTreeMap::new(),
+        }
+    }
+
     pub fn fingerprint(&self) -> u64 {
         fingerprint(&self.labels)
     }

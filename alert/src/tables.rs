@@ -161,7 +161,7 @@ impl Alerting {
             "annotations": a.annotations,
             "state": match a.state { AlertState::Resolved => "inactive", s => s.as_str() },
             "activeAt": rfc3339(a.active_at),
-            "value": go_float(a.value),
+            "value": vigil_rules::template::go_exponent(a.value),
         })
     }
 
@@ -265,36 +265,17 @@ fn kind(k: RuleKind) -> &'static str {
     }
 }
 
-/// A value as Prometheus's API writes it (Go's `strconv.FormatFloat(v, 'e',
-/// -1, 64)`): `9.5e+01`, `NaN`, `+Inf`.
-fn go_float(v: f64) -> String {
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        };
-    }
-    let s = format!("{v:e}");
-    let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
-    let (sign, digits) = match exp.strip_prefix('-') {
-        Some(d) => ('-', d),
-        None => ('+', exp),
-    };
-    format!("{mantissa}e{sign}{digits:0>2}")
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn values_as_prometheus_writes_them() {
-        assert_eq!(super::go_float(95.0), "9.5e+01");
-        assert_eq!(super::go_float(0.001234), "1.234e-03");
-        assert_eq!(super::go_float(1e100), "1e+100");
-        assert_eq!(super::go_float(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(super::go_float(f64::NAN), "NaN");
+        assert_eq!(vigil_rules::template::go_exponent(95.0), "9.5e+01");
+        assert_eq!(vigil_rules::template::go_exponent(0.001234), "1.234e-03");
+        assert_eq!(vigil_rules::template::go_exponent(1e100), "1e+100");
+        assert_eq!(
+            vigil_rules::template::go_exponent(f64::NEG_INFINITY),
+            "-Inf"
+        );
+        assert_eq!(vigil_rules::template::go_exponent(f64::NAN), "NaN");
     }
 }

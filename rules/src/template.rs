@@ -305,6 +305,21 @@ impl Val {
     }
 }
 
+/// Go's `strconv.FormatFloat(v, 'e', -1, 64)`, as Prometheus's API writes
+/// values: `9.5e+01`, `NaN`, `+Inf`.
+pub fn go_exponent(v: f64) -> String {
+    if !v.is_finite() {
+        return format_float(v);
+    }
+    let s = format!("{v:e}");
+    let (mantissa, exp) = s.split_once('e').unwrap_or((&s, "0"));
+    let (sign, digits) = match exp.strip_prefix('-') {
+        Some(d) => ('-', d),
+        None => ('+', exp),
+    };
+    format!("{mantissa}e{sign}{digits:0>2}")
+}
+
 /// Go's `%v` of a float64 (`strconv.FormatFloat(v, 'g', -1, 64)`-like).
 fn format_float(v: f64) -> String {
     if v.is_nan() {
@@ -319,18 +334,8 @@ fn format_float(v: f64) -> String {
     }
     let a = v.abs();
     if a != 0.0 && !(1e-4..1e21).contains(&a) {
-        let s = format!("{v:e}");
         // Go writes e+06 where Rust writes e6.
-        match s.split_once('e') {
-            Some((m, e)) => {
-                let (sign, digits) = match e.strip_prefix('-') {
-                    Some(d) => ('-', d),
-                    None => ('+', e),
-                };
-                format!("{m}e{sign}{digits:0>2}")
-            }
-            None => s,
-        }
+        go_exponent(v)
     } else {
         format!("{v}")
     }

@@ -494,16 +494,7 @@ impl QueryEngine {
         params: Option<ParamValues>,
         access: &TableAccess,
     ) -> Result<PlannedQuery> {
-        let admission = self.admit().await?;
-        let deadline = admission.deadline;
-        let planning = async {
-            let ctx = self.query_context()?;
-            let logical = ctx.state().create_logical_plan(query).await?;
-            check_read_only(&logical)?;
-            check_access(&logical, access)?;
-            self.plan_admitted(ctx, logical, params, admission).await
-        };
-        self.before_deadline(deadline, planning).await
+        self.plan_sql(query, params, access, None).await
     }
 
     /// Plans `query` as [`QueryEngine::plan`] does, with `now()` fixed at
@@ -516,6 +507,17 @@ impl QueryEngine {
         at_nanos: i64,
         access: &TableAccess,
     ) -> Result<PlannedQuery> {
+        let at = chrono::DateTime::from_timestamp_nanos(at_nanos);
+        self.plan_sql(query, None, access, Some(at)).await
+    }
+
+    async fn plan_sql(
+        &self,
+        query: &str,
+        params: Option<ParamValues>,
+        access: &TableAccess,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<PlannedQuery> {
         let admission = self.admit().await?;
         let deadline = admission.deadline;
         let planning = async {
@@ -523,9 +525,7 @@ impl QueryEngine {
             let logical = ctx.state().create_logical_plan(query).await?;
             check_read_only(&logical)?;
             check_access(&logical, access)?;
-            let at = chrono::DateTime::from_timestamp_nanos(at_nanos);
-            self.plan_at_time(ctx, logical, None, admission, Some(at))
-                .await
+            self.plan_at_time(ctx, logical, params, admission, at).await
         };
         self.before_deadline(deadline, planning).await
     }
