@@ -251,8 +251,16 @@ impl AlertStore {
 
     /// Every stored instance.
     pub fn instances(&self) -> Result<Vec<AlertInstance>, AlertError> {
+        self.all_values(INSTANCES)
+    }
+
+    /// Every value of a table keyed by text, decoded.
+    fn all_values<T: for<'de> Deserialize<'de>>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, AlertError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = txn.open_table(INSTANCES).map_err(|e| self.err(e))?;
+        let table = txn.open_table(def).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for item in table.iter().map_err(|e| self.err(e))? {
             let (_, v) = item.map_err(|e| self.err(e))?;
@@ -345,14 +353,7 @@ impl AlertStore {
     }
 
     pub fn silences(&self) -> Result<Vec<crate::silences::Silence>, AlertError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = txn.open_table(SILENCES).map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(|e| self.err(e))? {
-            let (_, v) = item.map_err(|e| self.err(e))?;
-            out.push(self.decode(v.value())?);
-        }
-        Ok(out)
+        self.all_values(SILENCES)
     }
 
     /// Stores a silence (new or changed) and drops the ones in `remove`.
