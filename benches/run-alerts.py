@@ -93,7 +93,7 @@ def main():
                     "        sql: SELECT name, value FROM (SELECT name, value, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS rn FROM flag) WHERE rn = 1 AND value > 0\n")
         routing = os.path.join(d, "alerting.yml")
         with open(routing, "w") as f:
-            f.write(f"route:\n  receiver: hook\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://127.0.0.1:{hook_port}/\n")
+            f.write(f"route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://127.0.0.1:{hook_port}/\n")
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         env = dict(os.environ, VIGIL_LOG="error", VIGIL_RETENTION_RAW="forever")

@@ -2,6 +2,8 @@
 # Installs the real clients the end-to-end tests drive against a running vigil:
 # psql (Debian), psycopg and the ADBC Flight SQL driver (PyPI), pgx v5 and a
 # Prometheus remote-write sender built on Prometheus's own prompb (Go modules),
+# Prometheus Alertmanager (Debian) and aiosmtpd (PyPI, a real SMTP server) for
+# the alerting tests,
 # DuckDB (PyPI, the reference the time-series function checks compare against),
 # moto's S3-compatible server (PyPI, the cold tier's tests; see scripts/s3.sh),
 # and the Arrow Flight SQL JDBC driver (Maven Central). Everything lands in
@@ -20,11 +22,20 @@ if ! command -v psql >/dev/null 2>&1; then
   fi
 fi
 
-if ! python3 -c 'import psycopg, adbc_driver_flightsql, pyarrow, duckdb, moto.server, flask_cors' >/dev/null 2>&1; then
-  echo "== installing psycopg, adbc-driver-flightsql, pyarrow, duckdb, moto's S3 server (PyPI)"
+if ! command -v prometheus-alertmanager >/dev/null 2>&1; then
+  echo "== installing Prometheus Alertmanager (prometheus-alertmanager)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq prometheus-alertmanager >/dev/null
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq prometheus-alertmanager >/dev/null
+  fi
+fi
+
+if ! python3 -c 'import psycopg, adbc_driver_flightsql, pyarrow, duckdb, moto.server, flask_cors, aiosmtpd, cryptography' >/dev/null 2>&1; then
+  echo "== installing psycopg, adbc-driver-flightsql, pyarrow, duckdb, moto's S3 server, aiosmtpd (PyPI)"
   python3 -m pip install -q --disable-pip-version-check \
     'psycopg[binary]==3.3.9' 'adbc-driver-flightsql==1.13.0' 'adbc-driver-manager==1.13.0' 'pyarrow>=18' \
-    'duckdb==2.0.1' 'moto[server]==5.2.1'
+    'duckdb==2.0.1' 'moto[server]==5.2.1' 'aiosmtpd==1.4.6' 'cryptography'
 fi
 
 if [ ! -x "$out/pgx-client" ] || [ tests/clients/pgx/main.go -nt "$out/pgx-client" ]; then

@@ -19,15 +19,16 @@ use vigil_sql::QueryEngine;
 
 use crate::routing::Routing;
 use crate::rules::{ErrorState, NoDataState, Rule, RuleGroup, RuleKind};
-use crate::store::{AlertInstance, AlertState, AlertStore, Changes, HistoryEvent, Notification};
+use crate::store::{AlertInstance, AlertState, AlertStore, Changes, GroupState, HistoryEvent};
 use crate::template::Data;
 use crate::AlertError;
 
 /// Alerts one rule may have when its group sets no `limit`.
 pub const DEFAULT_MAX_ALERTS: usize = 10_000;
 
-/// A resolved alert is kept this long (Prometheus keeps them 15 minutes).
-const RESOLVED_RETENTION: i64 = 15 * 60 * 1_000_000_000;
+/// A resolved alert is kept this long (Prometheus keeps them 15 minutes), so
+/// its group can tell the receiver it ended.
+pub(crate) const RESOLVED_RETENTION: i64 = 15 * 60 * 1_000_000_000;
 
 /// The last evaluation of a rule.
 #[derive(Debug, Clone, Default)]
@@ -64,7 +65,15 @@ pub struct Evaluator {
     pub(crate) routing: RwLock<Option<Arc<Routing>>>,
     pub(crate) silences: crate::silences::Silences,
     pub(crate) eval_timeout: Duration,
+    /// The aggregation groups by id (receiver and group key), as stored.
+    pub(crate) group_states: Mutex<HashMap<String, GroupState>>,
     pub(crate) wake_dispatcher: tokio::sync::Notify,
+    /// Woken when alerts change state, so a group with no `group_wait` is
+    /// sent at once.
+    pub(crate) wake_flusher: tokio::sync::Notify,
+    pub(crate) peers: crate::Peers,
+    pub(crate) give_up_after: Duration,
+    pub(crate) queue: Option<crate::queue::QueueProducer>,
     pub(crate) metrics: crate::AlertMetrics,
 }
 
@@ -340,7 +349,6 @@ impl Evaluator {
                 ErrorState::Alerting => (vec![(BTreeMap::new(), f64::NAN)], true, None),
             },
         };
-        let routing = self.routing.read().clone();
         let this = Arc::clone(self);
         let rule = rule.clone();
         tokio::task::spawn_blocking(move || {
@@ -352,20 +360,13 @@ impl Evaluator {
                     keep_current,
                     error,
                 },
-                routing.as_deref(),
             )
         })
         .await
         .map_err(|e| AlertError::Task(e.to_string()))?
     }
 
-    fn transition(
-        &self,
-        rule: &Rule,
-        at: i64,
-        outcome: Outcome,
-        routing: Option<&Routing>,
-    ) -> Result<(), AlertError> {
+    fn transition(&self, rule: &Rule, at: i64, outcome: Outcome) -> Result<(), AlertError> {
         let Outcome {
             active,
             keep_current,
@@ -373,16 +374,6 @@ impl Evaluator {
         } = outcome;
         let mut all = self.instances.lock();
         let current = all.get(&rule.key).cloned().unwrap_or_default();
-        // The firing alerts of every rule, when inhibit rules need them.
-        let firing: Vec<BTreeMap<String, String>> = match routing {
-            Some(r) if !r.inhibit_rules.is_empty() => all
-                .values()
-                .flat_map(|m| m.values())
-                .filter(|a| a.state == AlertState::Firing)
-                .map(|a| a.labels.clone())
-                .collect(),
-            _ => Vec::new(),
-        };
         let mut next: HashMap<u64, AlertInstance> = HashMap::new();
         let mut changes = Changes::default();
         let for_ = dur_nanos(rule.for_);
@@ -410,7 +401,6 @@ impl Evaluator {
                     if a.state == AlertState::Pending && at - a.active_at >= for_ {
                         a.state = AlertState::Firing;
                         a.fired_at = Some(at);
-                        a.last_sent.clear();
                         event(&a, "pending", "firing");
                         changed = true;
                     }
@@ -429,18 +419,14 @@ impl Evaluator {
                     (a, true)
                 }
             };
+            // The value and annotations as they are now go with the next
+            // notification; they are stored when the state changes (a
+            // restart shows the values of the last change until the next
+            // evaluation).
             a.value = value;
             a.annotations = annotations;
             a.last_eval = at;
-            let sent = self.notify(
-                rule,
-                &mut a,
-                at,
-                routing,
-                &firing,
-                &mut changes.notifications,
-            );
-            if changed || sent {
+            if changed {
                 changes.upserts.push(a.clone());
             }
             next.insert(fp, a);
@@ -465,15 +451,7 @@ impl Evaluator {
                     let since = *a.keep_firing_since.get_or_insert(at);
                     if keep > 0 && at - since < keep {
                         a.last_eval = at;
-                        let sent = self.notify(
-                            rule,
-                            &mut a,
-                            at,
-                            routing,
-                            &firing,
-                            &mut changes.notifications,
-                        );
-                        if since == at || sent {
+                        if since == at {
                             changes.upserts.push(a.clone());
                         }
                     } else {
@@ -482,7 +460,6 @@ impl Evaluator {
                         a.keep_firing_since = None;
                         a.last_eval = at;
                         event(&a, "firing", "resolved");
-                        self.notify_resolved(&mut a, at, routing, &mut changes.notifications);
                         changes.upserts.push(a.clone());
                     }
                 }
@@ -496,133 +473,17 @@ impl Evaluator {
             next.insert(fp, a);
         }
         changes.history = history;
-        let notes = changes.notifications.len();
+        let changed = !changes.history.is_empty();
         self.store.apply(&changes)?;
         all.insert(rule.key.clone(), next);
         drop(all);
-        if notes > 0 {
-            self.metrics.enqueued.inc_by(notes as u64);
-            self.wake_dispatcher.notify_one();
+        if changed {
+            self.wake_flusher.notify_one();
         }
         for h in &changes.history {
             info!(rule = h.rule.as_str(), labels = ?h.labels, from = h.from.as_str(), to = h.to.as_str(), "alert state changed");
         }
         Ok(())
-    }
-
-    /// Where a rule's alert goes: its own `receiver`, or the route tree.
-    pub(crate) fn destinations(
-        rule: &Rule,
-        a: &AlertInstance,
-        routing: &Routing,
-    ) -> Vec<(String, Duration)> {
-        match &rule.receiver {
-            Some(r) => vec![(r.clone(), routing.default_repeat())],
-            None => routing
-                .destinations(&a.labels)
-                .into_iter()
-                .map(|d| (d.receiver, d.repeat_interval))
-                .collect(),
-        }
-    }
-
-    /// Queues a firing notification to each destination not yet told, or told
-    /// longer ago than its repeat interval; whether anything was queued.
-    fn notify(
-        &self,
-        rule: &Rule,
-        a: &mut AlertInstance,
-        at: i64,
-        routing: Option<&Routing>,
-        firing: &[BTreeMap<String, String>],
-        out: &mut Vec<Notification>,
-    ) -> bool {
-        let Some(routing) = routing else {
-            return false;
-        };
-        if a.state != AlertState::Firing {
-            return false;
-        }
-        // Inhibited by another firing alert (Alertmanager's inhibit_rules):
-        // not told while the other fires.
-        if routing
-            .inhibit_rules
-            .iter()
-            .any(|r| r.inhibits(&a.labels, firing))
-        {
-            return false;
-        }
-        // Silenced: not told now; told once the silence ends if still firing.
-        if self
-            .silences
-            .silenced_by(&a.labels, vigil_storage::retention::now_nanos())
-            .is_some()
-        {
-            return false;
-        }
-        let mut sent = false;
-        for (receiver, repeat) in Self::destinations(rule, a, routing) {
-            let due = match a.last_sent.get(&receiver) {
-                None => true,
-                Some(&last) => at - last >= dur_nanos(repeat),
-            };
-            if !due {
-                continue;
-            }
-            let Some(r) = routing.receiver(&receiver) else {
-                continue;
-            };
-            a.last_sent.insert(receiver.clone(), at);
-            for w in &r.webhooks {
-                out.push(notification(a, &receiver, w, "firing", at));
-            }
-            sent = true;
-        }
-        sent
-    }
-
-    pub(crate) fn notify_resolved(
-        &self,
-        a: &mut AlertInstance,
-        at: i64,
-        routing: Option<&Routing>,
-        out: &mut Vec<Notification>,
-    ) {
-        let Some(routing) = routing else {
-            return;
-        };
-        for receiver in std::mem::take(&mut a.last_sent).into_keys() {
-            if let Some(r) = routing.receiver(&receiver) {
-                for w in r.webhooks.iter().filter(|w| w.send_resolved) {
-                    out.push(notification(a, &receiver, w, "resolved", at));
-                }
-            }
-        }
-    }
-}
-
-pub(crate) fn notification(
-    a: &AlertInstance,
-    receiver: &str,
-    to: &vigil_rules::Webhook,
-    status: &str,
-    at: i64,
-) -> Notification {
-    Notification {
-        idempotency_key: format!(
-            "{:016x}-{}-{status}-{at}",
-            a.fingerprint(),
-            a.fired_at.unwrap_or(a.active_at)
-        ),
-        receiver: receiver.to_string(),
-        url: to.url.clone(),
-        kind: to.kind.clone(),
-        status: status.to_string(),
-        alert: a.clone(),
-        enqueued_at: at,
-        attempts: 0,
-        next_attempt: at,
-        last_error: None,
     }
 }
 

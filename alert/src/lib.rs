@@ -1,10 +1,14 @@
 //! Alerting: SQL rules evaluated on a schedule through the one query path,
-//! alert state and the notification outbox in redb, routing in Alertmanager's
-//! format, at-least-once webhook delivery, recording rules through the write
-//! pipeline.
+//! alert state, aggregation groups and the notification outbox in redb,
+//! routing and grouping in Alertmanager's format, at-least-once delivery to
+//! webhooks, Slack, PagerDuty, e-mail, SMS and Alertmanager, recording rules
+//! through the write pipeline.
 
+mod email;
 pub mod evaluator;
+pub mod groups;
 pub mod notify;
+pub mod queue;
 pub mod rule_test;
 pub mod silences;
 pub mod store;
@@ -54,6 +58,8 @@ pub enum AlertError {
     Receiver { receiver: String, problem: String },
     #[error("alerting task failed: {0}")]
     Task(String),
+    #[error("notification queue: {0}")]
+    Queue(String),
 }
 
 #[derive(Clone, Default)]
@@ -64,6 +70,10 @@ pub struct AlertMetrics {
     pub sent: Counter,
     pub send_failures: Counter,
     pub dropped: Counter,
+    pub dead: Counter,
+    pub sent_by_peer: Counter,
+    pub published: Counter,
+    pub duplicates: Counter,
     pub outbox: Gauge,
     pub reload_failures: Counter,
 }
@@ -85,6 +95,49 @@ pub struct AlertingConfig {
     pub eval_timeout: Duration,
     /// Links in notifications point here.
     pub external_url: String,
+    /// Other nodes evaluating the same rules (high availability).
+    pub peers: Peers,
+    /// A notification still failing after this long is given up (a dead
+    /// letter in `system.notifications`).
+    pub give_up_after: Duration,
+    /// Notifications travel through this Kafka topic (none: straight from
+    /// the outbox in redb).
+    pub queue: Option<queue::QueueConfig>,
+}
+
+/// The other nodes that evaluate the same rules, so that one of them, not
+/// each, notifies (Alertmanager's HA scheme without gossip): the node at
+/// position `p` waits `p × timeout` before sending, and no node sends what a
+/// peer reports as already delivered.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    /// Base URLs (`http://host:8181`) of the other nodes.
+    pub urls: Vec<String>,
+    /// This node's place among all of them (0 sends at once).
+    pub position: u32,
+    pub timeout: Duration,
+    /// A bearer token accepted by the peers (when they require one).
+    pub token: Option<String>,
+}
+
+impl Peers {
+    /// The peers of a node that calls itself `me` among `all` (which may
+    /// include `me`); the position is `me`'s place in the sorted list.
+    pub fn among(me: &str, all: &[String], timeout: Duration, token: Option<String>) -> Peers {
+        let norm = |u: &str| u.trim_end_matches('/').to_string();
+        let me = norm(me);
+        let mut members: Vec<String> = all.iter().map(|u| norm(u)).collect();
+        members.push(me.clone());
+        members.sort();
+        members.dedup();
+        let position = members.iter().position(|m| *m == me).unwrap_or(0) as u32;
+        Peers {
+            urls: members.into_iter().filter(|m| *m != me).collect(),
+            position,
+            timeout,
+            token,
+        }
+    }
 }
 
 /// The alerting service of a running server.
@@ -179,6 +232,7 @@ impl Alerting {
             "alerting loaded"
         );
         let silences = silences::Silences::load(&store)?;
+        let group_states = store.groups()?.into_iter().collect();
         let evaluator = Arc::new(Evaluator {
             engine,
             pipeline,
@@ -189,7 +243,15 @@ impl Alerting {
             routing: RwLock::new(routing),
             silences,
             eval_timeout: config.eval_timeout,
+            group_states: Mutex::new(group_states),
             wake_dispatcher: tokio::sync::Notify::new(),
+            wake_flusher: tokio::sync::Notify::new(),
+            peers: config.peers.clone(),
+            queue: match &config.queue {
+                Some(q) => Some(queue::QueueProducer::new(q.clone())?),
+                None => None,
+            },
+            give_up_after: config.give_up_after,
             metrics: AlertMetrics::default(),
         });
         let alerting = Alerting {
@@ -199,8 +261,7 @@ impl Alerting {
             last_reload_error: Mutex::new(None),
         };
         // Rules deleted while the server was down take their alerts along.
-        let routing = alerting.evaluator.routing.read().clone();
-        alerting.prune(&rule_keys(&alerting.groups()), routing.as_deref());
+        alerting.prune(&rule_keys(&alerting.groups()));
         Ok(Arc::new(alerting))
     }
 
@@ -275,52 +336,61 @@ impl Alerting {
     /// Puts new rules in force (no group task of the old ones may be running):
     /// alerts of rules that are gone go with them.
     pub fn install(&self, groups: Vec<RuleGroup>, routing: Option<Arc<Routing>>) {
-        // Resolved notifications of removed rules go where the old routing
-        // sent their firing ones.
-        let old_routing = self.evaluator.routing.read().clone();
-        self.prune(&rule_keys(&groups), old_routing.as_deref());
+        self.prune(&rule_keys(&groups));
         info!(groups = groups.len(), "rule files reloaded");
         *self.evaluator.groups.write() = Arc::new(groups);
         *self.evaluator.routing.write() = routing;
         *self.last_reload_error.lock() = None;
     }
 
-    /// Removes the alerts of rules not in `keys`, from the store and memory at
-    /// once (under the instances lock).
-    /// Firing alerts that were notified get a resolved notification (their
-    /// rule is gone, so they end), through `routing`.
-    fn prune(&self, keys: &std::collections::HashSet<String>, routing: Option<&Routing>) {
+    /// Ends the alerts of rules not in `keys`, in the store and memory at
+    /// once (under the instances lock): pending ones go, firing ones are
+    /// resolved (their rule is gone), so their groups tell the receivers, and
+    /// expire with the other resolved alerts.
+    fn prune(&self, keys: &std::collections::HashSet<String>) {
         let mut all = self.evaluator.instances.lock();
-        let mut gone: Vec<(String, u64)> = Vec::new();
-        let mut notifications = Vec::new();
         let now = now_nanos();
+        let mut changes = store::Changes::default();
         for (k, m) in all.iter().filter(|(k, _)| !keys.contains(*k)) {
             for (fp, a) in m {
-                gone.push((k.clone(), *fp));
-                if a.state == AlertState::Firing {
-                    let mut a = a.clone();
-                    a.state = AlertState::Resolved;
-                    a.resolved_at = Some(now);
-                    self.evaluator
-                        .notify_resolved(&mut a, now, routing, &mut notifications);
+                match a.state {
+                    AlertState::Pending => changes.removals.push((k.clone(), *fp)),
+                    AlertState::Firing => {
+                        let mut a = a.clone();
+                        a.state = AlertState::Resolved;
+                        a.resolved_at = Some(now);
+                        a.keep_firing_since = None;
+                        changes.history.push(store::HistoryEvent {
+                            time: now,
+                            rule: k.clone(),
+                            labels: a.labels.clone(),
+                            from: "firing".into(),
+                            to: "resolved".into(),
+                            value: a.value,
+                        });
+                        changes.upserts.push(a);
+                    }
+                    AlertState::Resolved => {}
                 }
             }
         }
-        if !gone.is_empty() {
-            let sends = !notifications.is_empty();
-            let changes = store::Changes {
-                removals: gone,
-                notifications,
-                ..Default::default()
-            };
+        if !changes.is_empty() {
             match self.evaluator.store.apply(&changes) {
                 Ok(()) => {
-                    all.retain(|k, _| keys.contains(k));
-                    if sends {
-                        self.evaluator.wake_dispatcher.notify_one();
+                    for (k, fp) in &changes.removals {
+                        if let Some(m) = all.get_mut(k) {
+                            m.remove(fp);
+                        }
                     }
+                    for a in changes.upserts {
+                        all.entry(a.rule.clone())
+                            .or_default()
+                            .insert(a.fingerprint(), a);
+                    }
+                    all.retain(|_, m| !m.is_empty());
+                    self.evaluator.wake_flusher.notify_one();
                 }
-                Err(e) => error!(error = %e, "removing alerts of deleted rules failed"),
+                Err(e) => error!(error = %e, "ending the alerts of deleted rules failed"),
             }
         }
         self.evaluator
@@ -336,6 +406,14 @@ impl Alerting {
         handles.push(tokio::spawn(
             Arc::clone(&self.evaluator).dispatch(self.config.external_url.clone(), stop_rx.clone()),
         ));
+        handles.push(tokio::spawn(
+            Arc::clone(&self.evaluator).flush_groups(stop_rx.clone()),
+        ));
+        if let Some(q) = &self.config.queue {
+            handles.push(tokio::spawn(
+                Arc::clone(&self.evaluator).consume_queue(q.clone(), stop_rx.clone()),
+            ));
+        }
         let this = Arc::clone(self);
         let mut stop_sup = stop_rx.clone();
         handles.push(tokio::spawn(async move {
@@ -475,7 +553,7 @@ impl Alerting {
                     }
                     Ok(rows) => {
                         let mut alerts = Vec::new();
-                        let mut notifications = Vec::new();
+                        let mut instances = Vec::new();
                         for (row, value) in rows {
                             let (labels, annotations) = Evaluator::instance_labels(r, &row, value);
                             let firing = r.for_.is_zero();
@@ -487,32 +565,40 @@ impl Alerting {
                                 at,
                                 firing,
                             );
-                            if let Some(routing) = routing.as_deref() {
-                                for (receiver, _) in Evaluator::destinations(r, &instance, routing)
-                                {
-                                    for w in routing
-                                        .receiver(&receiver)
-                                        .map(|x| x.webhooks.as_slice())
-                                        .unwrap_or_default()
-                                    {
-                                        let n = evaluator::notification(
-                                            &instance, &receiver, w, "firing", at,
-                                        );
-                                        // Not the URL: a webhook URL is often a secret.
-                                        notifications.push(serde_json::json!({
-                                            "receiver": receiver,
-                                            "body": notify::body(&n, &self.config.external_url),
-                                        }));
-                                    }
-                                }
-                            }
                             alerts.push(serde_json::json!({
                                 "labels": instance.labels,
                                 "annotations": instance.annotations,
                                 "value": value.to_string(),
                                 "state": instance.state.as_str(),
                             }));
+                            // Pending ones would be sent once `for` has
+                            // passed: preview them as firing.
+                            let mut instance = instance;
+                            instance.state = AlertState::Firing;
+                            instances.push(instance);
                         }
+                        let direct: HashMap<String, String> = r
+                            .receiver
+                            .iter()
+                            .map(|x| (r.key.clone(), x.clone()))
+                            .collect();
+                        let notifications: Vec<serde_json::Value> = routing
+                            .as_deref()
+                            .map(|routing| {
+                                Evaluator::preview_notifications(routing, &instances, &direct, at)
+                            })
+                            .unwrap_or_default()
+                            .iter()
+                            // Not the URL: a webhook URL is often a secret.
+                            .map(|n| {
+                                serde_json::json!({
+                                    "receiver": n.receiver,
+                                    "group_key": n.group_key,
+                                    "endpoint": n.endpoint(),
+                                    "body": notify::body(n, &self.config.external_url),
+                                })
+                            })
+                            .collect();
                         entry["alerts"] = alerts.into();
                         entry["notifications"] = notifications.into();
                     }
@@ -571,6 +657,26 @@ impl Alerting {
             "vigil_notifications_dropped",
             "Notifications a receiver refused with a 4xx (not retried)",
             m.dropped.clone(),
+        );
+        registry.register(
+            "vigil_notifications_dead",
+            "Notifications given up after retrying (dead letters)",
+            m.dead.clone(),
+        );
+        registry.register(
+            "vigil_notifications_sent_by_peer",
+            "Notifications not sent because a peer node had delivered them",
+            m.sent_by_peer.clone(),
+        );
+        registry.register(
+            "vigil_notifications_published",
+            "Notifications published to the Kafka notification queue",
+            m.published.clone(),
+        );
+        registry.register(
+            "vigil_notifications_duplicates",
+            "Notifications taken from the queue twice (another node's copy, a re-read) and skipped",
+            m.duplicates.clone(),
         );
         registry.register(
             "vigil_notification_outbox",

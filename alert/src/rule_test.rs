@@ -249,7 +249,12 @@ async fn run_case(case: &TestCase, groups: &[RuleGroup]) -> Result<Vec<String>, 
         routing: RwLock::new(None),
         silences: crate::silences::Silences::empty(),
         eval_timeout: Duration::from_secs(30),
+        group_states: Mutex::new(HashMap::new()),
         wake_dispatcher: tokio::sync::Notify::new(),
+        wake_flusher: tokio::sync::Notify::new(),
+        peers: crate::Peers::default(),
+        give_up_after: Duration::from_secs(86_400),
+        queue: None,
         metrics: AlertMetrics::default(),
     });
     // Every evaluation time a test asks about, and the last one.

@@ -1,7 +1,8 @@
 //! Silences, in Alertmanager's v2 API shape: label matchers and a time range
-//! during which matching alerts are not notified (they keep their state, and
-//! are notified when the silence ends if they still fire). Kept in the alert
-//! store, so they survive restarts.
+//! during which matching alerts are left out of their groups' notifications
+//! (they keep their state; an alert silenced before it was ever sent is sent
+//! when the silence ends if it still fires). Kept in the alert store, so they
+//! survive restarts.
 
 use std::collections::BTreeMap;
 

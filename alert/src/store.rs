@@ -1,10 +1,12 @@
-//! Alert state in redb: the instances of every rule, the notifications not yet
-//! delivered (the outbox) and the history of state changes. A rule's
-//! evaluation commits its new states and the notifications they cause in one
-//! transaction, and a notification leaves the outbox only once delivered: a
-//! crash anywhere neither loses a notification nor re-sends one for an alert
-//! that was already notified (beyond the one in flight, which keeps its
-//! idempotency key).
+//! Alert state in redb: the instances of every rule, the aggregation groups
+//! (what each receiver was last told), the notifications not yet delivered
+//! (the outbox), the delivery log and the history of state changes. A rule's
+//! evaluation commits its new states in one transaction; a group's flush
+//! commits its new notified state and the notifications it causes in one
+//! transaction; a notification leaves the outbox only once delivered (and is
+//! logged in the same transaction). A crash anywhere neither loses a
+//! notification nor re-sends one already delivered (beyond the one in
+//! flight, which keeps its idempotency key).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,16 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const SILENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("silences");
+const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
+const DELIVERY_LOG: TableDefinition<&str, &[u8]> = TableDefinition::new("delivery_log");
+/// Keys of notifications taken from the Kafka queue, with when (pruned with
+/// the delivery log): the second copy of one is skipped.
+const TAKEN: TableDefinition<&str, i64> = TableDefinition::new("taken");
+
+/// Delivery log entries kept, and for how long (Alertmanager keeps its
+/// notification log 120 h).
+pub const DELIVERY_LOG_LIMIT: usize = 100_000;
+pub const DELIVERY_LOG_RETENTION: i64 = 120 * 3600 * 1_000_000_000;
 
 /// History events kept (older ones are dropped as new ones come).
 pub const HISTORY_LIMIT: u64 = 100_000;
@@ -59,9 +71,6 @@ pub struct AlertInstance {
     /// alert firing.
     pub keep_firing_since: Option<i64>,
     pub last_eval: i64,
-    /// When each destination (receiver) was last sent a firing notification.
-    #[serde(default)]
-    pub last_sent: BTreeMap<String, i64>,
 }
 
 impl AlertInstance {
@@ -90,7 +99,6 @@ impl AlertInstance {
             resolved_at: None,
             keep_firing_since: None,
             last_eval: at,
-            last_sent: BTreeMap::new(),
         }
     }
 
@@ -150,22 +158,119 @@ pub fn fingerprint(labels: &BTreeMap<String, String>) -> u64 {
     h
 }
 
-/// A notification waiting for delivery to one webhook.
+/// A notification waiting for delivery to one endpoint of a receiver: the
+/// alerts of one aggregation group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
-    /// Receivers drop duplicates by it: the same for every attempt.
+    /// Receivers drop duplicates by it: the same for every attempt, and the
+    /// same on every node that evaluates the same rules over the same data.
     pub idempotency_key: String,
     pub receiver: String,
+    /// Alertmanager's group key (`{}:{alertname="HighCpu"}`).
+    #[serde(default)]
+    pub group_key: String,
+    #[serde(default)]
+    pub group_labels: BTreeMap<String, String>,
     pub url: String,
     /// The endpoint's format (entries from before it was kept: Alertmanager's).
     #[serde(default)]
     pub kind: vigil_rules::WebhookKind,
+    /// Which endpoint of the receiver (a notification taken from the Kafka
+    /// queue is sent to this endpoint of the local config).
+    #[serde(default)]
+    pub endpoint_index: usize,
+    /// `firing` while any of the alerts fires, else `resolved`.
     pub status: String,
-    pub alert: AlertInstance,
+    /// The group's alerts, firing ones first; each with its own state.
+    #[serde(default)]
+    pub alerts: Vec<AlertInstance>,
+    /// The one alert of a notification queued before grouping existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<AlertInstance>,
+    /// Until when a forwarded firing alert holds (Alertmanager's `endsAt`).
+    #[serde(default)]
+    pub valid_until: Option<i64>,
     pub enqueued_at: i64,
+    /// Taken from the Kafka queue: delivered here, not published again.
+    #[serde(default)]
+    pub from_queue: bool,
     pub attempts: u32,
     pub next_attempt: i64,
     pub last_error: Option<String>,
+}
+
+/// An aggregation group: the alerts one route sends to one receiver with the
+/// same values of its `group_by` labels, and what that receiver was told
+/// (Alertmanager's notification log).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupState {
+    pub receiver: String,
+    pub group_key: String,
+    pub group_labels: BTreeMap<String, String>,
+    pub created_at: i64,
+    /// When the group is next looked at (first after `group_wait`, then every
+    /// `group_interval`).
+    pub next_flush: i64,
+    /// When the receiver was last sent this group.
+    pub last_sent: Option<i64>,
+    /// The alerts last sent as firing: fingerprint and when each started, so
+    /// a new incident of the same labels counts as new.
+    pub told_firing: BTreeMap<u64, i64>,
+    /// Messages sent for the group so far (part of their idempotency keys).
+    #[serde(default)]
+    pub sends: u64,
+    /// When its Alertmanager endpoints were last sent the group.
+    #[serde(default)]
+    pub last_forwarded: Option<i64>,
+}
+
+/// What became of a notification (the delivery log, `system.notifications`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub idempotency_key: String,
+    pub receiver: String,
+    pub group_key: String,
+    pub endpoint: String,
+    pub status: String,
+    pub alerts: usize,
+    /// `delivered`, `dropped` (the receiver refused it), `dead` (retried
+    /// until given up), `sent_by_peer` (another node delivered it).
+    pub outcome: String,
+    pub attempts: u32,
+    pub enqueued_at: i64,
+    pub finished_at: i64,
+    pub last_error: Option<String>,
+}
+
+impl Notification {
+    /// The endpoint's kind, as `system.notifications` shows it.
+    pub fn endpoint(&self) -> &'static str {
+        use vigil_rules::WebhookKind as K;
+        match self.kind {
+            K::Alertmanager => "webhook",
+            K::Slack { .. } => "slack",
+            K::PagerDuty { .. } => "pagerduty",
+            K::Email(_) => "email",
+            K::Sms { .. } => "sms",
+            K::AlertmanagerApi => "alertmanager",
+        }
+    }
+
+    pub fn finished(&self, outcome: &str, at: i64, error: Option<String>) -> Delivery {
+        Delivery {
+            idempotency_key: self.idempotency_key.clone(),
+            receiver: self.receiver.clone(),
+            group_key: self.group_key.clone(),
+            endpoint: self.endpoint().to_string(),
+            status: self.status.clone(),
+            alerts: self.alerts.len(),
+            outcome: outcome.to_string(),
+            attempts: self.attempts,
+            enqueued_at: self.enqueued_at,
+            finished_at: at,
+            last_error: error.or_else(|| self.last_error.clone()),
+        }
+    }
 }
 
 /// A state change.
@@ -187,6 +292,9 @@ pub struct Changes {
     pub removals: Vec<(String, u64)>,
     pub notifications: Vec<Notification>,
     pub history: Vec<HistoryEvent>,
+    /// Aggregation groups changed (by id) and ended.
+    pub groups: Vec<(String, GroupState)>,
+    pub group_removals: Vec<String>,
 }
 
 impl Changes {
@@ -195,6 +303,8 @@ impl Changes {
             && self.removals.is_empty()
             && self.notifications.is_empty()
             && self.history.is_empty()
+            && self.groups.is_empty()
+            && self.group_removals.is_empty()
     }
 }
 
@@ -227,6 +337,10 @@ impl AlertStore {
             txn.open_table(HISTORY).map_err(|e| store_err(e.into()))?;
             txn.open_table(COUNTERS).map_err(|e| store_err(e.into()))?;
             txn.open_table(SILENCES).map_err(|e| store_err(e.into()))?;
+            txn.open_table(GROUPS).map_err(|e| store_err(e.into()))?;
+            txn.open_table(DELIVERY_LOG)
+                .map_err(|e| store_err(e.into()))?;
+            txn.open_table(TAKEN).map_err(|e| store_err(e.into()))?;
         }
         txn.commit().map_err(|e| store_err(e.into()))?;
         Ok(AlertStore {
@@ -276,9 +390,108 @@ impl AlertStore {
         let mut out = Vec::new();
         for item in table.iter().map_err(|e| self.err(e))? {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            out.push((k.value(), self.decode(v.value())?));
+            let mut n: Notification = self.decode(v.value())?;
+            if let Some(a) = n.alert.take() {
+                n.alerts.push(a);
+            }
+            out.push((k.value(), n));
         }
         Ok(out)
+    }
+
+    /// The aggregation groups, by id.
+    pub fn groups(&self) -> Result<Vec<(String, GroupState)>, AlertError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(GROUPS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            out.push((k.value().to_string(), self.decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The delivery log, oldest first.
+    pub fn deliveries(&self) -> Result<Vec<Delivery>, AlertError> {
+        let mut all: Vec<Delivery> = self.all_values(DELIVERY_LOG)?;
+        all.sort_by_key(|d| d.finished_at);
+        Ok(all)
+    }
+
+    /// How the notification with this key ended here, if it did.
+    pub fn delivery(&self, key: &str) -> Result<Option<Delivery>, AlertError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(DELIVERY_LOG).map_err(|e| self.err(e))?;
+        let got = table.get(key).map_err(|e| self.err(e))?;
+        got.map(|v| self.decode(v.value())).transpose()
+    }
+
+    /// Takes a notification from the queue into the outbox unless one with
+    /// its key was taken or finished here before; whether it was new.
+    pub fn enqueue_once(&self, n: &Notification) -> Result<bool, AlertError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let new = {
+            let mut taken = txn.open_table(TAKEN).map_err(|e| self.err(e))?;
+            let log = txn.open_table(DELIVERY_LOG).map_err(|e| self.err(e))?;
+            let key = n.idempotency_key.as_str();
+            let seen = taken.get(key).map_err(|e| self.err(e))?.is_some()
+                || log.get(key).map_err(|e| self.err(e))?.is_some();
+            if !seen {
+                taken.insert(key, n.enqueued_at).map_err(|e| self.err(e))?;
+                let mut counters = txn.open_table(COUNTERS).map_err(|e| self.err(e))?;
+                let id = counters
+                    .get("outbox")
+                    .map_err(|e| self.err(e))?
+                    .map_or(0, |v| v.value());
+                counters.insert("outbox", id + 1).map_err(|e| self.err(e))?;
+                let mut outbox = txn.open_table(OUTBOX).map_err(|e| self.err(e))?;
+                let bytes = serde_json::to_vec(n).expect("notifications serialize");
+                outbox
+                    .insert(id, bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            !seen
+        };
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(new)
+    }
+
+    /// A notification is in the queue (Kafka has it): it leaves this outbox.
+    pub fn published(&self, id: u64) -> Result<(), AlertError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut outbox = txn.open_table(OUTBOX).map_err(|e| self.err(e))?;
+            outbox.remove(id).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Drops delivery log entries older than the retention, and the oldest
+    /// beyond the limit.
+    pub fn prune_deliveries(&self, now: i64) -> Result<usize, AlertError> {
+        let all = self.deliveries()?;
+        let over = all.len().saturating_sub(DELIVERY_LOG_LIMIT);
+        let gone: Vec<&Delivery> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| *i < over || now - d.finished_at > DELIVERY_LOG_RETENTION)
+            .map(|(_, d)| d)
+            .collect();
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = txn.open_table(DELIVERY_LOG).map_err(|e| self.err(e))?;
+            for d in &gone {
+                table
+                    .remove(d.idempotency_key.as_str())
+                    .map_err(|e| self.err(e))?;
+            }
+            let mut taken = txn.open_table(TAKEN).map_err(|e| self.err(e))?;
+            taken
+                .retain(|_, at| now - at <= DELIVERY_LOG_RETENTION)
+                .map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        Ok(gone.len())
     }
 
     /// The last `limit` state changes, oldest first.
@@ -341,6 +554,16 @@ impl AlertStore {
                     .insert(first_event + i as u64, bytes.as_slice())
                     .map_err(|e| self.err(e))?;
             }
+            let mut groups = txn.open_table(GROUPS).map_err(|e| self.err(e))?;
+            for (id, g) in &changes.groups {
+                let bytes = serde_json::to_vec(g).expect("groups serialize");
+                groups
+                    .insert(id.as_str(), bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            for id in &changes.group_removals {
+                groups.remove(id.as_str()).map_err(|e| self.err(e))?;
+            }
             let end = first_event + changes.history.len() as u64;
             if end > HISTORY_LIMIT {
                 let cut = end - HISTORY_LIMIT;
@@ -376,12 +599,17 @@ impl AlertStore {
         txn.commit().map_err(|e| self.err(e))
     }
 
-    /// A notification was delivered: it leaves the outbox.
-    pub fn delivered(&self, id: u64) -> Result<(), AlertError> {
+    /// A notification is done with (delivered, refused, given up): it leaves
+    /// the outbox and enters the delivery log, at once.
+    pub fn finished(&self, id: u64, record: &Delivery) -> Result<(), AlertError> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut outbox = txn.open_table(OUTBOX).map_err(|e| self.err(e))?;
             outbox.remove(id).map_err(|e| self.err(e))?;
+            let mut log = txn.open_table(DELIVERY_LOG).map_err(|e| self.err(e))?;
+            let bytes = serde_json::to_vec(record).expect("deliveries serialize");
+            log.insert(record.idempotency_key.as_str(), bytes.as_slice())
+                .map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
     }
@@ -419,7 +647,6 @@ mod tests {
             resolved_at: None,
             keep_firing_since: None,
             last_eval: 2,
-            last_sent: BTreeMap::new(),
         }
     }
 
@@ -436,11 +663,17 @@ mod tests {
                     notifications: vec![Notification {
                         idempotency_key: "k".into(),
                         receiver: "r".into(),
+                        group_key: "{}:{}".into(),
+                        group_labels: BTreeMap::new(),
                         url: "http://127.0.0.1:9/".into(),
                         kind: Default::default(),
+                        endpoint_index: 0,
                         status: "firing".into(),
-                        alert: a,
+                        alerts: vec![a],
+                        alert: None,
+                        valid_until: None,
                         enqueued_at: 2,
+                        from_queue: false,
                         attempts: 0,
                         next_attempt: 2,
                         last_error: None,
@@ -486,8 +719,18 @@ mod tests {
         assert_eq!(by_host("d").unwrap().value, f64::NEG_INFINITY);
         let outbox = store.outbox().unwrap();
         assert_eq!(outbox.len(), 1);
-        store.delivered(outbox[0].0).unwrap();
+        let record = outbox[0].1.finished("delivered", 5, None);
+        store.finished(outbox[0].0, &record).unwrap();
         assert!(store.outbox().unwrap().is_empty());
+        assert_eq!(store.delivery("k").unwrap().unwrap().outcome, "delivered");
+        assert_eq!(store.prune_deliveries(5).unwrap(), 0);
+        assert_eq!(
+            store
+                .prune_deliveries(5 + DELIVERY_LOG_RETENTION + 1)
+                .unwrap(),
+            1
+        );
+        assert!(store.delivery("k").unwrap().is_none());
         assert_ne!(
             fingerprint(&instance("a").labels),
             fingerprint(&instance("b").labels)

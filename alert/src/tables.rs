@@ -155,6 +155,69 @@ impl Alerting {
         )
     }
 
+    pub fn notifications_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("idempotency_key", DataType::Utf8, false),
+            Field::new("receiver", DataType::Utf8, false),
+            Field::new("group_key", DataType::Utf8, false),
+            Field::new("endpoint", DataType::Utf8, false),
+            Field::new("status", DataType::Utf8, false),
+            Field::new("alerts", DataType::UInt64, false),
+            Field::new("state", DataType::Utf8, false),
+            Field::new("attempts", DataType::UInt64, false),
+            Field::new("enqueued_at", ts(), false),
+            Field::new("next_attempt", ts(), true),
+            Field::new("finished_at", ts(), true),
+            Field::new("last_error", DataType::Utf8, true),
+        ]))
+    }
+
+    /// `system.notifications`: the outbox (`queued`, `retrying`) and the
+    /// delivery log (`delivered`, `dropped`, `dead`, `sent_by_peer`) of the
+    /// last 120 hours. Endpoint URLs are not shown: they are often secrets.
+    pub fn notifications_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let store = &self.evaluator.store;
+        let ext = |e: crate::AlertError| ArrowError::ExternalError(Box::new(e));
+        let outbox = store.outbox().map_err(ext)?;
+        let mut rows: Vec<crate::store::Delivery> = store.deliveries().map_err(ext)?;
+        let mut next: Vec<Option<i64>> = vec![None; rows.len()];
+        for (_, n) in &outbox {
+            let state = if n.attempts == 0 {
+                "queued"
+            } else {
+                "retrying"
+            };
+            let mut d = n.finished(state, 0, None);
+            d.finished_at = i64::MIN;
+            rows.push(d);
+            next.push(Some(n.next_attempt));
+        }
+        RecordBatch::try_new(
+            Self::notifications_schema(),
+            vec![
+                strings(rows.iter().map(|d| Some(&d.idempotency_key))),
+                strings(rows.iter().map(|d| Some(&d.receiver))),
+                strings(rows.iter().map(|d| Some(&d.group_key))),
+                strings(rows.iter().map(|d| Some(&d.endpoint))),
+                strings(rows.iter().map(|d| Some(&d.status))),
+                Arc::new(UInt64Array::from_iter_values(
+                    rows.iter().map(|d| d.alerts as u64),
+                )),
+                strings(rows.iter().map(|d| Some(&d.outcome))),
+                Arc::new(UInt64Array::from_iter_values(
+                    rows.iter().map(|d| u64::from(d.attempts)),
+                )),
+                times(rows.iter().map(|d| Some(d.enqueued_at))),
+                times(next),
+                times(
+                    rows.iter()
+                        .map(|d| (d.finished_at != i64::MIN).then_some(d.finished_at)),
+                ),
+                strings(rows.iter().map(|d| d.last_error.as_deref())),
+            ],
+        )
+    }
+
     fn alert_api_json(a: &crate::AlertInstance) -> Value {
         json!({
             "labels": a.labels,

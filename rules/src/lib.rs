@@ -7,12 +7,15 @@
 pub mod routing;
 pub mod rules;
 pub mod template;
+pub mod time_interval;
 
 pub use routing::{
-    Destination, InhibitRule, Matcher, Receiver, Routing, RoutingError, Webhook, WebhookKind,
+    Destination, EmailConfig, InhibitRule, Matcher, Receiver, Routing, RoutingError, Webhook,
+    WebhookKind,
 };
 pub use rules::{
     check_sql, load_dir, load_file, load_files, parse_duration, ErrorState, NoDataState, Rule,
     RuleFileError, RuleGroup, RuleKind,
 };
 pub use template::{Data, Template, TemplateError};
+pub use time_interval::TimeInterval;

@@ -1,9 +1,11 @@
 //! Routing in Alertmanager's configuration format (`alerting.yml`): a `route`
 //! tree with `matchers` (also the older `match`/`match_re`), `continue`,
-//! `group_by` and `repeat_interval`, and `receivers`. An existing
-//! `alertmanager.yml` loads as is when it uses what is here; anything vigil
-//! does not do yet (time intervals, Slack, PagerDuty and
-//! e-mail receivers) is refused by name rather than silently not done.
+//! `group_by`, `group_wait`, `group_interval`, `repeat_interval` and time
+//! intervals, `receivers` (webhook, Slack, PagerDuty, e-mail, and vigil's SMS
+//! gateway and Alertmanager forwarding), `inhibit_rules` and the `global`
+//! defaults they use. An existing `alertmanager.yml` loads as is when it uses
+//! what is here; anything vigil does not do (other receivers, templates) is
+//! refused by name rather than silently not done.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +15,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::rules::parse_duration;
+use crate::time_interval::{TimeInterval, TimeIntervalDoc};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
@@ -120,6 +123,17 @@ impl Matcher {
         (&self.name, &self.value, re, eq)
     }
 
+    /// As Alertmanager writes it: `name="value"`, `name=~"regex"`.
+    pub fn display(&self) -> String {
+        let op = match self.op {
+            MatchOp::Eq => "=",
+            MatchOp::Ne => "!=",
+            MatchOp::Re => "=~",
+            MatchOp::NotRe => "!~",
+        };
+        format!("{}{op}{:?}", self.name, self.value)
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         let v = labels.get(&self.name).map_or("", |s| s.as_str());
         match (self.op, &self.regex) {
@@ -159,6 +173,42 @@ pub enum WebhookKind {
         routing_key: String,
         severity: String,
     },
+    /// E-mail over SMTP; `url` is `smtp://smarthost`.
+    Email(EmailConfig),
+    /// An SMS gateway taking a Twilio-style form post (`To`, `From`, `Body`,
+    /// basic auth).
+    Sms {
+        to: String,
+        from: String,
+        username: Option<String>,
+        password: Option<String>,
+        /// A template of the message (`$labels`, `$value`) for each alert.
+        text: Option<String>,
+    },
+    /// A Prometheus Alertmanager: alerts are posted to `url`
+    /// (`.../api/v2/alerts`) as Prometheus posts them.
+    AlertmanagerApi,
+}
+
+/// How to reach a mailbox (Alertmanager's `email_configs`, with the `global`
+/// `smtp_*` defaults filled in).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+pub struct EmailConfig {
+    /// Addresses, comma-separated.
+    pub to: String,
+    pub from: String,
+    /// `host:port`.
+    pub smarthost: String,
+    pub hello: Option<String>,
+    pub auth_username: Option<String>,
+    pub auth_password: Option<String>,
+    /// STARTTLS is required (the default); port 465 means TLS from the start.
+    pub require_tls: bool,
+    /// A PEM file of the CA that signed the server's certificate.
+    pub ca_file: Option<String>,
+    pub insecure_skip_verify: bool,
+    /// Extra headers; `Subject` replaces the default subject.
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -167,22 +217,61 @@ pub struct Receiver {
     pub webhooks: Vec<Webhook>,
 }
 
-/// Where an alert goes: receivers, each with how often a firing alert is sent
-/// again.
+/// Where an alert goes (the route that took it): its receiver, how its
+/// alerts are grouped into notifications, when those are sent and muted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Destination {
     pub receiver: String,
+    /// The route as Alertmanager names it (`{}/{severity="page"}`), with the
+    /// route's position so equal siblings differ.
+    pub route_key: String,
+    /// Labels that split the route's alerts into groups; `None`: every label
+    /// (`group_by: ['...']`), so each alert is its own group.
+    pub group_by: Option<Vec<String>>,
+    /// How long a new group waits for more alerts before its first message.
+    pub group_wait: Duration,
+    /// How long after a message a group's changes are sent.
+    pub group_interval: Duration,
+    /// How often an unchanged firing group is sent again.
     pub repeat_interval: Duration,
-    pub group_by: Vec<String>,
+    pub mute_time_intervals: Vec<String>,
+    pub active_time_intervals: Vec<String>,
+}
+
+impl Destination {
+    /// The labels of `labels` that name its group.
+    pub fn group_labels(&self, labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        match &self.group_by {
+            None => labels.clone(),
+            Some(by) => by
+                .iter()
+                .filter_map(|k| labels.get(k).map(|v| (k.clone(), v.clone())))
+                .collect(),
+        }
+    }
+
+    /// Alertmanager's group key: `{route}:{label="value", ...}`.
+    pub fn group_key(&self, group_labels: &BTreeMap<String, String>) -> String {
+        let labels: Vec<String> = group_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect();
+        format!("{}:{{{}}}", self.route_key, labels.join(", "))
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Route {
     receiver: String,
+    key: String,
     matchers: Vec<Matcher>,
     continue_: bool,
-    group_by: Vec<String>,
+    group_by: Option<Vec<String>>,
+    group_wait: Duration,
+    group_interval: Duration,
     repeat_interval: Duration,
+    mute_time_intervals: Vec<String>,
+    active_time_intervals: Vec<String>,
     routes: Vec<Route>,
 }
 
@@ -192,6 +281,7 @@ pub struct Routing {
     route: Route,
     pub inhibit_rules: Vec<InhibitRule>,
     pub receivers: BTreeMap<String, Receiver>,
+    pub time_intervals: BTreeMap<String, TimeInterval>,
 }
 
 #[derive(Deserialize)]
@@ -228,8 +318,77 @@ struct ReceiverDoc {
     slack_configs: Vec<SlackDoc>,
     #[serde(default)]
     pagerduty_configs: Vec<PagerDutyDoc>,
+    #[serde(default)]
+    email_configs: Vec<EmailDoc>,
+    #[serde(default)]
+    sms_configs: Vec<SmsDoc>,
+    #[serde(default)]
+    alertmanager_configs: Vec<AlertmanagerDoc>,
     #[serde(flatten)]
     other: BTreeMap<String, serde_norway::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmailDoc {
+    to: String,
+    from: Option<String>,
+    smarthost: Option<String>,
+    hello: Option<String>,
+    auth_username: Option<String>,
+    auth_password: Option<String>,
+    require_tls: Option<bool>,
+    #[serde(default)]
+    tls_config: TlsDoc,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// Alertmanager's default for e-mail: resolved alerts are not sent.
+    #[serde(default)]
+    send_resolved: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TlsDoc {
+    ca_file: Option<String>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmsDoc {
+    url: String,
+    to: String,
+    from: String,
+    username: Option<String>,
+    password: Option<String>,
+    text: Option<String>,
+    #[serde(default)]
+    send_resolved: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertmanagerDoc {
+    /// The Alertmanager's base URL (`http://host:9093`).
+    url: String,
+}
+
+/// The `global` defaults vigil uses; the others (for receivers vigil does
+/// not have) are ignored.
+#[derive(Deserialize, Default)]
+struct GlobalDoc {
+    smtp_from: Option<String>,
+    smtp_smarthost: Option<String>,
+    smtp_hello: Option<String>,
+    smtp_auth_username: Option<String>,
+    smtp_auth_password: Option<String>,
+    smtp_require_tls: Option<bool>,
+    slack_api_url: Option<String>,
+    pagerduty_url: Option<String>,
+    #[serde(flatten)]
+    _other: BTreeMap<String, serde_norway::Value>,
 }
 
 #[derive(Deserialize)]
@@ -251,7 +410,7 @@ fn yes() -> bool {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SlackDoc {
-    api_url: String,
+    api_url: Option<String>,
     channel: Option<String>,
     username: Option<String>,
     text: Option<String>,
@@ -264,8 +423,7 @@ struct SlackDoc {
 #[serde(deny_unknown_fields)]
 struct PagerDutyDoc {
     routing_key: String,
-    #[serde(default = "pagerduty_url")]
-    url: String,
+    url: Option<String>,
     #[serde(default = "critical")]
     severity: String,
     #[serde(default = "yes")]
@@ -297,6 +455,13 @@ struct ConfigDoc {
     receivers: Vec<ReceiverDoc>,
     #[serde(default)]
     inhibit_rules: Vec<InhibitDoc>,
+    #[serde(default)]
+    global: GlobalDoc,
+    #[serde(default)]
+    time_intervals: Vec<TimeIntervalDoc>,
+    /// The older name of `time_intervals`.
+    #[serde(default)]
+    mute_time_intervals: Vec<TimeIntervalDoc>,
     #[serde(flatten)]
     other: BTreeMap<String, serde_norway::Value>,
 }
@@ -382,8 +547,11 @@ fn matchers(
     Ok(out)
 }
 
-/// Alertmanager's default: a firing alert is sent again every 4 hours.
+/// Alertmanager's defaults: a firing group is sent again every 4 hours, a
+/// new group waits 30 s for more alerts, changes go out every 5 minutes.
 const DEFAULT_REPEAT: Duration = Duration::from_secs(4 * 3600);
+const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(30);
+const DEFAULT_GROUP_INTERVAL: Duration = Duration::from_secs(300);
 
 impl Routing {
     pub fn load(path: &Path) -> Result<Routing, RoutingError> {
@@ -413,9 +581,8 @@ impl Routing {
         })?;
         for (key, _) in doc.other {
             let message = match key.as_str() {
-                "global" | "templates" => continue,
-                "time_intervals" | "mute_time_intervals" => {
-                    format!("`{key}` is not supported by vigil yet (remove it to load this file)")
+                "templates" => {
+                    format!("`{key}` (Go template files) is not supported by vigil: use the receivers' text fields")
                 }
                 _ => format!("unknown key `{key}`"),
             };
@@ -427,7 +594,7 @@ impl Routing {
                 return Err((
                     line_of(&format!("{kind}:")),
                     format!(
-                        "receiver {:?}: `{kind}` is not supported by vigil yet (webhook_configs, slack_configs and pagerduty_configs are)",
+                        "receiver {:?}: `{kind}` is not supported by vigil yet (webhook_configs, slack_configs, pagerduty_configs, email_configs, sms_configs and alertmanager_configs are)",
                         r.name
                     ),
                 ));
@@ -451,7 +618,19 @@ impl Routing {
                 });
             }
             for s in r.slack_configs {
-                check_url(&r.name, &s.api_url).map_err(|e| (line_of("api_url:"), e))?;
+                let api_url = s
+                    .api_url
+                    .or_else(|| doc.global.slack_api_url.clone())
+                    .ok_or_else(|| {
+                        (
+                            line_of("slack_configs:"),
+                            format!(
+                                "receiver {:?}: slack needs api_url (or global slack_api_url)",
+                                r.name
+                            ),
+                        )
+                    })?;
+                check_url(&r.name, &api_url).map_err(|e| (line_of("api_url:"), e))?;
                 if let Some(t) = &s.text {
                     crate::template::Template::parse(t).map_err(|e| {
                         (
@@ -461,7 +640,7 @@ impl Routing {
                     })?;
                 }
                 webhooks.push(Webhook {
-                    url: s.api_url,
+                    url: api_url,
                     send_resolved: s.send_resolved,
                     kind: WebhookKind::Slack {
                         channel: s.channel,
@@ -471,7 +650,11 @@ impl Routing {
                 });
             }
             for p in r.pagerduty_configs {
-                check_url(&r.name, &p.url).map_err(|e| (line_of("url:"), e))?;
+                let url = p
+                    .url
+                    .or_else(|| doc.global.pagerduty_url.clone())
+                    .unwrap_or_else(pagerduty_url);
+                check_url(&r.name, &url).map_err(|e| (line_of("url:"), e))?;
                 if !matches!(
                     p.severity.as_str(),
                     "critical" | "error" | "warning" | "info"
@@ -485,12 +668,48 @@ impl Routing {
                     ));
                 }
                 webhooks.push(Webhook {
-                    url: p.url,
+                    url,
                     send_resolved: p.send_resolved,
                     kind: WebhookKind::PagerDuty {
                         routing_key: p.routing_key,
                         severity: p.severity,
                     },
+                });
+            }
+            for e in r.email_configs {
+                webhooks.push(
+                    email(&r.name, e, &doc.global).map_err(|m| (line_of("email_configs:"), m))?,
+                );
+            }
+            for s in r.sms_configs {
+                check_url(&r.name, &s.url).map_err(|e| (line_of("url:"), e))?;
+                if let Some(t) = &s.text {
+                    crate::template::Template::parse(t).map_err(|e| {
+                        (
+                            line_of("text:"),
+                            format!("receiver {:?}: sms text: {e}", r.name),
+                        )
+                    })?;
+                }
+                webhooks.push(Webhook {
+                    url: s.url,
+                    send_resolved: s.send_resolved,
+                    kind: WebhookKind::Sms {
+                        to: s.to,
+                        from: s.from,
+                        username: s.username,
+                        password: s.password,
+                        text: s.text,
+                    },
+                });
+            }
+            for a in r.alertmanager_configs {
+                check_url(&r.name, &a.url).map_err(|e| (line_of("url:"), e))?;
+                webhooks.push(Webhook {
+                    url: format!("{}/api/v2/alerts", a.url.trim_end_matches('/')),
+                    // Alertmanager must hear that an alert ended.
+                    send_resolved: true,
+                    kind: WebhookKind::AlertmanagerApi,
                 });
             }
             if receivers.contains_key(&r.name) {
@@ -519,15 +738,33 @@ impl Routing {
                 "the root route needs a receiver".to_string(),
             )
         })?;
+        let mut time_intervals = BTreeMap::new();
+        for t in doc
+            .time_intervals
+            .into_iter()
+            .chain(doc.mute_time_intervals)
+        {
+            let at = line_of(&format!("- name: {}", t.name)).max(line_of("time_intervals:"));
+            let t = t.build().map_err(|e| (at, e))?;
+            if time_intervals.contains_key(&t.name) {
+                return Err((at, format!("time interval {:?} is defined twice", t.name)));
+            }
+            time_intervals.insert(t.name.clone(), t);
+        }
         let parent = Route {
             receiver: root_receiver,
+            key: String::new(),
             matchers: Vec::new(),
             continue_: false,
-            group_by: Vec::new(),
+            group_by: Some(Vec::new()),
+            group_wait: DEFAULT_GROUP_WAIT,
+            group_interval: DEFAULT_GROUP_INTERVAL,
             repeat_interval: DEFAULT_REPEAT,
+            mute_time_intervals: Vec::new(),
+            active_time_intervals: Vec::new(),
             routes: Vec::new(),
         };
-        let route = build_route(root, &parent, &receivers, text)?;
+        let route = build_route(root, &parent, 0, &receivers, &time_intervals, text)?;
         let mut inhibit_rules = Vec::new();
         for i in doc.inhibit_rules {
             let at = line_of("inhibit_rules:");
@@ -551,6 +788,7 @@ impl Routing {
             route,
             inhibit_rules,
             receivers,
+            time_intervals,
         })
     }
 
@@ -568,10 +806,109 @@ impl Routing {
         self.receivers.get(name)
     }
 
-    /// The repeat interval of the root route (for a rule's direct receiver).
-    pub fn default_repeat(&self) -> Duration {
-        self.route.repeat_interval
+    /// Where a rule's own `receiver:` sends: that receiver, with the root
+    /// route's grouping and timing.
+    pub fn direct(&self, receiver: &str) -> Destination {
+        let mut d = self.route.destination();
+        d.route_key = format!("{{}}/receiver={receiver:?}");
+        d.receiver = receiver.to_string();
+        d
     }
+
+    /// Why `d`'s notifications are muted at `at` (nanoseconds since the
+    /// epoch): a mute interval in force, or no active interval in force.
+    pub fn muted(&self, d: &Destination, at: i64) -> Option<String> {
+        let holds = |name: &String| {
+            self.time_intervals
+                .get(name)
+                .is_some_and(|t| t.contains(at))
+        };
+        if let Some(m) = d.mute_time_intervals.iter().find(|n| holds(n)) {
+            return Some(format!("mute time interval {m:?}"));
+        }
+        if !d.active_time_intervals.is_empty() && !d.active_time_intervals.iter().any(holds) {
+            return Some("outside its active time intervals".into());
+        }
+        None
+    }
+}
+
+impl Route {
+    fn destination(&self) -> Destination {
+        Destination {
+            receiver: self.receiver.clone(),
+            route_key: self.key.clone(),
+            group_by: self.group_by.clone(),
+            group_wait: self.group_wait,
+            group_interval: self.group_interval,
+            repeat_interval: self.repeat_interval,
+            mute_time_intervals: self.mute_time_intervals.clone(),
+            active_time_intervals: self.active_time_intervals.clone(),
+        }
+    }
+}
+
+/// An e-mail receiver, with the `global` `smtp_*` defaults.
+fn email(receiver: &str, e: EmailDoc, global: &GlobalDoc) -> Result<Webhook, String> {
+    let missing =
+        |what: &str| format!("receiver {receiver:?}: email needs `{what}` (or global smtp_{what})");
+    let smarthost = e
+        .smarthost
+        .or_else(|| global.smtp_smarthost.clone())
+        .ok_or_else(|| missing("smarthost"))?;
+    let port_ok = smarthost
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !port_ok {
+        return Err(format!(
+            "receiver {receiver:?}: smarthost {smarthost:?} is not host:port"
+        ));
+    }
+    let from = e
+        .from
+        .or_else(|| global.smtp_from.clone())
+        .ok_or_else(|| missing("from"))?;
+    for name in e.headers.keys() {
+        if name.is_empty()
+            || name.len() > 76
+            || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+        {
+            return Err(format!(
+                "receiver {receiver:?}: {name:?} is not an e-mail header name"
+            ));
+        }
+    }
+    if let Some(ca) = &e.tls_config.ca_file {
+        std::fs::metadata(ca)
+            .map_err(|err| format!("receiver {receiver:?}: tls_config ca_file {ca}: {err}"))?;
+    }
+    for addr in e.to.split(',').map(str::trim).chain([from.as_str()]) {
+        if !addr.contains('@') {
+            return Err(format!(
+                "receiver {receiver:?}: {addr:?} is not an e-mail address"
+            ));
+        }
+    }
+    Ok(Webhook {
+        url: format!("smtp://{smarthost}"),
+        send_resolved: e.send_resolved,
+        kind: WebhookKind::Email(EmailConfig {
+            to: e.to,
+            from,
+            smarthost,
+            hello: e.hello.or_else(|| global.smtp_hello.clone()),
+            auth_username: e
+                .auth_username
+                .or_else(|| global.smtp_auth_username.clone()),
+            auth_password: e
+                .auth_password
+                .or_else(|| global.smtp_auth_password.clone()),
+            require_tls: e.require_tls.or(global.smtp_require_tls).unwrap_or(true),
+            ca_file: e.tls_config.ca_file,
+            insecure_skip_verify: e.tls_config.insecure_skip_verify,
+            headers: e.headers,
+        }),
+    })
 }
 
 fn walk(route: &Route, labels: &BTreeMap<String, String>, out: &mut Vec<Destination>) -> bool {
@@ -588,11 +925,7 @@ fn walk(route: &Route, labels: &BTreeMap<String, String>, out: &mut Vec<Destinat
         }
     }
     if !taken {
-        out.push(Destination {
-            receiver: route.receiver.clone(),
-            repeat_interval: route.repeat_interval,
-            group_by: route.group_by.clone(),
-        });
+        out.push(route.destination());
     }
     true
 }
@@ -600,7 +933,9 @@ fn walk(route: &Route, labels: &BTreeMap<String, String>, out: &mut Vec<Destinat
 fn build_route(
     doc: RouteDoc,
     parent: &Route,
+    index: usize,
     receivers: &BTreeMap<String, Receiver>,
+    time_intervals: &BTreeMap<String, TimeInterval>,
     text: &str,
 ) -> Result<Route, (usize, String)> {
     let line_of = |needle: &str| {
@@ -615,19 +950,40 @@ fn build_route(
             format!("route: receiver {receiver:?} is not defined under `receivers`"),
         ));
     }
-    if !doc.mute_time_intervals.is_empty() || !doc.active_time_intervals.is_empty() {
+    if parent.key.is_empty()
+        && !(doc.mute_time_intervals.is_empty() && doc.active_time_intervals.is_empty())
+    {
         return Err((
             line_of("time_intervals"),
-            "route: time intervals are not supported by vigil yet".into(),
+            "route: the root route cannot have mute or active time intervals (as in Alertmanager)"
+                .into(),
         ));
     }
-    for d in [&doc.group_wait, &doc.group_interval].into_iter().flatten() {
-        parse_duration(d).map_err(|e| (line_of(d), format!("route: {e}")))?;
+    for name in doc
+        .mute_time_intervals
+        .iter()
+        .chain(&doc.active_time_intervals)
+    {
+        if !time_intervals.contains_key(name) {
+            return Err((
+                line_of(name),
+                format!("route: time interval {name:?} is not defined under `time_intervals`"),
+            ));
+        }
     }
-    let repeat_interval = match &doc.repeat_interval {
-        Some(d) => parse_duration(d).map_err(|e| (line_of(d), format!("route: {e}")))?,
-        None => parent.repeat_interval,
+    let duration = |d: &Option<String>, inherited: Duration| match d {
+        Some(d) => parse_duration(d).map_err(|e| (line_of(d), format!("route: {e}"))),
+        None => Ok(inherited),
     };
+    let group_wait = duration(&doc.group_wait, parent.group_wait)?;
+    let group_interval = duration(&doc.group_interval, parent.group_interval)?;
+    let repeat_interval = duration(&doc.repeat_interval, parent.repeat_interval)?;
+    if group_interval.is_zero() || repeat_interval.is_zero() {
+        return Err((
+            line_of("_interval"),
+            "route: group_interval and repeat_interval must be more than 0".into(),
+        ));
+    }
     let mut matchers = Vec::new();
     for m in &doc.matchers {
         // One string may hold several: `severity="page", team="db"` or `{...}`.
@@ -645,16 +1001,52 @@ fn build_route(
                 .map_err(|e| (line_of(&k), format!("route: match_re {k}: {e}")))?,
         );
     }
+    // Alertmanager's route key: the parent's, then this route's matchers; the
+    // root is `{}`. A sibling with the same matchers as an earlier one gets
+    // its position added, so the two keep their groups apart (and adding a
+    // route does not rename the groups of the others).
+    let key = if parent.key.is_empty() {
+        "{}".to_string()
+    } else {
+        let m: Vec<String> = matchers.iter().map(Matcher::display).collect();
+        let key = format!("{}/{{{}}}", parent.key, m.join(","));
+        if parent.routes.iter().any(|r| r.key == key) {
+            format!("{key}/{index}")
+        } else {
+            key
+        }
+    };
+    if doc
+        .group_by
+        .as_ref()
+        .is_some_and(|by| by.len() > 1 && by.iter().any(|l| l == "..."))
+    {
+        return Err((
+            line_of("group_by"),
+            "route: group_by '...' (every label) cannot be listed with other labels".into(),
+        ));
+    }
+    let group_by = match doc.group_by {
+        Some(by) if by.iter().any(|l| l == "...") => None,
+        Some(by) => Some(by),
+        None => parent.group_by.clone(),
+    };
     let mut route = Route {
         receiver,
+        key,
         matchers,
         continue_: doc.continue_,
-        group_by: doc.group_by.unwrap_or_else(|| parent.group_by.clone()),
+        group_by,
+        group_wait,
+        group_interval,
         repeat_interval,
+        // Not inherited from the parent (as in Alertmanager).
+        mute_time_intervals: doc.mute_time_intervals,
+        active_time_intervals: doc.active_time_intervals,
         routes: Vec::new(),
     };
-    for child in doc.routes {
-        let built = build_route(child, &route, receivers, text)?;
+    for (i, child) in doc.routes.into_iter().enumerate() {
+        let built = build_route(child, &route, i, receivers, time_intervals, text)?;
         route.routes.push(built);
     }
     Ok(route)
@@ -754,7 +1146,15 @@ receivers:
     #[test]
     fn unsupported_and_wrong_configs_are_refused_by_name() {
         for (text, what) in [
-            ("route: { receiver: a }\nreceivers: [{ name: a }]\ntime_intervals: []\n", "time_intervals"),
+            ("route: { receiver: a }\nreceivers: [{ name: a }]\ntemplates: ['x.tmpl']\n", "templates"),
+            ("route: { receiver: a, routes: [{ mute_time_intervals: [nope] }] }\nreceivers: [{ name: a }]\n", "not defined under `time_intervals`"),
+            ("route: { receiver: a, mute_time_intervals: [x] }\nreceivers: [{ name: a }]\ntime_intervals: [{ name: x }]\n", "root route"),
+            ("route: { receiver: a }\nreceivers:\n  - name: a\n    email_configs: [{ to: 'ops@example.com' }]\n", "smarthost"),
+            ("route: { receiver: a }\nreceivers:\n  - name: a\n    email_configs: [{ to: ops, from: a@b, smarthost: 'h:25' }]\n", "not an e-mail address"),
+            ("route: { receiver: a }\nreceivers:\n  - name: a\n    email_configs: [{ to: a@b, from: a@b, smarthost: 'nohost' }]\n", "host:port"),
+            ("route: { receiver: a }\nreceivers:\n  - name: a\n    sms_configs: [{ url: 'x', to: '1', from: '2' }]\n", "url"),
+            ("route: { receiver: a, group_interval: 0s }\nreceivers: [{ name: a }]\n", "more than 0"),
+            ("route: { receiver: a }\nreceivers:\n  - name: a\n    opsgenie_configs: [{}]\n", "opsgenie_configs"),
             ("route: { receiver: a }\nreceivers: [{ name: a }]\ninhibit_rules: [{ equal: [x] }]\n", "source and target"),
             ("route: { receiver: a }\nreceivers:\n  - name: a\n    email_configs: [{}]\n", "email_configs"),
             ("route: { receiver: a }\nreceivers:\n  - name: a\n    slack_configs: [{ api_url: 'http://x/', actions: [] }]\n", "actions"),
@@ -768,6 +1168,75 @@ receivers:
             let (_, m) = Routing::parse(text).expect_err(text);
             assert!(m.contains(what), "{text}: {m}");
         }
+    }
+
+    #[test]
+    fn groups_timing_and_mutes_as_alertmanager() {
+        let r = Routing::parse(
+            r#"
+global:
+  smtp_smarthost: 'mail.example.com:587'
+  smtp_from: 'vigil@example.com'
+  smtp_auth_username: vigil
+  smtp_auth_password: secret
+time_intervals:
+  - name: weekends
+    time_intervals: [{ weekdays: ['saturday', 'sunday'] }]
+route:
+  receiver: mail
+  group_by: [alertname]
+  group_wait: 10s
+  routes:
+    - matchers: ['severity="page"']
+      receiver: mail
+      group_by: ['...']
+      group_interval: 1m
+      mute_time_intervals: [weekends]
+    - matchers: ['team="db"']
+      receiver: mail
+      active_time_intervals: [weekends]
+receivers:
+  - name: mail
+    email_configs: [{ to: 'ops@example.com, dba@example.com', headers: { Subject: 'db alert' } }]
+"#,
+        )
+        .unwrap();
+        let page = labels(&[("alertname", "Down"), ("severity", "page"), ("host", "a")]);
+        let d = &r.destinations(&page)[0];
+        assert_eq!(d.group_by, None);
+        assert_eq!(d.group_labels(&page), page);
+        assert_eq!(
+            (
+                d.group_wait.as_secs(),
+                d.group_interval.as_secs(),
+                d.repeat_interval.as_secs()
+            ),
+            (10, 60, 4 * 3600)
+        );
+        assert_eq!(d.route_key, r#"{}/{severity="page"}"#);
+        // 2026-11-28 is a Saturday, 2026-11-30 a Monday.
+        let sat = 1_795_867_200_000_000_000;
+        let mon = sat + 2 * 86_400_000_000_000;
+        assert!(r.muted(d, sat).unwrap().contains("weekends"));
+        assert!(r.muted(d, mon).is_none());
+        let db = labels(&[("alertname", "Slow"), ("team", "db")]);
+        let d = &r.destinations(&db)[0];
+        assert!(r.muted(d, sat).is_none());
+        assert!(r.muted(d, mon).unwrap().contains("active"));
+        let other = labels(&[("alertname", "Slow"), ("host", "b")]);
+        let d = &r.destinations(&other)[0];
+        assert_eq!(
+            d.group_key(&d.group_labels(&other)),
+            r#"{}:{alertname="Slow"}"#
+        );
+        assert_eq!(d.group_interval.as_secs(), 300);
+        let WebhookKind::Email(e) = &r.receiver("mail").unwrap().webhooks[0].kind else {
+            panic!("an e-mail receiver")
+        };
+        assert_eq!(e.smarthost, "mail.example.com:587");
+        assert_eq!(e.auth_password.as_deref(), Some("secret"));
+        assert!(e.require_tls);
+        assert_eq!(e.headers["Subject"], "db alert");
     }
 
     #[test]

@@ -199,6 +199,36 @@ pub(crate) struct AlertingSection {
     pub eval_timeout: Duration,
     /// Base of the links in notifications; none: the HTTP address.
     pub external_url: Option<String>,
+    /// The HTTP base URLs of every node evaluating the same rules (this one
+    /// may be listed too), so exactly one of them notifies.
+    pub peers: Vec<String>,
+    /// How this node is reached by its peers; none: `http://<http.addr>`.
+    pub advertise_url: Option<String>,
+    /// How long each node in turn waits for the ones before it to notify.
+    #[serde(with = "humantime_serde")]
+    pub peer_timeout: Duration,
+    /// A token (query permission) to read the peers' delivery logs when they
+    /// require authentication.
+    pub peer_token: Option<String>,
+    /// A notification failing for this long is given up (a dead letter in
+    /// `system.notifications`).
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+    /// Where notifications wait for delivery: this node's redb outbox, or a
+    /// Kafka topic (`[kafka] brokers`) that notifier nodes consume.
+    pub queue: NotificationQueue,
+    pub queue_topic: String,
+    /// The consumer group of the nodes that deliver notifications.
+    pub queue_group: String,
+}
+
+/// `[alerting] queue`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum NotificationQueue {
+    #[default]
+    Redb,
+    Kafka,
 }
 
 impl Default for AlertingSection {
@@ -209,6 +239,14 @@ impl Default for AlertingSection {
             default_interval: Duration::from_secs(60),
             eval_timeout: Duration::from_secs(30),
             external_url: None,
+            peers: Vec::new(),
+            advertise_url: None,
+            peer_timeout: Duration::from_secs(15),
+            peer_token: None,
+            give_up_after: Duration::from_secs(24 * 3600),
+            queue: NotificationQueue::Redb,
+            queue_topic: "vigil-notifications".into(),
+            queue_group: "vigil-notifiers".into(),
         }
     }
 }
@@ -568,6 +606,20 @@ impl Config {
                 "mode 'collector' produces to Kafka: set kafka.brokers (--kafka-brokers)".into(),
             ));
         }
+        if !self.alerting.peers.is_empty() {
+            let me = self.advertise_url();
+            let norm = |u: &str| u.trim_end_matches('/').to_string();
+            if !self.alerting.peers.iter().any(|p| norm(p) == norm(&me)) {
+                return Err(ConfigError::Invalid(format!(
+                    "alerting.peers must list this node as its peers reach it ({me}); set alerting.advertise_url to that URL"
+                )));
+            }
+        }
+        if self.alerting.queue == NotificationQueue::Kafka && self.kafka.brokers.is_none() {
+            return Err(ConfigError::Invalid(
+                "alerting.queue = \"kafka\" needs kafka.brokers".into(),
+            ));
+        }
         if self.kafka.max_batch == 0 {
             return Err(ConfigError::Invalid("kafka.max_batch must be > 0".into()));
         }
@@ -703,6 +755,20 @@ impl Config {
         Ok(())
     }
 
+    /// How peers reach this node: `[alerting] advertise_url`, else the HTTP
+    /// address.
+    fn advertise_url(&self) -> String {
+        let scheme = if self.tls_files().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.alerting
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{}", self.http.addr))
+    }
+
     pub(crate) fn alerting_config(&self) -> vigil_alert::AlertingConfig {
         let a = &self.alerting;
         let scheme = if self.tls_files().is_some() {
@@ -723,6 +789,28 @@ impl Config {
                 .external_url
                 .clone()
                 .unwrap_or_else(|| format!("{scheme}://{}", self.http.addr)),
+            peers: if a.peers.is_empty() {
+                vigil_alert::Peers::default()
+            } else {
+                vigil_alert::Peers::among(
+                    &self.advertise_url(),
+                    &a.peers,
+                    a.peer_timeout,
+                    a.peer_token.clone(),
+                )
+            },
+            give_up_after: a.give_up_after,
+            queue: match (a.queue, &self.kafka.brokers) {
+                (NotificationQueue::Kafka, Some(brokers)) => {
+                    Some(vigil_alert::queue::QueueConfig {
+                        brokers: brokers.clone(),
+                        topic: a.queue_topic.clone(),
+                        group: a.queue_group.clone(),
+                        properties: self.kafka.properties.clone(),
+                    })
+                }
+                _ => None,
+            },
         }
     }
 

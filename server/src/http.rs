@@ -63,6 +63,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/rules", get(rules_api))
         .route("/api/v1/alerts", get(alerts_api))
         .route("/api/v1/alerts/preview", post(preview_alerts))
+        .route(
+            "/api/v1/alerts/notifications/{key}",
+            get(notification_outcome),
+        )
         .route("/api/v2/silences", get(list_silences).post(post_silence))
         .route(
             "/api/v2/silence/{id}",
@@ -93,6 +97,7 @@ fn required_permission(method: &axum::http::Method, path: &str) -> Option<Option
         "/api/v3/write_lp" | "/api/v2/write" | "/write" | "/api/v1/write" => {
             Some(Some(Permission::Write))
         }
+        p if p.starts_with("/api/v1/alerts/notifications/") => Some(Some(Permission::Query)),
         "/api/v1/sql"
         | "/api/v3/query_sql"
         | "/api/v1/rules"
@@ -128,6 +133,40 @@ async fn rules_api(State(s): State<Arc<AppState>>, Query(p): Query<RulesParams>)
 /// Prometheus's `/api/v1/alerts`: pending and firing alerts.
 async fn alerts_api(State(s): State<Arc<AppState>>) -> Response {
     Json(s.alerting.alerts_api()).into_response()
+}
+
+/// How the notification with this idempotency key ended on this node (peers
+/// ask before sending, so only one node notifies); 404 if it did not.
+async fn notification_outcome(
+    State(s): State<Arc<AppState>>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+) -> Response {
+    let a = Arc::clone(&s.alerting);
+    let found =
+        tokio::task::spawn_blocking(move || a.store().delivery(&key).map(|d| (key, d))).await;
+    let Ok(found) = found else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reading the delivery log failed",
+        );
+    };
+    let (key, found) = match found {
+        Ok(x) => (x.0, Ok(x.1)),
+        Err(e) => (String::new(), Err(e)),
+    };
+    match found {
+        Ok(Some(d)) => Json(serde_json::json!({
+            "idempotency_key": d.idempotency_key,
+            "outcome": d.outcome,
+            "finished_at": d.finished_at,
+        }))
+        .into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no notification {key:?} finished here"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// `POST /api/v1/alerts/preview` with a rule file (YAML) as the body: what

@@ -190,6 +190,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
         let a = Arc::clone(&alerting);
         engine.register_system_table(
+            "notifications",
+            vigil_alert::Alerting::notifications_schema(),
+            Arc::new(move || Ok(a.notifications_batch()?)),
+        );
+        let a = Arc::clone(&alerting);
+        engine.register_system_table(
             "alert_history",
             vigil_alert::Alerting::history_schema(),
             Arc::new(move || Ok(a.history_batch()?)),

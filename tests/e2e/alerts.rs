@@ -1,6 +1,9 @@
 //! Alerting end to end: rule files and an Alertmanager-format routing file, a
 //! webhook receiver on a loopback port that refuses the first deliveries, a
-//! SIGKILL while an alert fires, a broken rule file dropped in while running.
+//! SIGKILL while an alert fires, a broken rule file dropped in while running;
+//! grouping, e-mail to a real SMTP server (aiosmtpd, STARTTLS and AUTH), SMS
+//! to a form-taking gateway, a real Prometheus Alertmanager, mute time
+//! intervals, dead letters, and two nodes that notify once.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +26,9 @@ struct Delivery {
     key: String,
     accepted: bool,
     body: Value,
+    /// The body as sent (a form for SMS).
+    raw: String,
+    authorization: String,
 }
 
 #[derive(Default)]
@@ -61,6 +67,8 @@ async fn receive(
                     .to_string(),
                 accepted: false,
                 body: serde_json::from_str(&body).unwrap_or(Value::Null),
+                raw: body.clone(),
+                authorization: String::new(),
             });
         }
         hang
@@ -69,8 +77,8 @@ async fn receive(
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
     let mut i = inbox.lock();
-    // Only /hook refuses (the first `refuse` deliveries).
-    let accepted = i.refuse == 0 || uri.path() != "/hook";
+    // Only /hook refuses (the first `refuse` deliveries); /down always does.
+    let accepted = (i.refuse == 0 || uri.path() != "/hook") && uri.path() != "/down";
     if uri.path() == "/hook" {
         i.refuse = i.refuse.saturating_sub(1);
     }
@@ -83,6 +91,12 @@ async fn receive(
             .to_string(),
         accepted,
         body: serde_json::from_str(&body).unwrap_or(Value::Null),
+        raw: body,
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
     });
     if accepted {
         StatusCode::OK
@@ -116,6 +130,9 @@ impl WebhookReceiver {
             .route("/errors", post(receive))
             .route("/slack", post(receive))
             .route("/pd", post(receive))
+            .route("/sms", post(receive))
+            .route("/muted", post(receive))
+            .route("/down", post(receive))
             .with_state(Arc::clone(&inbox));
         runtime.spawn(async move { axum::serve(listener, app).await });
         WebhookReceiver {
@@ -132,6 +149,17 @@ impl WebhookReceiver {
             .deliveries
             .iter()
             .filter(|d| d.path == "/hook")
+            .cloned()
+            .collect()
+    }
+
+    /// Every delivery to `path`.
+    fn at(&self, path: &str) -> Vec<Delivery> {
+        self.inbox
+            .lock()
+            .deliveries
+            .iter()
+            .filter(|d| d.path == path)
             .cloned()
             .collect()
     }
@@ -180,7 +208,7 @@ const RULES: &str = r#"groups:
 
 fn routing(url: &str) -> String {
     format!(
-        "route:\n  receiver: ops\n  repeat_interval: 1h\nreceivers:\n  - name: ops\n    webhook_configs:\n      - url: \"{url}\"\n  - name: errors\n    webhook_configs:\n      - url: \"{}\"\n",
+        "route:\n  receiver: ops\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: ops\n    webhook_configs:\n      - url: \"{url}\"\n  - name: errors\n    webhook_configs:\n      - url: \"{}\"\n",
         url.replace("/hook", "/errors")
     )
 }
@@ -604,7 +632,9 @@ fn a_kill_mid_send_delivers_after_restart_with_the_same_key() {
         Duration::from_secs(20),
         || !hook.accepted("resolved", "a").is_empty(),
     );
-    assert!(s.sql("SELECT state FROM system.alerts").is_empty());
+    // It stays visible as resolved for a while, as Prometheus keeps them.
+    let left = s.sql("SELECT state FROM system.alerts");
+    assert!(left.iter().all(|r| r["state"] == "resolved"), "{left:?}");
 }
 
 /// `vigil rules test`: promtool's test format on SQL rules, no server.
@@ -704,7 +734,7 @@ fn slack_and_pagerduty_get_their_own_formats() {
     std::fs::write(
         &routing,
         format!(
-            "route:\n  receiver: both\nreceivers:\n  - name: both\n    slack_configs:\n      - api_url: {base}/slack\n        channel: '#ops'\n        send_resolved: true\n    pagerduty_configs:\n      - routing_key: key-1\n        url: {base}/pd\n"
+            "route:\n  receiver: both\n  group_wait: 0s\n  group_interval: 1s\nreceivers:\n  - name: both\n    slack_configs:\n      - api_url: {base}/slack\n        channel: '#ops'\n        send_resolved: true\n    pagerduty_configs:\n      - routing_key: key-1\n        url: {base}/pd\n"
         ),
     )
     .unwrap();
@@ -731,14 +761,21 @@ fn slack_and_pagerduty_get_their_own_formats() {
         !at("/slack").is_empty() && !at("/pd").is_empty()
     });
     let slack = &at("/slack")[0];
-    assert_eq!(slack["text"], "[FIRING] FlagUp: flag f is up", "{slack}");
+    assert_eq!(
+        slack["text"], "[FIRING:1] (FlagUp f)\n- FlagUp: flag f is up",
+        "{slack}"
+    );
     assert_eq!(slack["channel"], "#ops");
     assert_eq!(slack["attachments"][0]["color"], "danger");
     let pd = &at("/pd")[0];
     assert_eq!(pd["event_action"], "trigger", "{pd}");
     assert_eq!(pd["routing_key"], "key-1");
     assert_eq!(pd["payload"]["severity"], "critical");
-    assert_eq!(pd["payload"]["summary"], "FlagUp: flag f is up");
+    assert_eq!(pd["payload"]["summary"], "[FIRING:1] (FlagUp f)");
+    assert_eq!(
+        pd["payload"]["custom_details"]["firing"][0]["annotations"]["summary"],
+        "flag f is up"
+    );
     let dedup = pd["dedup_key"].as_str().unwrap().to_string();
     assert!(!dedup.is_empty());
 
@@ -752,4 +789,517 @@ fn slack_and_pagerduty_get_their_own_formats() {
         .unwrap();
     assert_eq!(resolve["dedup_key"], dedup.as_str());
     assert_eq!(at("/slack")[1]["attachments"][0]["color"], "good");
+}
+
+/// A child process killed when the test ends (the SMTP server, Alertmanager).
+struct Helper(std::process::Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// aiosmtpd on a loopback port: STARTTLS and AUTH required; messages land in
+/// `dir` as `<n>.eml`, its certificate in `dir/ca.pem`.
+fn smtp_server(dir: &Path, user: &str, password: &str) -> (Helper, u16) {
+    use std::io::BufRead;
+    let port = crate::server::free_port();
+    let mut child = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/clients/smtp_server.py"
+        ))
+        .args([&port.to_string(), dir.to_str().unwrap(), user, password])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the SMTP server (aiosmtpd: bash scripts/install-clients.sh)");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "the SMTP server did not start");
+    (Helper(child), port)
+}
+
+/// A real Prometheus Alertmanager (Debian's prometheus-alertmanager) on a
+/// loopback port, clustering off.
+fn alertmanager(dir: &Path) -> (Helper, String) {
+    let port = crate::server::free_port();
+    let config = dir.join("am.yml");
+    std::fs::write(
+        &config,
+        "route: { receiver: none }\nreceivers: [{ name: none }]\n",
+    )
+    .unwrap();
+    let bin = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("Alertmanager is installed (bash scripts/install-clients.sh)");
+    let child = std::process::Command::new(bin)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg(format!("--storage.path={}", dir.join("am-data").display()))
+        .arg("--cluster.listen-address=")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let helper = Helper(child);
+    wait_for("Alertmanager to start", Duration::from_secs(20), || {
+        reqwest::blocking::get(format!("{url}/-/ready")).is_ok_and(|r| r.status().is_success())
+    });
+    (helper, url)
+}
+
+/// Mails received so far, as text.
+fn mails(dir: &Path) -> Vec<String> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
+/// Three alerts of one rule become one message per receiver endpoint
+/// (grouped by alertname): a webhook, an e-mail through a real SMTP server
+/// with STARTTLS and AUTH, an SMS form post, and a real Alertmanager that
+/// shows the alerts with their labels. A route in a mute time interval sends
+/// nothing; an endpoint that never answers well ends as a dead letter.
+#[test]
+fn groups_reach_mail_sms_and_alertmanager_and_mutes_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = WebhookReceiver::start(0);
+    let base = hook.url.trim_end_matches("/hook").to_string();
+    let mail_dir = dir.path().join("mail");
+    let (_smtp, smtp_port) = smtp_server(&mail_dir, "vigil", "s3cret");
+    let (_am, am_url) = alertmanager(dir.path());
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("disk.yml"),
+        r#"groups:
+  - name: disks
+    interval: 1s
+    rules:
+      - alert: DiskFull
+        sql: |
+          SELECT host, used AS value FROM (
+            SELECT host, used, row_number() OVER (PARTITION BY host ORDER BY time DESC) AS rn FROM disk
+          ) WHERE rn = 1 AND used > 90
+        labels: { severity: warning }
+        annotations: { summary: "disk of {{ $labels.host }} at {{ $value }}%" }
+"#,
+    )
+    .unwrap();
+    let routing = dir.path().join("alerting.yml");
+    std::fs::write(
+        &routing,
+        format!(
+            r#"global:
+  smtp_smarthost: '127.0.0.1:{smtp_port}'
+  smtp_from: 'vigil@example.com'
+  smtp_auth_username: vigil
+  smtp_auth_password: s3cret
+time_intervals:
+  - name: always
+    time_intervals: [{{ times: [{{ start_time: '00:00', end_time: '24:00' }}] }}]
+route:
+  receiver: team
+  group_by: [alertname]
+  group_wait: 2s
+  group_interval: 1s
+  routes:
+    - matchers: ['alertname="DiskFull"']
+      receiver: team
+      continue: true
+    - matchers: ['alertname="DiskFull"']
+      receiver: muted
+      mute_time_intervals: [always]
+      continue: true
+    - matchers: ['alertname="DiskFull"']
+      receiver: broken
+      continue: true
+    - matchers: ['alertname="DiskFull"']
+      receiver: forward
+receivers:
+  - name: team
+    webhook_configs: [{{ url: '{base}/hook' }}]
+    email_configs:
+      - to: 'ops@example.com, dba@example.com'
+        tls_config: {{ ca_file: '{ca}' }}
+        headers: {{ X-Team: storage }}
+        send_resolved: true
+    sms_configs:
+      - url: '{base}/sms'
+        to: '+15550001'
+        from: '+15550002'
+        username: AC123
+        password: tok
+  - name: forward
+    alertmanager_configs: [{{ url: '{am_url}' }}]
+  - name: muted
+    webhook_configs: [{{ url: '{base}/muted' }}]
+  - name: broken
+    webhook_configs: [{{ url: '{base}/down' }}]
+"#,
+            ca = mail_dir.join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, "[alerting]\ngive_up_after = \"3s\"\n").unwrap();
+    let s = TestServer::start(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--rules-dir",
+            rules.to_str().unwrap(),
+            "--alerting-config",
+            routing.to_str().unwrap(),
+        ],
+    );
+    s.write_lp(
+        "disk,host=a used=95\ndisk,host=b used=97\ndisk,host=c used=99\ndisk,host=d used=10\n",
+    );
+
+    // One webhook message with the three alerts (group_wait gathers them).
+    wait_for("the grouped webhook", Duration::from_secs(30), || {
+        hook.at("/hook").iter().any(|d| d.accepted)
+    });
+    let first = &hook.at("/hook")[0].body;
+    assert_eq!(
+        first["groupLabels"],
+        serde_json::json!({ "alertname": "DiskFull" }),
+        "{first}"
+    );
+    assert_eq!(
+        first["groupKey"],
+        "{}/{alertname=\"DiskFull\"}:{alertname=\"DiskFull\"}"
+    );
+    assert_eq!(first["commonLabels"]["severity"], "warning");
+    assert_eq!(first["status"], "firing");
+    let hosts: Vec<&str> = first["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["labels"]["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["a", "b", "c"], "{first}");
+
+    // The e-mail: over STARTTLS, authenticated, one for the group.
+    wait_for("the e-mail", Duration::from_secs(30), || {
+        !mails(&mail_dir).is_empty()
+    });
+    let mail = &mails(&mail_dir)[0];
+    assert!(mail.contains("X-Was-Tls: True"), "{mail}");
+    assert!(mail.contains("X-Authenticated: True"), "{mail}");
+    assert!(
+        mail.contains("X-Envelope-To: ops@example.com,dba@example.com"),
+        "{mail}"
+    );
+    assert!(
+        mail.contains("Subject: [FIRING:3] DiskFull (warning)"),
+        "{mail}"
+    );
+    assert!(mail.contains("X-Team: storage"), "{mail}");
+    assert!(mail.contains("summary: disk of b at 97%"), "{mail}");
+    assert!(mail.contains("Message-ID: <"), "{mail}");
+
+    // The SMS: a form post with basic auth.
+    wait_for("the SMS", Duration::from_secs(30), || {
+        !hook.at("/sms").is_empty()
+    });
+    let sms = &hook.at("/sms")[0];
+    let form: std::collections::HashMap<String, String> =
+        serde_urlencoded::from_str(&sms.raw).unwrap();
+    assert_eq!(form["To"], "+15550001");
+    assert_eq!(form["From"], "+15550002");
+    assert!(
+        form["Body"].starts_with("[FIRING:3] DiskFull (warning)\n- DiskFull: disk of a at 95%"),
+        "{form:?}"
+    );
+    assert_eq!(sms.authorization, "Basic QUMxMjM6dG9r");
+
+    // Alertmanager has the three alerts with their labels.
+    wait_for(
+        "the alerts in Alertmanager",
+        Duration::from_secs(30),
+        || {
+            let got: Value = reqwest::blocking::get(format!("{am_url}/api/v2/alerts"))
+                .unwrap()
+                .json()
+                .unwrap();
+            got.as_array().is_some_and(|a| a.len() == 3)
+        },
+    );
+    let got: Value = reqwest::blocking::get(format!("{am_url}/api/v2/alerts"))
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut am_hosts: Vec<String> = got
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            assert_eq!(a["labels"]["alertname"], "DiskFull", "{a}");
+            assert_eq!(a["labels"]["severity"], "warning", "{a}");
+            assert_eq!(a["status"]["state"], "active", "{a}");
+            a["labels"]["host"].as_str().unwrap().to_string()
+        })
+        .collect();
+    am_hosts.sort();
+    assert_eq!(am_hosts, ["a", "b", "c"]);
+
+    // The always-failing endpoint is given up after 3 s: a dead letter.
+    wait_for("the dead letter", Duration::from_secs(30), || {
+        !s.sql(
+            "SELECT state FROM system.notifications WHERE receiver = 'broken' AND state = 'dead'",
+        )
+        .is_empty()
+    });
+    let delivered = s.sql(
+        "SELECT endpoint, alerts FROM system.notifications WHERE receiver IN ('team', 'forward') AND state = 'delivered' ORDER BY endpoint",
+    );
+    let endpoints: Vec<&str> = delivered
+        .iter()
+        .map(|r| r["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        endpoints,
+        ["alertmanager", "email", "sms", "webhook"],
+        "{delivered:?}"
+    );
+    assert!(delivered.iter().all(|r| r["alerts"] == 3), "{delivered:?}");
+    assert!(s.metric("vigil_notifications_dead_total") >= 1.0);
+
+    // One resolves: the group's next message has two firing, one resolved.
+    s.write_lp("disk,host=b used=50\n");
+    wait_for("the change", Duration::from_secs(30), || {
+        hook.at("/hook").len() >= 2
+    });
+    let second = &hook.at("/hook")[1].body;
+    let states: Vec<(String, String)> = second["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["labels"]["host"].as_str().unwrap().to_string(),
+                a["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a".into(), "firing".into()),
+            ("c".into(), "firing".into()),
+            ("b".into(), "resolved".into())
+        ],
+        "{second}"
+    );
+    // Still one message per change: nothing more while nothing changes.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(hook.at("/hook").len(), 2);
+    assert!(hook.at("/muted").is_empty(), "a muted route sent");
+}
+
+/// Two nodes evaluate the same rules over the same data (an HA pair): the
+/// receiver hears each change once. When the node that sent stops, the other
+/// sends the next change.
+#[test]
+fn two_nodes_notify_once_and_the_survivor_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = WebhookReceiver::start(0);
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    // The latest sample up to the evaluation time: with samples stamped a
+    // little in the future both nodes see the change at the same tick.
+    std::fs::write(
+        rules.join("cpu.yml"),
+        r#"groups:
+  - name: hosts
+    interval: 1s
+    rules:
+      - alert: HighCpu
+        sql: |
+          SELECT host, usage AS value FROM (
+            SELECT host, usage, row_number() OVER (PARTITION BY host ORDER BY time DESC) AS rn
+            FROM cpu WHERE time <= now()
+          ) WHERE rn = 1 AND usage > 90
+"#,
+    )
+    .unwrap();
+    let routing_file = dir.path().join("alerting.yml");
+    std::fs::write(&routing_file, routing(&hook.url)).unwrap();
+    let addrs: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", crate::server::free_port()))
+        .collect();
+    let nodes: Vec<TestServer> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let config = dir.path().join(format!("vigil-{i}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[alerting]\npeers = [\"http://{}\", \"http://{}\"]\npeer_timeout = \"2s\"\n",
+                    addrs[0], addrs[1]
+                ),
+            )
+            .unwrap();
+            TestServer::start_at(
+                &dir.path().join(format!("data-{i}")),
+                addr,
+                &[
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--rules-dir",
+                    rules.to_str().unwrap(),
+                    "--alerting-config",
+                    routing_file.to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    let in_3s = || {
+        (std::time::SystemTime::now() + Duration::from_secs(3))
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    };
+    let t = in_3s();
+    for n in &nodes {
+        n.write_lp(&format!("cpu,host=a usage=95 {t}\n"));
+    }
+    wait_for("the notification", Duration::from_secs(30), || {
+        !hook.accepted("firing", "a").is_empty()
+    });
+    // Both fired; the second in line waited 2 s, asked, and did not send.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        hook.accepted("firing", "a").len(),
+        1,
+        "{:?}",
+        hook.deliveries()
+    );
+    let outcome = |n: &TestServer| -> Vec<String> {
+        n.sql("SELECT state FROM system.notifications ORDER BY enqueued_at")
+            .iter()
+            .map(|r| r["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut outcomes = [outcome(&nodes[0]), outcome(&nodes[1])];
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            vec!["delivered".to_string()],
+            vec!["sent_by_peer".to_string()]
+        ]
+    );
+
+    // The node that sent stops; the other alone sees the alert end and,
+    // with its peer unreachable, sends that after its turn.
+    let sender = usize::from(outcome(&nodes[1]) == ["delivered"]);
+    let mut nodes = nodes;
+    nodes[sender].kill();
+    let survivor = &nodes[1 - sender];
+    survivor.write_lp(&format!("cpu,host=a usage=5 {}\n", in_3s()));
+    wait_for("the resolved notification", Duration::from_secs(30), || {
+        !hook.accepted("resolved", "a").is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(hook.accepted("resolved", "a").len(), 1);
+    assert_eq!(hook.accepted("firing", "a").len(), 1);
+}
+
+/// With Kafka as the notification queue, two nodes evaluating the same rules
+/// both publish the group's message; the one consumer of its partition takes
+/// it once, so the receiver hears it once.
+#[test]
+fn kafka_queue_carries_notifications_once_from_two_nodes() {
+    let broker = crate::kafka::Broker::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    broker.create_topics(&rt, &[("vigil-notifications", 4), ("metrics", 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let hook = WebhookReceiver::start(0);
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("cpu.yml"),
+        r#"groups:
+  - name: hosts
+    interval: 1s
+    rules:
+      - alert: HighCpu
+        sql: |
+          SELECT host, usage AS value FROM (
+            SELECT host, usage, row_number() OVER (PARTITION BY host ORDER BY time DESC) AS rn
+            FROM cpu WHERE time <= now()
+          ) WHERE rn = 1 AND usage > 90
+"#,
+    )
+    .unwrap();
+    let routing_file = dir.path().join("alerting.yml");
+    std::fs::write(&routing_file, routing(&hook.url)).unwrap();
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, "[alerting]\nqueue = \"kafka\"\n").unwrap();
+    let nodes: Vec<TestServer> = (0..2)
+        .map(|i| {
+            TestServer::start(
+                &dir.path().join(format!("data-{i}")),
+                &[
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--kafka-brokers",
+                    &broker.addr,
+                    "--kafka-topic",
+                    "metrics",
+                    "--rules-dir",
+                    rules.to_str().unwrap(),
+                    "--alerting-config",
+                    routing_file.to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    let t = (std::time::SystemTime::now() + Duration::from_secs(3))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    for n in &nodes {
+        n.write_lp(&format!("cpu,host=a usage=95 {t}\n"));
+    }
+    let total = |name: &str| nodes.iter().map(|n| n.metric(name)).sum::<f64>();
+    wait_for(
+        "both copies taken from Kafka",
+        Duration::from_secs(60),
+        || {
+            total("vigil_notifications_published_total") >= 2.0
+                && total("vigil_notifications_duplicates_total") >= 1.0
+                && !hook.accepted("firing", "a").is_empty()
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        hook.accepted("firing", "a").len(),
+        1,
+        "{:?}",
+        hook.deliveries()
+    );
+    assert_eq!(total("vigil_notifications_published_total"), 2.0);
+    // Each node published its copy; the consumer took one (a rebalance may
+    // make it read one again, and skip it as seen).
+    assert!(total("vigil_notifications_duplicates_total") >= 1.0);
 }

@@ -23,9 +23,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::server::TestServer;
 
-struct Broker {
+pub(crate) struct Broker {
     dir: tempfile::TempDir,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 fn script() -> PathBuf {
@@ -33,7 +33,7 @@ fn script() -> PathBuf {
 }
 
 impl Broker {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addr = Self::run(dir.path());
         Self { dir, addr }
@@ -72,7 +72,7 @@ impl Broker {
         assert_eq!(addr, self.addr, "the broker comes back on its port");
     }
 
-    fn create_topics(&self, rt: &tokio::runtime::Runtime, topics: &[(&str, i32)]) {
+    pub(crate) fn create_topics(&self, rt: &tokio::runtime::Runtime, topics: &[(&str, i32)]) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.addr)
             .create()

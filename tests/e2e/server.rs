@@ -21,6 +21,8 @@ pub struct TestServer {
     /// The certificate when the server runs TLS (`--tls-cert`): HTTP is https.
     pub tls_cert: Option<PathBuf>,
     extra: Vec<String>,
+    /// An HTTP address the test chose (peers must know it before the start).
+    fixed_addr: Option<String>,
     /// Extra environment of the server process (e.g. `FAILPOINTS`).
     pub env: Vec<(String, String)>,
 }
@@ -46,7 +48,21 @@ impl TestServer {
         Self::start_with_env(data_dir, extra, &[])
     }
 
+    /// Starts vigil with its HTTP API on `addr` (a free port the test picked).
+    pub fn start_at(data_dir: &Path, addr: &str, extra: &[&str]) -> Self {
+        Self::start_full(data_dir, extra, &[], Some(addr.to_string()))
+    }
+
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_full(data_dir, extra, env, None)
+    }
+
+    fn start_full(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        fixed_addr: Option<String>,
+    ) -> Self {
         let mut s = Self {
             child: None,
             url: String::new(),
@@ -57,6 +73,7 @@ impl TestServer {
             token: arg_after(extra, "--auth-token").or_else(|| arg_after(extra, "--auth-password")),
             tls_cert: arg_after(extra, "--tls-cert").map(PathBuf::from),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            fixed_addr,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -70,7 +87,10 @@ impl TestServer {
     /// Free ports are found by binding port 0 and letting go, so another test (or a
     /// Kafka broker) may take one before vigil binds it.
     fn pick_ports(&mut self) {
-        self.addr = format!("127.0.0.1:{}", free_port());
+        self.addr = self
+            .fixed_addr
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
         let scheme = if self.tls_cert.is_some() {
             "https"
         } else {
