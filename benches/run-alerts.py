@@ -72,6 +72,8 @@ def main():
     ap.add_argument("--hosts", type=int, default=100)
     ap.add_argument("--interval", type=int, default=10)
     ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--firing", action="store_true",
+                    help="every rule fires (threshold -1, no `for`): one alert per rule, each its own group, sent to the webhook")
     a = ap.parse_args()
     hook_port = free_port()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", hook_port), Hook)
@@ -87,7 +89,8 @@ def main():
                     host = f"host_{r % a.hosts}"
                     f.write(f"      - alert: HighCpu{r}\n        sql: SELECT hostname, avg(usage_user) AS value FROM cpu "
                             f"WHERE time > now() - interval '1 minute' AND hostname = '{host}' "
-                            f"GROUP BY hostname HAVING avg(usage_user) > 99.9\n        for: 1m\n")
+                            + ("GROUP BY hostname HAVING avg(usage_user) > -1\n" if a.firing else
+                               "GROUP BY hostname HAVING avg(usage_user) > 99.9\n        for: 1m\n"))
         with open(os.path.join(rules, "flag.yml"), "w") as f:
             f.write("groups:\n  - name: flag\n    interval: 1s\n    rules:\n      - alert: Flag\n"
                     "        sql: SELECT name, value FROM (SELECT name, value, row_number() OVER (PARTITION BY name ORDER BY time DESC) AS rn FROM flag) WHERE rn = 1 AND value > 0\n")
@@ -134,6 +137,8 @@ def main():
             print(f"evaluations: {per_min:,.0f}/min ({(e1 - e0):,.0f} in {t1 - t0:.0f} s), failures {f1 - f0:.0f}")
             print(f"server CPU: {(c1 - c0) / (t1 - t0):.2f} cores; {(c1 - c0) / max(e1 - e0, 1) * 1e3:.2f} ms CPU per evaluation")
             print(f"per-rule evaluation time: p50 {stats['p50'] * 1e3:.2f} ms, p99 {stats['p99'] * 1e3:.2f} ms, max {stats['mx'] * 1e3:.2f} ms")
+            firing = sql(base, "SELECT count(*) AS n FROM system.alerts WHERE state = 'firing'")[0]["n"]
+            print(f"firing alerts: {firing}; webhook messages received: {len(received)}")
             latencies = []
             for i in range(5):
                 received.clear()

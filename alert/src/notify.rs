@@ -539,38 +539,58 @@ impl Evaluator {
         }
     }
 
-    /// With a Kafka queue, this node's own notifications are published, in
-    /// order, and leave the outbox once the broker has them; a failure stops
-    /// the pass (order per group is kept) and is retried.
+    /// With a Kafka queue, this node's own notifications are published (the
+    /// oldest of each group and endpoint, so order holds) and leave the outbox
+    /// once the broker has them. A failure is retried with backoff like a
+    /// delivery, and given up after `give_up_after` (a dead letter); after
+    /// one failure the rest of the pass is not tried (the broker is likely
+    /// down) but counts as failed too.
     async fn publish_due(
         &self,
         q: &crate::queue::QueueProducer,
         due: &mut Vec<(u64, Notification)>,
     ) {
         let mut rest = Vec::new();
-        let mut failed = false;
-        for (id, n) in due.drain(..) {
+        let mut failure: Option<String> = None;
+        for (id, mut n) in due.drain(..) {
             if n.from_queue {
                 rest.push((id, n));
                 continue;
             }
-            if failed {
-                continue;
-            }
-            match q.publish(&n).await {
+            let result = match &failure {
+                Some(e) => Err(e.clone()),
+                None => q.publish(&n).await,
+            };
+            let store = Arc::clone(&self.store);
+            let done = match result {
                 Ok(()) => {
                     self.metrics.published.inc();
-                    let store = Arc::clone(&self.store);
-                    if let Ok(Err(e)) =
-                        tokio::task::spawn_blocking(move || store.published(id)).await
-                    {
-                        warn!(error = %e, "updating the alert outbox failed");
-                    }
+                    tokio::task::spawn_blocking(move || store.published(id)).await
                 }
                 Err(e) => {
-                    warn!(error = e.as_str(), "notification not published; will retry");
-                    failed = true;
+                    failure.get_or_insert_with(|| e.clone());
+                    n.attempts += 1;
+                    let now = now_nanos();
+                    if now - n.enqueued_at >= crate::evaluator::dur_nanos(self.give_up_after) {
+                        self.metrics.dead.inc();
+                        warn!(receiver = n.receiver.as_str(), error = e.as_str(), "notification given up: not published to Kafka in time (a dead letter in system.notifications)");
+                        let record = n.finished("dead", now, Some(e));
+                        tokio::task::spawn_blocking(move || store.finished(id, &record)).await
+                    } else {
+                        warn!(
+                            receiver = n.receiver.as_str(),
+                            error = e.as_str(),
+                            "notification not published; will retry"
+                        );
+                        n.next_attempt =
+                            now + crate::evaluator::dur_nanos(jitter(backoff(n.attempts - 1)));
+                        n.last_error = Some(e);
+                        tokio::task::spawn_blocking(move || store.retry_later(id, &n)).await
+                    }
                 }
+            };
+            if let Ok(Err(e)) | Err(e) = done.map_err(|e| crate::AlertError::Task(e.to_string())) {
+                warn!(error = %e, "updating the alert outbox failed");
             }
         }
         *due = rest;

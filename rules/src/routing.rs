@@ -579,12 +579,11 @@ impl Routing {
             let m = e.to_string();
             (line, m.split(" at line ").next().unwrap_or(&m).to_string())
         })?;
-        for (key, _) in doc.other {
-            let message = match key.as_str() {
-                "templates" => {
-                    format!("`{key}` (Go template files) is not supported by vigil: use the receivers' text fields")
-                }
-                _ => format!("unknown key `{key}`"),
+        if let Some(key) = doc.other.keys().next() {
+            let message = if key == "templates" {
+                format!("`{key}` (Go template files) is not supported by vigil: use the receivers' text fields")
+            } else {
+                format!("unknown key `{key}`")
             };
             return Err((line_of(&format!("{key}:")), message));
         }
