@@ -68,9 +68,16 @@ fn transport(e: &EmailConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, Stri
     let tls = tls
         .build_rustls()
         .map_err(|err| format!("TLS for {host}: {err}"))?;
+    // A password never crosses the network in clear: with credentials and a
+    // host other than this machine, STARTTLS is required whatever
+    // `require_tls` says (as Alertmanager's client does).
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
     let tls = if port == 465 {
         Tls::Wrapper(tls)
-    } else if e.require_tls {
+    } else if e.require_tls || (e.auth_username.is_some() && !loopback) {
         Tls::Required(tls)
     } else {
         Tls::Opportunistic(tls)
@@ -94,11 +101,15 @@ fn transport(e: &EmailConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, Stri
 /// Sends one notification as an e-mail. A permanent SMTP refusal (5xx) is
 /// not retried; anything else is.
 pub(crate) async fn send(e: &EmailConfig, n: &Notification, subject: &str, text: &str) -> Attempt {
-    let built = message(e, n, subject, text).and_then(|m| Ok((m, transport(e)?)));
-    let (message, transport) = match built {
-        Ok(x) => x,
-        // The config or the message cannot work: retrying changes nothing.
+    let message = match message(e, n, subject, text) {
+        Ok(m) => m,
+        // The addresses or headers cannot work: retrying changes nothing.
         Err(err) => return Attempt::Refused(err),
+    };
+    // A CA file being replaced, a TLS setup failing: worth another try.
+    let transport = match transport(e) {
+        Ok(t) => t,
+        Err(err) => return Attempt::Failed(err),
     };
     match transport.send(message).await {
         Ok(_) => Attempt::Delivered,

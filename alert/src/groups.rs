@@ -133,7 +133,7 @@ pub(crate) fn notifications(
         };
         let valid_until = forward.then(|| {
             let resend = group.destination.group_interval.max(ALERTMANAGER_RESEND);
-            at + 4 * dur_nanos(resend)
+            at.saturating_add(dur_nanos(resend).saturating_mul(4))
         });
         out.push(Notification {
             idempotency_key: format!(
@@ -238,7 +238,7 @@ impl Evaluator {
                     group_key: group.key.clone(),
                     group_labels: group.labels.clone(),
                     created_at: now,
-                    next_flush: now + dur_nanos(group.destination.group_wait),
+                    next_flush: now.saturating_add(dur_nanos(group.destination.group_wait)),
                     last_sent: None,
                     told_firing: BTreeMap::new(),
                     sends: 0,
@@ -325,7 +325,7 @@ impl Evaluator {
         changes: &mut Changes,
     ) {
         let d = &group.destination;
-        st.next_flush = now + dur_nanos(d.group_interval);
+        st.next_flush = now.saturating_add(dur_nanos(d.group_interval));
         if let Some(why) = routing.muted(d, now) {
             debug!(
                 group = group.key.as_str(),
@@ -411,9 +411,18 @@ impl Evaluator {
             );
         }
         let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+        // A repeat is named by how many repeat intervals have passed since
+        // the group's alerts started: nodes that evaluate the same rules
+        // agree on it without counting their own messages (which can drift).
+        let nth = if news || !resolved.is_empty() || forward_only {
+            0
+        } else {
+            let start = now_firing.values().min().copied().unwrap_or(now);
+            (now - start) / dur_nanos(d.repeat_interval).max(1) + 1
+        };
         st.sends += 1;
         let plan = FlushPlan {
-            content: format!("{:016x}-{}", hash(&refs), st.sends),
+            content: format!("{:016x}-{nth}", hash(&refs)),
             firing,
             all_firing,
             resolved,

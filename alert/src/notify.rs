@@ -303,7 +303,15 @@ fn sms_text(n: &Notification) -> String {
         WebhookKind::Sms { text, .. } => text.as_deref(),
         _ => None,
     };
-    text_lines(n, template).chars().take(1600).collect()
+    // Gateways count UTF-16 units (an emoji is two).
+    let mut units = 0;
+    text_lines(n, template)
+        .chars()
+        .take_while(|c| {
+            units += c.len_utf16();
+            units <= 1600
+        })
+        .collect()
 }
 
 /// A plain-text e-mail: the subject, each alert with its labels, value and
@@ -459,6 +467,9 @@ impl Evaluator {
 
     /// Whether a peer already delivered the notification with this key.
     async fn sent_by_peer(&self, client: &reqwest::Client, key: &str) -> Option<String> {
+        if !crate::queue::valid_key(key) {
+            return None;
+        }
         for peer in &self.peers.urls {
             let url = format!(
                 "{}/api/v1/alerts/notifications/{key}",
@@ -558,7 +569,10 @@ impl Evaluator {
                 continue;
             }
             let result = match &failure {
-                Some(e) => Err(e.clone()),
+                Some(e) => Err(crate::queue::PublishError {
+                    message: e.clone(),
+                    permanent: false,
+                }),
                 None => q.publish(&n).await,
             };
             let store = Arc::clone(&self.store);
@@ -568,23 +582,27 @@ impl Evaluator {
                     tokio::task::spawn_blocking(move || store.published(id)).await
                 }
                 Err(e) => {
-                    failure.get_or_insert_with(|| e.clone());
                     n.attempts += 1;
                     let now = now_nanos();
-                    if now - n.enqueued_at >= crate::evaluator::dur_nanos(self.give_up_after) {
+                    let late =
+                        now - n.enqueued_at >= crate::evaluator::dur_nanos(self.give_up_after);
+                    if e.permanent || late {
                         self.metrics.dead.inc();
-                        warn!(receiver = n.receiver.as_str(), error = e.as_str(), "notification given up: not published to Kafka in time (a dead letter in system.notifications)");
-                        let record = n.finished("dead", now, Some(e));
+                        warn!(receiver = n.receiver.as_str(), error = e.message.as_str(), "notification given up: not published to Kafka (a dead letter in system.notifications)");
+                        let record = n.finished("dead", now, Some(e.message));
                         tokio::task::spawn_blocking(move || store.finished(id, &record)).await
                     } else {
+                        // The broker is likely down: the rest of this pass is
+                        // not tried, and counts as failed too.
+                        failure.get_or_insert_with(|| e.message.clone());
                         warn!(
                             receiver = n.receiver.as_str(),
-                            error = e.as_str(),
+                            error = e.message.as_str(),
                             "notification not published; will retry"
                         );
                         n.next_attempt =
                             now + crate::evaluator::dur_nanos(jitter(backoff(n.attempts - 1)));
-                        n.last_error = Some(e);
+                        n.last_error = Some(e.message);
                         tokio::task::spawn_blocking(move || store.retry_later(id, &n)).await
                     }
                 }

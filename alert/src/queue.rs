@@ -77,12 +77,24 @@ impl QueueProducer {
     /// travels as the receiver's name and the endpoint's position, never its
     /// URL or credentials: the consumer sends to its own config's endpoint,
     /// so whoever can write to the topic cannot point vigil elsewhere.
-    pub(crate) async fn publish(&self, n: &Notification) -> Result<(), String> {
+    pub(crate) async fn publish(&self, n: &Notification) -> Result<(), PublishError> {
         let key = format!("{}\u{0}{}", n.receiver, n.group_key);
         let mut wire = n.clone();
         wire.url = String::new();
         wire.kind = vigil_rules::WebhookKind::default();
-        let payload = serde_json::to_vec(&wire).map_err(|e| e.to_string())?;
+        let payload = serde_json::to_vec(&wire).map_err(|e| PublishError {
+            message: e.to_string(),
+            permanent: true,
+        })?;
+        if payload.len() > MAX_MESSAGE_BYTES {
+            return Err(PublishError {
+                message: format!(
+                    "a notification of {} bytes is more than a Kafka message takes ({MAX_MESSAGE_BYTES}); group its alerts more finely",
+                    payload.len()
+                ),
+                permanent: true,
+            });
+        }
         self.producer
             .send(
                 FutureRecord::to(&self.config.topic)
@@ -92,8 +104,26 @@ impl QueueProducer {
             )
             .await
             .map(|_| ())
-            .map_err(|(e, _)| format!("publishing to Kafka topic '{}': {e}", self.config.topic))
+            .map_err(|(e, _)| PublishError {
+                message: format!("publishing to Kafka topic '{}': {e}", self.config.topic),
+                permanent: false,
+            })
     }
+}
+
+/// Kafka's default largest message (`message.max.bytes`), less headroom.
+const MAX_MESSAGE_BYTES: usize = 900_000;
+
+/// Why a notification was not published; a permanent failure is not retried.
+pub(crate) struct PublishError {
+    pub message: String,
+    pub permanent: bool,
+}
+
+/// Keys are made by vigil (hex and dashes); anything else on the topic is not
+/// taken (and never reaches a URL path).
+pub(crate) fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 128 && key.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
 impl Evaluator {
@@ -140,6 +170,12 @@ impl Evaluator {
                 serde_json::from_slice(msg.payload().unwrap_or_default());
             // The endpoint as this node's config has it.
             let parsed = parsed.map_err(|e| e.to_string()).and_then(|mut n| {
+                if !valid_key(&n.idempotency_key) {
+                    return Err(format!(
+                        "idempotency key {:?} was not made by vigil",
+                        n.idempotency_key.chars().take(64).collect::<String>()
+                    ));
+                }
                 let routing = self.routing.read().clone();
                 let endpoint = routing
                     .as_deref()
@@ -190,8 +226,19 @@ impl Evaluator {
                     }
                 }
                 Err(e) => {
-                    // Not ours to fix: logged and skipped (retrying cannot help).
+                    // Retrying cannot help: logged, kept as a dead letter
+                    // (system.notifications) when it names a notification,
+                    // and skipped.
                     warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "a message on the notification topic cannot be delivered here; skipped");
+                    self.metrics.dead.inc();
+                    let dead: Option<Notification> =
+                        serde_json::from_slice(msg.payload().unwrap_or_default()).ok();
+                    if let Some(n) = dead.filter(|n| valid_key(&n.idempotency_key)) {
+                        let record =
+                            n.finished("dead", vigil_storage::retention::now_nanos(), Some(e));
+                        let store = Arc::clone(&self.store);
+                        let _ = tokio::task::spawn_blocking(move || store.record(&record)).await;
+                    }
                 }
             }
             // Async: the notification is in the outbox already; a commit lost

@@ -456,6 +456,18 @@ impl AlertStore {
         Ok(new)
     }
 
+    /// Logs how a notification that was never in this outbox ended.
+    pub fn record(&self, d: &Delivery) -> Result<(), AlertError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut log = txn.open_table(DELIVERY_LOG).map_err(|e| self.err(e))?;
+            let bytes = serde_json::to_vec(d).expect("deliveries serialize");
+            log.insert(d.idempotency_key.as_str(), bytes.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
     /// A notification is in the queue (Kafka has it): it leaves this outbox.
     pub fn published(&self, id: u64) -> Result<(), AlertError> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;

@@ -29,6 +29,7 @@ pub(crate) struct Config {
     pub cold_tier: ColdTierSection,
     pub maintenance: MaintenanceSection,
     pub alerting: AlertingSection,
+    pub udp: UdpSection,
 }
 
 /// A retention period: a duration (`7d`, `36h`) or `forever`.
@@ -502,6 +503,29 @@ impl Default for Config {
             cold_tier: ColdTierSection::default(),
             maintenance: MaintenanceSection::default(),
             alerting: AlertingSection::default(),
+            udp: UdpSection::default(),
+        }
+    }
+}
+
+/// `[udp]`: line protocol pushed over UDP; off unless `addr` is set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct UdpSection {
+    pub addr: Option<SocketAddr>,
+    /// Timestamps of the lines: `ns`, `us`, `ms` or `s`.
+    pub precision: String,
+    /// A shared key: each datagram must start with the hex HMAC-SHA256 of the
+    /// rest and a newline (better given as `VIGIL_UDP_HMAC_KEY`).
+    pub hmac_key: Option<String>,
+}
+
+impl Default for UdpSection {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            precision: "ns".into(),
+            hmac_key: None,
         }
     }
 }
@@ -614,6 +638,27 @@ impl Config {
                     "alerting.peers must list this node as its peers reach it ({me}); set alerting.advertise_url to that URL"
                 )));
             }
+        }
+        if self
+            .udp
+            .precision
+            .parse::<vigil_ingest::Precision>()
+            .is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "udp.precision {:?} is not ns, us, ms or s",
+                self.udp.precision
+            )));
+        }
+        if self.udp.addr.is_some() && self.mode == Mode::Collector {
+            return Err(ConfigError::Invalid(
+                "udp.addr is not available in collector mode (UDP writes are stored, not forwarded)".into(),
+            ));
+        }
+        if self.udp.hmac_key.as_deref().is_some_and(|k| k.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "udp.hmac_key must be at least 16 characters".into(),
+            ));
         }
         if self.alerting.queue == NotificationQueue::Kafka && self.kafka.brokers.is_none() {
             return Err(ConfigError::Invalid(
@@ -1073,6 +1118,13 @@ pub(crate) struct ServeArgs {
     /// produce writes to Kafka keyed by metric [default: standalone].
     #[arg(long, env = "VIGIL_MODE", value_enum)]
     pub mode: Option<Mode>,
+    /// Receive line protocol over UDP on this address [default: off].
+    #[arg(long, env = "VIGIL_UDP_ADDR")]
+    pub udp_addr: Option<SocketAddr>,
+    /// The shared key UDP datagrams are signed with (HMAC-SHA256) [default: none,
+    /// unsigned datagrams are taken].
+    #[arg(long, env = "VIGIL_UDP_HMAC_KEY", hide_env_values = true)]
+    pub udp_hmac_key: Option<String>,
     /// Kafka bootstrap servers (host:port,...): consume from Kafka (or produce to it
     /// in collector mode).
     #[arg(long, env = "VIGIL_KAFKA_BROKERS")]
@@ -1202,6 +1254,12 @@ impl ServeArgs {
         }
         if let Some(v) = &self.kafka_brokers {
             c.kafka.brokers = Some(v.clone());
+        }
+        if let Some(v) = self.udp_addr {
+            c.udp.addr = Some(v);
+        }
+        if let Some(v) = &self.udp_hmac_key {
+            c.udp.hmac_key = Some(v.clone());
         }
         if let Some(v) = &self.kafka_topic {
             c.kafka.topic = v.clone();

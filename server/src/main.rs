@@ -8,6 +8,7 @@ mod http;
 mod metrics;
 mod restore;
 mod tls;
+mod udp;
 
 use std::sync::Arc;
 
@@ -295,6 +296,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let jobs = storage.start_jobs(config.storage.compaction_interval);
     let maintenance_schedule = maintenance.start(config.maintenance.interval);
     let alerting_tasks = alerting.start();
+    let udp = match config.udp.addr {
+        Some(addr) => Some(
+            udp::UdpListener::start(
+                addr,
+                config.udp.hmac_key.clone(),
+                config
+                    .udp
+                    .precision
+                    .parse()
+                    .unwrap_or(vigil_ingest::Precision::Nanosecond),
+                Arc::clone(&pipeline),
+                state.metrics.udp.clone(),
+            )
+            .await
+            .with_context(|| format!("binding UDP address {addr}"))?,
+        ),
+        None => None,
+    };
     let app = http::router(state);
     match https {
         Some(acceptor) => {
@@ -313,6 +332,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Let a running flush finish rather than abandoning it halfway.
     maintenance_schedule.stop().await;
     alerting_tasks.stop().await;
+    if let Some(u) = udp {
+        u.stop().await;
+    }
     jobs.stop().await;
     info!("shutting down: flushing the buffer");
     // Kafka stops reading first; its offsets are committed once the shutdown flush

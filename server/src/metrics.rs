@@ -21,6 +21,7 @@ pub(crate) struct ServerMetrics {
     pub query_errors: Counter,
     pub query_duration: Histogram,
     pub kafka: vigil_kafka::KafkaMetrics,
+    pub udp: crate::udp::UdpMetrics,
 }
 
 impl ServerMetrics {
@@ -43,6 +44,7 @@ impl ServerMetrics {
             query_errors: Counter::default(),
             query_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             kafka: vigil_kafka::KafkaMetrics::default(),
+            udp: crate::udp::UdpMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -95,6 +97,7 @@ impl ServerMetrics {
         storage.cold_metrics().register(&mut registry);
         engine.register_metrics(&mut registry);
         m.kafka.register(&mut registry);
+        m.udp.register(&mut registry);
         Self { registry, ..m }
     }
 

@@ -12,3 +12,4 @@ mod hostile;
 mod kafka;
 mod roundtrip;
 mod tiers;
+mod udp;
