@@ -4,9 +4,12 @@
 //! adds what vigil needs around it: 1-based line numbers for errors, timestamp
 //! precision, default timestamps, and duplicate-field handling. Prometheus remote
 //! write (snappy protobuf) maps each metric to a table with one `value` field.
+//! The Prometheus text exposition format and OpenMetrics (what scrape targets
+//! serve) have their own streaming parser in `exposition`.
 //! [`WritePipeline`] is the one path from a body to stored points that every input
 //! uses, with the write limits.
 
+pub mod exposition;
 mod line_protocol;
 mod pipeline;
 mod remote_write;
