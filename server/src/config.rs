@@ -30,6 +30,7 @@ pub(crate) struct Config {
     pub maintenance: MaintenanceSection,
     pub alerting: AlertingSection,
     pub udp: UdpSection,
+    pub scrape: ScrapeSection,
 }
 
 /// A retention period: a duration (`7d`, `36h`) or `forever`.
@@ -504,8 +505,17 @@ impl Default for Config {
             maintenance: MaintenanceSection::default(),
             alerting: AlertingSection::default(),
             udp: UdpSection::default(),
+            scrape: ScrapeSection::default(),
         }
     }
+}
+
+/// `[scrape]`: pull collection; off unless `config` names a file of
+/// Prometheus `scrape_configs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ScrapeSection {
+    pub config: Option<PathBuf>,
 }
 
 /// `[udp]`: line protocol pushed over UDP; off unless `addr` is set.
@@ -1118,6 +1128,9 @@ pub(crate) struct ServeArgs {
     /// produce writes to Kafka keyed by metric [default: standalone].
     #[arg(long, env = "VIGIL_MODE", value_enum)]
     pub mode: Option<Mode>,
+    /// Prometheus `scrape_configs` file: scrape its targets [default: none].
+    #[arg(long, env = "VIGIL_SCRAPE_CONFIG")]
+    pub scrape_config: Option<PathBuf>,
     /// Receive line protocol over UDP on this address [default: off].
     #[arg(long, env = "VIGIL_UDP_ADDR")]
     pub udp_addr: Option<SocketAddr>,
@@ -1254,6 +1267,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.kafka_brokers {
             c.kafka.brokers = Some(v.clone());
+        }
+        if let Some(v) = &self.scrape_config {
+            c.scrape.config = Some(v.clone());
         }
         if let Some(v) = self.udp_addr {
             c.udp.addr = Some(v);

@@ -296,6 +296,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let jobs = storage.start_jobs(config.storage.compaction_interval);
     let maintenance_schedule = maintenance.start(config.maintenance.interval);
     let alerting_tasks = alerting.start();
+    // Scraped samples go through the one write pipeline (collector mode has
+    // no storage of its own to scrape into).
+    let scrapes = match &config.scrape.config {
+        Some(path) if config.mode == config::Mode::Standalone => {
+            let jobs = vigil_scrape::load(path)?;
+            Some(vigil_scrape::start(
+                jobs,
+                Arc::clone(&pipeline),
+                state.metrics.scrape.clone(),
+            ))
+        }
+        Some(_) => anyhow::bail!("scraping is not available in collector mode yet"),
+        None => None,
+    };
     let udp = match config.udp.addr {
         Some(addr) => Some(
             udp::UdpListener::start(
@@ -334,6 +348,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     alerting_tasks.stop().await;
     if let Some(u) = udp {
         u.stop().await;
+    }
+    if let Some(s) = scrapes {
+        s.stop().await;
     }
     jobs.stop().await;
     info!("shutting down: flushing the buffer");

@@ -22,6 +22,7 @@ pub(crate) struct ServerMetrics {
     pub query_duration: Histogram,
     pub kafka: vigil_kafka::KafkaMetrics,
     pub udp: crate::udp::UdpMetrics,
+    pub scrape: vigil_scrape::ScrapeMetrics,
 }
 
 impl ServerMetrics {
@@ -45,6 +46,7 @@ impl ServerMetrics {
             query_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             kafka: vigil_kafka::KafkaMetrics::default(),
             udp: crate::udp::UdpMetrics::default(),
+            scrape: vigil_scrape::ScrapeMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -98,6 +100,7 @@ impl ServerMetrics {
         engine.register_metrics(&mut registry);
         m.kafka.register(&mut registry);
         m.udp.register(&mut registry);
+        m.scrape.register(&mut registry);
         Self { registry, ..m }
     }
 

@@ -11,5 +11,6 @@ mod errors;
 mod hostile;
 mod kafka;
 mod roundtrip;
+mod scrape;
 mod tiers;
 mod udp;

@@ -1,0 +1,293 @@
+//! Prometheus's `scrape_configs` file, as is: `global` defaults and jobs with
+//! `static_configs`. What vigil does not do yet (relabeling, file and other
+//! service discovery, TLS and auth settings) is refused by name with its
+//! line, never silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct ScrapeConfigError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// One job, resolved against the global defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeJob {
+    pub job_name: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub metrics_path: String,
+    pub scheme: String,
+    pub params: BTreeMap<String, Vec<String>>,
+    pub honor_labels: bool,
+    pub honor_timestamps: bool,
+    /// 0: no limit.
+    pub sample_limit: usize,
+    pub label_limit: usize,
+    pub body_size_limit: usize,
+    pub targets: Vec<Target>,
+}
+
+/// A target: `host:port` and its labels from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub address: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GlobalDoc {
+    scrape_interval: Option<String>,
+    scrape_timeout: Option<String>,
+    evaluation_interval: Option<String>,
+    #[serde(default)]
+    external_labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct FileDoc {
+    #[serde(default)]
+    global: GlobalDoc,
+    #[serde(default)]
+    scrape_configs: Vec<JobDoc>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_norway::Value>,
+}
+
+#[derive(Deserialize)]
+struct JobDoc {
+    job_name: String,
+    scrape_interval: Option<String>,
+    scrape_timeout: Option<String>,
+    #[serde(default = "default_path")]
+    metrics_path: String,
+    #[serde(default = "default_scheme")]
+    scheme: String,
+    #[serde(default)]
+    params: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    honor_labels: bool,
+    #[serde(default = "yes")]
+    honor_timestamps: bool,
+    #[serde(default)]
+    sample_limit: usize,
+    #[serde(default)]
+    label_limit: usize,
+    body_size_limit: Option<String>,
+    #[serde(default)]
+    static_configs: Vec<StaticDoc>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_norway::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticDoc {
+    #[serde(default)]
+    targets: Vec<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+fn default_path() -> String {
+    "/metrics".into()
+}
+
+fn default_scheme() -> String {
+    "http".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Prometheus's durations: `15s`, `1m`, `1h30m`, `1d`.
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration: {e}"))
+}
+
+/// `512MB`, `10KiB`, `1024`: bytes.
+fn bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: usize = n.parse().map_err(|_| format!("{text:?} is not a size"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "KiB" => 1 << 10,
+        "MB" | "MiB" => 1 << 20,
+        "GB" | "GiB" => 1 << 30,
+        _ => return Err(format!("{text:?} is not a size (B, KB, MB, GB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Parses the text of a scrape config file.
+pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
+    let line_of = |needle: &str| {
+        text.lines()
+            .position(|l| l.contains(needle))
+            .map_or(1, |i| i + 1)
+    };
+    let doc: FileDoc = serde_norway::from_str(text).map_err(|e| {
+        let line = e.location().map_or(1, |l| l.line());
+        let m = e.to_string();
+        (line, m.split(" at line ").next().unwrap_or(&m).to_string())
+    })?;
+    if let Some(key) = doc.other.keys().next() {
+        let message = match key.as_str() {
+            "rule_files" | "alerting" | "remote_write" | "remote_read" | "storage" | "tracing" => {
+                format!(
+                    "`{key}` is Prometheus's, not a scrape setting: vigil's own config has these"
+                )
+            }
+            _ => format!("unknown key `{key}`"),
+        };
+        return Err((line_of(&format!("{key}:")), message));
+    }
+    let _ = (&doc.global.evaluation_interval, &doc.global.external_labels);
+    let g_interval = match &doc.global.scrape_interval {
+        Some(d) => duration(d).map_err(|e| (line_of("scrape_interval"), e))?,
+        None => Duration::from_secs(60),
+    };
+    let g_timeout = match &doc.global.scrape_timeout {
+        Some(d) => duration(d).map_err(|e| (line_of("scrape_timeout"), e))?,
+        None => Duration::from_secs(10),
+    };
+    let mut jobs: Vec<ScrapeJob> = Vec::new();
+    for j in doc.scrape_configs {
+        let at = line_of(&format!("job_name: {}", j.job_name)).max(1);
+        let err = |m: String| (at, format!("job {:?}: {m}", j.job_name));
+        if let Some(key) = j.other.keys().next() {
+            return Err(err(format!(
+                "`{key}` is not supported by vigil yet (static_configs, metrics_path, scheme, params, honor_labels, honor_timestamps, sample_limit, label_limit, body_size_limit are)"
+            )));
+        }
+        if jobs.iter().any(|x| x.job_name == j.job_name) {
+            return Err(err("defined twice".into()));
+        }
+        if j.scheme != "http" && j.scheme != "https" {
+            return Err(err(format!("scheme {:?} is not http or https", j.scheme)));
+        }
+        if !j.metrics_path.starts_with('/') {
+            return Err(err(format!(
+                "metrics_path {:?} must start with /",
+                j.metrics_path
+            )));
+        }
+        let interval = match &j.scrape_interval {
+            Some(d) => duration(d).map_err(&err)?,
+            None => g_interval,
+        };
+        let timeout = match &j.scrape_timeout {
+            Some(d) => duration(d).map_err(&err)?,
+            None => g_timeout.min(interval),
+        };
+        if interval.is_zero() || timeout.is_zero() {
+            return Err(err(
+                "scrape_interval and scrape_timeout must be more than 0".into(),
+            ));
+        }
+        if timeout > interval {
+            return Err(err(format!(
+                "scrape_timeout {timeout:?} is longer than scrape_interval {interval:?}"
+            )));
+        }
+        let body_size_limit = match &j.body_size_limit {
+            Some(b) => bytes(b).map_err(&err)?,
+            None => 0,
+        };
+        let mut targets = Vec::new();
+        for s in &j.static_configs {
+            for t in &s.targets {
+                let ok = t
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok || t.contains('/') {
+                    return Err(err(format!("target {t:?} is not host:port")));
+                }
+                targets.push(Target {
+                    address: t.clone(),
+                    labels: s.labels.clone(),
+                });
+            }
+        }
+        jobs.push(ScrapeJob {
+            job_name: j.job_name,
+            interval,
+            timeout,
+            metrics_path: j.metrics_path,
+            scheme: j.scheme,
+            params: j.params,
+            honor_labels: j.honor_labels,
+            honor_timestamps: j.honor_timestamps,
+            sample_limit: j.sample_limit,
+            label_limit: j.label_limit,
+            body_size_limit,
+            targets,
+        });
+    }
+    Ok(jobs)
+}
+
+/// Reads and parses a scrape config file; errors name file and line.
+pub fn load(path: &Path) -> Result<Vec<ScrapeJob>, ScrapeConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ScrapeConfigError {
+        file: file.clone(),
+        line: 0,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text).map_err(|(line, message)| ScrapeConfigError {
+        file,
+        line,
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_prometheus_scrape_configs() {
+        let jobs = parse(
+            "global:\n  scrape_interval: 15s\nscrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:9100', 'db:9100']\n        labels: { env: prod }\n  - job_name: app\n    scrape_interval: 5s\n    metrics_path: /m\n    params: { format: [prometheus] }\n    honor_labels: true\n    sample_limit: 100\n    body_size_limit: 10MB\n    static_configs: [{ targets: ['app:8080'] }]\n",
+        )
+        .unwrap();
+        assert_eq!(jobs[0].interval, Duration::from_secs(15));
+        assert_eq!(jobs[0].timeout, Duration::from_secs(10));
+        assert_eq!(jobs[0].targets[1].address, "db:9100");
+        assert_eq!(jobs[0].targets[0].labels["env"], "prod");
+        assert_eq!(jobs[1].timeout, Duration::from_secs(5));
+        assert_eq!(jobs[1].body_size_limit, 10 << 20);
+        assert!(jobs[1].honor_labels && jobs[1].honor_timestamps);
+    }
+
+    #[test]
+    fn what_is_not_done_is_refused_by_name_and_line() {
+        for (text, what, line) in [
+            ("scrape_configs:\n  - job_name: a\n    relabel_configs: []\n", "relabel_configs", 2),
+            ("scrape_configs:\n  - job_name: a\n    file_sd_configs: []\n", "file_sd_configs", 2),
+            ("rule_files: []\n", "rule_files", 1),
+            ("scrape_configs:\n  - job_name: a\n    scrape_interval: soon\n", "not a duration", 2),
+            ("scrape_configs:\n  - job_name: a\n    static_configs: [{ targets: ['http://x:1'] }]\n", "host:port", 2),
+            ("scrape_configs:\n  - job_name: a\n    scrape_interval: 5s\n    scrape_timeout: 10s\n", "longer", 2),
+            ("scrape_configs:\n  - job_name: a\n  - job_name: a\n", "twice", 2),
+            ("scrape_configs:\n  - job_name: a\n    body_size_limit: lots\n", "size", 2),
+        ] {
+            let (l, m) = parse(text).expect_err(text);
+            assert!(m.contains(what), "{text}: {m}");
+            assert_eq!(l, line, "{text}: {m}");
+        }
+    }
+}
