@@ -71,7 +71,7 @@ const MAX_ERRORS: usize = 100;
 /// in timestamps, `# EOF` required at the end).
 pub fn parse_exposition(text: &str, openmetrics: bool) -> Exposition<'_> {
     let mut out = Exposition::default();
-    let mut seen: HashSet<(&str, Vec<(&str, Cow<'_, str>)>)> = HashSet::new();
+    let mut seen: HashSet<(&str, Labels<'_>)> = HashSet::new();
     let mut eof = false;
     for (i, line) in text.split('\n').enumerate() {
         let number = i + 1;
