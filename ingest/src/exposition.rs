@@ -62,6 +62,8 @@ pub struct Exposition<'a> {
     pub types: Vec<(&'a str, MetricType)>,
     pub errors: Vec<LineError>,
     pub error_count: usize,
+    /// An OpenMetrics body ended with `# EOF` (one without was cut short).
+    pub eof: bool,
 }
 
 /// The first this many errors are kept with their reasons.
@@ -89,7 +91,8 @@ pub fn parse_exposition(text: &str, openmetrics: bool) -> Exposition<'_> {
         if let Some(comment) = trimmed.strip_prefix('#') {
             match comment_line(comment) {
                 Ok(Comment::Type(name, t)) => out.types.push((name, t)),
-                Ok(Comment::Eof) => eof = true,
+                Ok(Comment::Eof) if openmetrics => eof = true,
+                Ok(Comment::Eof) => {}
                 Ok(Comment::Other) => {}
                 Err(e) => reject(&mut out, number, e),
             }
@@ -114,6 +117,7 @@ pub fn parse_exposition(text: &str, openmetrics: bool) -> Exposition<'_> {
             Err(e) => reject(&mut out, number, e),
         }
     }
+    out.eof = eof;
     if openmetrics && !eof {
         let lines = text.split('\n').count();
         reject(
@@ -274,7 +278,10 @@ fn label_set(mut s: &str) -> Result<(Labels<'_>, &str), String> {
             .ok_or_else(|| format!("label {name}: the value is not quoted"))?;
         let (value, used) =
             quoted(body).ok_or_else(|| format!("label {name}: unterminated value"))?;
-        labels.push((name, value));
+        // An empty value is no label (as in Prometheus): `a{x=""}` is `a`.
+        if !value.is_empty() {
+            labels.push((name, value));
+        }
         s = body[used..].trim_start();
         if let Some(after) = s.strip_prefix(',') {
             s = after;

@@ -154,7 +154,16 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
         };
         return Err((line_of(&format!("{key}:")), message));
     }
-    let _ = (&doc.global.evaluation_interval, &doc.global.external_labels);
+    // evaluation_interval is for Prometheus's rules (vigil's are in
+    // [alerting]); external labels would be silently lost, so they are refused.
+    let _ = &doc.global.evaluation_interval;
+    if !doc.global.external_labels.is_empty() {
+        return Err((
+            line_of("external_labels"),
+            "global.external_labels are not supported by vigil yet (add them as target labels)"
+                .into(),
+        ));
+    }
     let g_interval = match &doc.global.scrape_interval {
         Some(d) => duration(d).map_err(|e| (line_of("scrape_interval"), e))?,
         None => Duration::from_secs(60),
@@ -197,6 +206,11 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
                 "scrape_interval and scrape_timeout must be more than 0".into(),
             ));
         }
+        if interval > Duration::from_secs(86_400) {
+            return Err(err(format!(
+                "scrape_interval {interval:?} is longer than a day"
+            )));
+        }
         if timeout > interval {
             return Err(err(format!(
                 "scrape_timeout {timeout:?} is longer than scrape_interval {interval:?}"
@@ -208,6 +222,18 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
         };
         let mut targets = Vec::new();
         for s in &j.static_configs {
+            for name in s.labels.keys() {
+                let valid = name
+                    .bytes()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+                    && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+                if !valid || name.starts_with("__") || name == "value" || name == "time" {
+                    return Err(err(format!(
+                        "target label {name:?} cannot be stored (a label name, not `__...`, `value` or `time`)"
+                    )));
+                }
+            }
             for t in &s.targets {
                 let ok = t
                     .rsplit_once(':')
@@ -284,6 +310,8 @@ mod tests {
             ("scrape_configs:\n  - job_name: a\n    scrape_interval: 5s\n    scrape_timeout: 10s\n", "longer", 2),
             ("scrape_configs:\n  - job_name: a\n  - job_name: a\n", "twice", 2),
             ("scrape_configs:\n  - job_name: a\n    body_size_limit: lots\n", "size", 2),
+            ("scrape_configs:\n  - job_name: a\n    static_configs: [{ targets: ['h:1'], labels: { value: x } }]\n", "cannot be stored", 2),
+            ("global:\n  external_labels: { dc: eu }\n", "external_labels", 2),
         ] {
             let (l, m) = parse(text).expect_err(text);
             assert!(m.contains(what), "{text}: {m}");

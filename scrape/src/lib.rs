@@ -34,6 +34,10 @@ pub use config::{load, parse, ScrapeConfigError, ScrapeJob, Target};
 /// What Prometheus asks for: OpenMetrics first, then the text format.
 const ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
+/// A body no `body_size_limit` limits is cut here (a gzip bomb, an endless
+/// stream).
+const DEFAULT_BODY_LIMIT: usize = 64 << 20;
+
 #[derive(Clone, Default)]
 pub struct ScrapeMetrics {
     pub scrapes: Counter,
@@ -135,12 +139,16 @@ async fn run_target(
         let at = now_nanos();
         let started = Instant::now();
         metrics.scrapes.inc();
-        let outcome = match fetch(&job, &target, &client).await {
+        let fetched = tokio::select! {
+            f = fetch(&job, &target, &client) => f,
+            _ = stop.changed() => return,
+        };
+        let outcome = match fetched {
             Ok((body, openmetrics)) => {
                 let job = Arc::clone(&job);
                 let target = target.clone();
                 let pipeline2 = Arc::clone(&pipeline);
-                let previous = std::mem::take(&mut last_series);
+                let previous = last_series.clone();
                 match tokio::task::spawn_blocking(move || {
                     store(&job, &target, &body, openmetrics, at, &pipeline2, previous)
                 })
@@ -181,6 +189,7 @@ async fn run_target(
             continue;
         }
         if let Err(e) = pipeline.commit(all).await {
+            metrics.failures.inc();
             warn!(job = job.job_name.as_str(), target = target.address.as_str(), error = %e, "scrape not stored");
         } else if !up {
             debug!(target = target.address.as_str(), "target down");
@@ -225,11 +234,14 @@ async fn fetch(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("{url}: {}", e.without_url()))?;
         body.extend_from_slice(&chunk);
-        if job.body_size_limit > 0 && body.len() > job.body_size_limit {
-            return Err(format!(
-                "{url}: body larger than body_size_limit ({} bytes)",
-                job.body_size_limit
-            ));
+        // No limit set: the largest body the write pipeline takes at all.
+        let limit = if job.body_size_limit > 0 {
+            job.body_size_limit
+        } else {
+            DEFAULT_BODY_LIMIT
+        };
+        if body.len() > limit {
+            return Err(format!("{url}: body larger than {limit} bytes"));
         }
     }
     Ok((body, openmetrics))
@@ -260,13 +272,15 @@ fn tags<'a>(
     scraped: &[(&'a str, Cow<'a, str>)],
 ) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
     let mut out: BTreeMap<Cow<'a, str>, Cow<'a, str>> = BTreeMap::new();
-    let mut own: Vec<(Cow<'a, str>, Cow<'a, str>)> = vec![
+    // The target's labels: `job` and `instance`, which its own labels may
+    // replace (as in Prometheus).
+    let mut own: BTreeMap<Cow<'a, str>, Cow<'a, str>> = BTreeMap::from([
         (Cow::Borrowed("job"), Cow::Owned(job.job_name.clone())),
         (
             Cow::Borrowed("instance"),
             Cow::Borrowed(target.address.as_str()),
         ),
-    ];
+    ]);
     own.extend(
         target
             .labels
@@ -309,6 +323,9 @@ fn store(
 ) -> Result<Stored, String> {
     let text = std::str::from_utf8(body).map_err(|e| format!("body is not UTF-8: {e}"))?;
     let parsed = parse_exposition(text, openmetrics);
+    if openmetrics && !parsed.eof {
+        return Err("OpenMetrics body without # EOF: cut short".into());
+    }
     if job.sample_limit > 0 && parsed.samples.len() > job.sample_limit {
         return Err(format!(
             "{} samples, over sample_limit {}",
@@ -352,13 +369,20 @@ fn store(
         ));
     }
     let added = series.difference(&previous).count();
-    let validated = pipeline.validate(points);
+    // The write limits every input has (days per write, here).
+    let mut body = vigil_ingest::ParsedBody {
+        points,
+        errors: Vec::new(),
+        error_count: 0,
+    };
+    pipeline.limit_days(&mut body);
+    let validated = pipeline.validate(body.points);
     if parsed.error_count > 0 || validated.rejected_count > 0 {
         debug!(
             target = target.address.as_str(),
             parse_errors = parsed.error_count,
             rejected = validated.rejected_count,
-            first = ?parsed.errors.first().or(validated.rejected.first()),
+            first = ?parsed.errors.first().or(validated.rejected.first()).or(body.errors.first()),
             "scraped lines not stored"
         );
     }

@@ -67,6 +67,9 @@ pub(crate) fn verified<'a>(key: &hmac::Key, datagram: &'a [u8]) -> Option<&'a [u
         return None;
     }
     let mut tag = [0u8; 32];
+    if !datagram[..64].iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
     for (i, pair) in datagram[..64].chunks(2).enumerate() {
         let hex = std::str::from_utf8(pair).ok()?;
         tag[i] = u8::from_str_radix(hex, 16).ok()?;
@@ -147,10 +150,34 @@ async fn receive(
                 }
             },
         };
+        // Datagrams are joined into one body: one that is not UTF-8, or that
+        // ends inside a quoted string or after a backslash (and would swallow
+        // the next), is refused on its own rather than spoiling the batch.
+        if std::str::from_utf8(payload).is_err() || !closed(payload) {
+            metrics.rejected.inc();
+            debug!(%peer, "UDP datagram is not whole line protocol text; rejected");
+            continue;
+        }
         if tx.try_send(Bytes::copy_from_slice(payload)).is_err() {
             metrics.dropped.inc();
         }
     }
+}
+
+/// Whether every quote opened in `text` is closed and it does not end with
+/// an escaping backslash.
+fn closed(text: &[u8]) -> bool {
+    let mut quoted = false;
+    let mut escaped = false;
+    for &b in text {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            b'"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted && !escaped
 }
 
 async fn write(
@@ -168,7 +195,9 @@ async fn write(
             datagrams += 1;
         };
         add(first, &mut body);
-        while body.len() < BATCH_BYTES {
+        // Under the pipeline's body limit whatever it is set to.
+        let cap = BATCH_BYTES.min(pipeline.limits().max_body_bytes / 2);
+        while body.len() < cap {
             match rx.try_recv() {
                 Ok(d) => add(d, &mut body),
                 Err(_) => break,
@@ -220,6 +249,10 @@ mod tests {
         let mut tampered = good.clone();
         *tampered.last_mut().unwrap() = b'2';
         assert_eq!(verified(&key, &tampered), None);
+        assert!(closed(b"cpu s=\"a\\\"b\" 1") && !closed(b"cpu s=\"a") && !closed(b"cpu v=1\\"));
+        let mut plus = good.clone();
+        plus[0] = b'+';
+        assert_eq!(verified(&key, &plus), None);
         for hostile in [&b""[..], b"cpu v=1 1", &[b'z'; 65], &good[..64]] {
             assert_eq!(verified(&key, hostile), None);
         }

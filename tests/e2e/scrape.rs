@@ -85,7 +85,7 @@ fn targets_are_scraped_into_tables_with_up_for_each() {
     // The scraped `job` label clashes with the target's: kept as
     // exported_job (honor_labels is off for this job).
     let rows = s.sql(&format!(
-        "SELECT code, job, exported_job, env, value FROM requests_total WHERE instance = '{target}' ORDER BY code LIMIT 2"
+        "SELECT code, job, exported_job, env, max(value) AS value FROM requests_total WHERE instance = '{target}' GROUP BY code, job, exported_job, env ORDER BY code"
     ));
     assert_eq!(rows[0]["code"], "200", "{rows:?}");
     assert_eq!(rows[0]["job"], "app");

@@ -75,6 +75,12 @@ fn signed_datagrams_are_stored_and_the_rest_counted() {
         s.sql("SELECT count(*) AS n FROM udp_cpu WHERE host = 'x'")[0]["n"],
         0
     );
+    // The counters move after the rows are visible: wait for them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.metric("vigil_udp_lines_rejected_total") < 1.0 {
+        assert!(Instant::now() < deadline, "lines_rejected not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(s.metric("vigil_udp_datagrams_received_total"), 54.0);
     assert_eq!(s.metric("vigil_udp_datagrams_rejected_total"), 3.0);
     assert_eq!(s.metric("vigil_udp_lines_rejected_total"), 1.0);
