@@ -119,6 +119,15 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // A scrape config with errors stops the start before anything runs
+    // (collector mode has no storage of its own to scrape into).
+    let scrape_jobs = match &config.scrape.config {
+        Some(_) if config.mode != config::Mode::Standalone => {
+            anyhow::bail!("scraping is not available in collector mode yet")
+        }
+        Some(path) => Some(vigil_scrape::load(path)?),
+        None => None,
+    };
     let tokens = Arc::new(config.token_store()?);
     config.check_exposure(tokens.enabled())?;
     if !tokens.enabled() {
@@ -296,20 +305,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let jobs = storage.start_jobs(config.storage.compaction_interval);
     let maintenance_schedule = maintenance.start(config.maintenance.interval);
     let alerting_tasks = alerting.start();
-    // Scraped samples go through the one write pipeline (collector mode has
-    // no storage of its own to scrape into).
-    let scrapes = match &config.scrape.config {
-        Some(path) if config.mode == config::Mode::Standalone => {
-            let jobs = vigil_scrape::load(path)?;
-            Some(vigil_scrape::start(
-                jobs,
-                Arc::clone(&pipeline),
-                state.metrics.scrape.clone(),
-            ))
-        }
-        Some(_) => anyhow::bail!("scraping is not available in collector mode yet"),
-        None => None,
-    };
+    // Scraped samples go through the one write pipeline.
+    let scrapes = scrape_jobs
+        .map(|jobs| vigil_scrape::start(jobs, Arc::clone(&pipeline), state.metrics.scrape.clone()));
     let udp = match config.udp.addr {
         Some(addr) => Some(
             udp::UdpListener::start(

@@ -1114,17 +1114,12 @@ receivers:
     assert!(hook.at("/muted").is_empty(), "a muted route sent");
 }
 
-/// Two nodes evaluate the same rules over the same data (an HA pair): the
-/// receiver hears each change once. When the node that sent stops, the other
-/// sends the next change.
-#[test]
-fn two_nodes_notify_once_and_the_survivor_takes_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let hook = WebhookReceiver::start(0);
-    let rules = dir.path().join("rules");
+/// The rule and routing files of two nodes evaluating the same rules: the
+/// latest sample up to the evaluation time, so with samples stamped a little
+/// in the future both nodes see a change at the same tick.
+fn pair_files(dir: &Path, hook: &WebhookReceiver) -> (std::path::PathBuf, std::path::PathBuf) {
+    let rules = dir.join("rules");
     std::fs::create_dir_all(&rules).unwrap();
-    // The latest sample up to the evaluation time: with samples stamped a
-    // little in the future both nodes see the change at the same tick.
     std::fs::write(
         rules.join("cpu.yml"),
         r#"groups:
@@ -1140,8 +1135,19 @@ fn two_nodes_notify_once_and_the_survivor_takes_over() {
 "#,
     )
     .unwrap();
-    let routing_file = dir.path().join("alerting.yml");
+    let routing_file = dir.join("alerting.yml");
     std::fs::write(&routing_file, routing(&hook.url)).unwrap();
+    (rules, routing_file)
+}
+
+/// Two nodes evaluate the same rules over the same data (an HA pair): the
+/// receiver hears each change once. When the node that sent stops, the other
+/// sends the next change.
+#[test]
+fn two_nodes_notify_once_and_the_survivor_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = WebhookReceiver::start(0);
+    let (rules, routing_file) = pair_files(dir.path(), &hook);
     let addrs: Vec<String> = (0..2)
         .map(|_| format!("127.0.0.1:{}", crate::server::free_port()))
         .collect();
@@ -1234,25 +1240,7 @@ fn kafka_queue_carries_notifications_once_from_two_nodes() {
     broker.create_topics(&rt, &[("vigil-notifications", 4), ("metrics", 1)]);
     let dir = tempfile::tempdir().unwrap();
     let hook = WebhookReceiver::start(0);
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    std::fs::write(
-        rules.join("cpu.yml"),
-        r#"groups:
-  - name: hosts
-    interval: 1s
-    rules:
-      - alert: HighCpu
-        sql: |
-          SELECT host, usage AS value FROM (
-            SELECT host, usage, row_number() OVER (PARTITION BY host ORDER BY time DESC) AS rn
-            FROM cpu WHERE time <= now()
-          ) WHERE rn = 1 AND usage > 90
-"#,
-    )
-    .unwrap();
-    let routing_file = dir.path().join("alerting.yml");
-    std::fs::write(&routing_file, routing(&hook.url)).unwrap();
+    let (rules, routing_file) = pair_files(dir.path(), &hook);
     let config = dir.path().join("vigil.toml");
     std::fs::write(&config, "[alerting]\nqueue = \"kafka\"\n").unwrap();
     let nodes: Vec<TestServer> = (0..2)
