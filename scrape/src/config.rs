@@ -33,10 +33,50 @@ pub struct ScrapeJob {
     pub label_limit: usize,
     pub body_size_limit: usize,
     pub targets: Vec<Target>,
+    pub file_sd: Vec<crate::file_sd::FileSd>,
+    /// Relative `file_sd_configs` files are read from here (the directory of
+    /// the scrape config file).
+    pub base_dir: std::path::PathBuf,
+}
+
+/// A target address is `host:port`.
+pub(crate) fn check_target(t: &str) -> Result<(), String> {
+    let ok = t
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !ok || t.contains('/') {
+        return Err(format!("target {t:?} is not host:port"));
+    }
+    Ok(())
+}
+
+/// Target labels become tags: label names, not `__...` (Prometheus's
+/// internal ones), `value` or `time` (columns of every metric table).
+pub(crate) fn check_target_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    for name in labels.keys() {
+        let valid = name
+            .bytes()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+            && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+        if !valid || name.starts_with("__") || name == "value" || name == "time" {
+            return Err(format!(
+                "target label {name:?} cannot be stored (a label name, not `__...`, `value` or `time`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSdDoc {
+    files: Vec<String>,
+    refresh_interval: Option<String>,
 }
 
 /// A target: `host:port` and its labels from the config.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Target {
     pub address: String,
     pub labels: BTreeMap<String, String>,
@@ -84,6 +124,8 @@ struct JobDoc {
     body_size_limit: Option<String>,
     #[serde(default)]
     static_configs: Vec<StaticDoc>,
+    #[serde(default)]
+    file_sd_configs: Vec<FileSdDoc>,
     #[serde(flatten)]
     other: BTreeMap<String, serde_norway::Value>,
 }
@@ -178,7 +220,7 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
         let err = |m: String| (at, format!("job {:?}: {m}", j.job_name));
         if let Some(key) = j.other.keys().next() {
             return Err(err(format!(
-                "`{key}` is not supported by vigil yet (static_configs, metrics_path, scheme, params, honor_labels, honor_timestamps, sample_limit, label_limit, body_size_limit are)"
+                "`{key}` is not supported by vigil yet (static_configs, file_sd_configs, metrics_path, scheme, params, honor_labels, honor_timestamps, sample_limit, label_limit, body_size_limit are)"
             )));
         }
         if jobs.iter().any(|x| x.job_name == j.job_name) {
@@ -222,30 +264,34 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
         };
         let mut targets = Vec::new();
         for s in &j.static_configs {
-            for name in s.labels.keys() {
-                let valid = name
-                    .bytes()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
-                    && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
-                if !valid || name.starts_with("__") || name == "value" || name == "time" {
-                    return Err(err(format!(
-                        "target label {name:?} cannot be stored (a label name, not `__...`, `value` or `time`)"
-                    )));
-                }
-            }
+            check_target_labels(&s.labels).map_err(&err)?;
             for t in &s.targets {
-                let ok = t
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-                if !ok || t.contains('/') {
-                    return Err(err(format!("target {t:?} is not host:port")));
-                }
+                check_target(t).map_err(&err)?;
                 targets.push(Target {
                     address: t.clone(),
                     labels: s.labels.clone(),
                 });
             }
+        }
+        let mut file_sd = Vec::new();
+        for f in &j.file_sd_configs {
+            if f.files.is_empty() {
+                return Err(err("file_sd_configs needs files".into()));
+            }
+            if let Some(bad) = f.files.iter().find(|p| {
+                std::path::Path::new(p)
+                    .parent()
+                    .is_some_and(|d| d.to_string_lossy().contains('*'))
+            }) {
+                return Err(err(format!("{bad:?}: `*` may only be in the file name")));
+            }
+            file_sd.push(crate::file_sd::FileSd {
+                files: f.files.clone(),
+                refresh_interval: match &f.refresh_interval {
+                    Some(d) => duration(d).map_err(&err)?,
+                    None => Duration::from_secs(300),
+                },
+            });
         }
         jobs.push(ScrapeJob {
             job_name: j.job_name,
@@ -260,6 +306,8 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
             label_limit: j.label_limit,
             body_size_limit,
             targets,
+            file_sd,
+            base_dir: std::path::PathBuf::from("."),
         });
     }
     Ok(jobs)
@@ -273,11 +321,19 @@ pub fn load(path: &Path) -> Result<Vec<ScrapeJob>, ScrapeConfigError> {
         line: 0,
         message: format!("cannot read: {e}"),
     })?;
-    parse(&text).map_err(|(line, message)| ScrapeConfigError {
+    let mut jobs = parse(&text).map_err(|(line, message)| ScrapeConfigError {
         file,
         line,
         message,
-    })
+    })?;
+    let base = path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    for j in &mut jobs {
+        j.base_dir = base.clone();
+    }
+    Ok(jobs)
 }
 
 #[cfg(test)]
@@ -303,7 +359,7 @@ mod tests {
     fn what_is_not_done_is_refused_by_name_and_line() {
         for (text, what, line) in [
             ("scrape_configs:\n  - job_name: a\n    relabel_configs: []\n", "relabel_configs", 2),
-            ("scrape_configs:\n  - job_name: a\n    file_sd_configs: []\n", "file_sd_configs", 2),
+            ("scrape_configs:\n  - job_name: a\n    consul_sd_configs: []\n", "consul_sd_configs", 2),
             ("rule_files: []\n", "rule_files", 1),
             ("scrape_configs:\n  - job_name: a\n    scrape_interval: soon\n", "not a duration", 2),
             ("scrape_configs:\n  - job_name: a\n    static_configs: [{ targets: ['http://x:1'] }]\n", "host:port", 2),

@@ -12,6 +12,7 @@
 //! forward).
 
 pub mod config;
+pub mod file_sd;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
@@ -76,7 +77,8 @@ impl ScrapeTasks {
     }
 }
 
-/// Starts one task per target.
+/// Starts one supervisor per job; it runs a task per target and, with
+/// `file_sd_configs`, starts and stops them as the files change.
 pub fn start(
     jobs: Vec<ScrapeJob>,
     pipeline: Arc<WritePipeline>,
@@ -86,23 +88,118 @@ pub fn start(
     let client = reqwest::Client::builder()
         .build()
         .expect("an HTTP client builds");
-    let mut handles = Vec::new();
     let targets: usize = jobs.iter().map(|j| j.targets.len()).sum();
-    info!(jobs = jobs.len(), targets, "scraping");
-    for job in jobs {
-        let job = Arc::new(job);
-        for target in &job.targets {
-            handles.push(tokio::spawn(run_target(
-                Arc::clone(&job),
-                target.clone(),
+    let file_sd = jobs.iter().filter(|j| !j.file_sd.is_empty()).count();
+    info!(
+        jobs = jobs.len(),
+        static_targets = targets,
+        file_sd_jobs = file_sd,
+        "scraping"
+    );
+    let handles = jobs
+        .into_iter()
+        .map(|job| {
+            tokio::spawn(supervise(
+                Arc::new(job),
                 Arc::clone(&pipeline),
                 client.clone(),
                 metrics.clone(),
                 stop_rx.clone(),
-            )));
+            ))
+        })
+        .collect();
+    ScrapeTasks { stop, handles }
+}
+
+/// Keeps one task per target of `job` running: its static targets and
+/// what its files name now (looked at every second, read again when one
+/// changes or every `refresh_interval`).
+async fn supervise(
+    job: Arc<ScrapeJob>,
+    pipeline: Arc<WritePipeline>,
+    client: reqwest::Client,
+    metrics: ScrapeMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    type Running = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+    let mut running: BTreeMap<Target, Running> = BTreeMap::new();
+    let mut from_files: BTreeMap<std::path::PathBuf, Vec<Target>> = BTreeMap::new();
+    let mut seen_files = None;
+    let mut read_at: Option<Instant> = None;
+    let refresh = job
+        .file_sd
+        .iter()
+        .map(|f| f.refresh_interval)
+        .min()
+        .unwrap_or(Duration::MAX);
+    loop {
+        if !job.file_sd.is_empty() {
+            let now = file_sd::stamp(&job.file_sd, &job.base_dir);
+            let due = read_at.is_none_or(|t| t.elapsed() >= refresh);
+            if due || seen_files.as_ref() != Some(&now) {
+                let (targets, errors) = file_sd::targets(&job.file_sd, &job.base_dir, &from_files);
+                for e in errors {
+                    warn!(
+                        job = job.job_name.as_str(),
+                        error = e.as_str(),
+                        "file_sd file not read; its last targets are kept"
+                    );
+                }
+                from_files = targets;
+                seen_files = Some(now);
+                read_at = Some(Instant::now());
+            }
+        }
+        let wanted: std::collections::BTreeSet<Target> = job
+            .targets
+            .iter()
+            .chain(from_files.values().flatten())
+            .cloned()
+            .collect();
+        let gone: Vec<Target> = running
+            .keys()
+            .filter(|t| !wanted.contains(*t))
+            .cloned()
+            .collect();
+        for t in gone {
+            if let Some((tx, handle)) = running.remove(&t) {
+                info!(
+                    job = job.job_name.as_str(),
+                    target = t.address.as_str(),
+                    "target removed"
+                );
+                let _ = tx.send(true);
+                let _ = handle.await;
+            }
+        }
+        for t in wanted {
+            if running.contains_key(&t) {
+                continue;
+            }
+            let (tx, rx) = watch::channel(false);
+            let handle = tokio::spawn(run_target(
+                Arc::clone(&job),
+                t.clone(),
+                Arc::clone(&pipeline),
+                client.clone(),
+                metrics.clone(),
+                rx,
+            ));
+            running.insert(t, (tx, handle));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => {
+                for (tx, _) in running.values() {
+                    let _ = tx.send(true);
+                }
+                for (_, (_, handle)) in running {
+                    let _ = handle.await;
+                }
+                return;
+            }
         }
     }
-    ScrapeTasks { stop, handles }
 }
 
 /// The target's place in its interval: the same on every start, different

@@ -147,3 +147,84 @@ fn unsupported_scrape_settings_stop_the_start() {
         "{err}"
     );
 }
+
+/// `file_sd_configs`: targets come from a JSON file; when the file changes,
+/// the new target is scraped within seconds and the removed one no longer.
+#[test]
+fn file_sd_targets_come_and_go_with_the_file() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut targets = Vec::new();
+    for _ in 0..2 {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        targets.push(listener.local_addr().unwrap().to_string());
+        let app = Router::new().route("/metrics", get(|| async { "queue_depth 5\n" }));
+        runtime.spawn(async move { axum::serve(listener, app).await });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sd = dir.path().join("targets-a.json");
+    std::fs::write(
+        &sd,
+        format!(
+            r#"[{{"targets": ["{}"], "labels": {{"team": "one"}}}}]"#,
+            targets[0]
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("scrape.yml");
+    std::fs::write(
+        &config,
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sd\n    file_sd_configs: [{ files: ['targets-*.json'] }]\n",
+    )
+    .unwrap();
+    let s = TestServer::start(
+        &dir.path().join("data"),
+        &["--scrape-config", config.to_str().unwrap()],
+    );
+    let scrapes = |instance: &str| -> i64 {
+        let q = format!("SELECT count(*) AS n FROM up WHERE job = 'sd' AND instance = '{instance}' AND value = 1");
+        let r = s
+            .request(reqwest::Method::POST, "/api/v1/sql")
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "sql": q }).to_string())
+            .send();
+        r.ok()
+            .and_then(|r| r.json::<Vec<serde_json::Value>>().ok())
+            .and_then(|rows| rows.first()?["n"].as_i64())
+            .unwrap_or(0)
+    };
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait("the first target", &|| scrapes(&targets[0]) > 0);
+    let team = s.sql("SELECT team FROM queue_depth LIMIT 1");
+    assert_eq!(team[0]["team"], "one");
+    // The file now names the other target only.
+    std::fs::write(
+        &sd,
+        format!(
+            r#"[{{"targets": ["{}"], "labels": {{"team": "two"}}}}]"#,
+            targets[1]
+        ),
+    )
+    .unwrap();
+    wait("the second target", &|| scrapes(&targets[1]) > 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let first = scrapes(&targets[0]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        scrapes(&targets[0]),
+        first,
+        "a removed target is still scraped"
+    );
+    assert!(scrapes(&targets[1]) >= 2);
+}
