@@ -241,7 +241,6 @@ impl Evaluator {
                     next_flush: now.saturating_add(dur_nanos(group.destination.group_wait)),
                     last_sent: None,
                     told_firing: BTreeMap::new(),
-                    sends: 0,
                     last_forwarded: None,
                 },
             };
@@ -420,7 +419,6 @@ impl Evaluator {
             let start = now_firing.values().min().copied().unwrap_or(now);
             (now - start) / dur_nanos(d.repeat_interval).max(1) + 1
         };
-        st.sends += 1;
         let plan = FlushPlan {
             content: format!("{:016x}-{nth}", hash(&refs)),
             firing,

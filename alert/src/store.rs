@@ -216,9 +216,6 @@ pub struct GroupState {
     /// The alerts last sent as firing: fingerprint and when each started, so
     /// a new incident of the same labels counts as new.
     pub told_firing: BTreeMap<u64, i64>,
-    /// Messages sent for the group so far (part of their idempotency keys).
-    #[serde(default)]
-    pub sends: u64,
     /// When its Alertmanager endpoints were last sent the group.
     #[serde(default)]
     pub last_forwarded: Option<i64>,

@@ -84,12 +84,9 @@ pub(crate) fn stamp(sd: &[FileSd], base: &Path) -> Vec<(PathBuf, Option<SystemTi
 /// Reads one file's target groups.
 pub(crate) fn read(path: &Path) -> Result<Vec<Target>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let is_json = path.extension().is_some_and(|e| e == "json");
-    let groups: Vec<GroupDoc> = if is_json {
-        serde_json_like(&text).map_err(|e| format!("{}: {e}", path.display()))?
-    } else {
-        serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
-    };
+    // JSON is YAML (1.2): one parser reads both kinds of file.
+    let groups: Vec<GroupDoc> =
+        serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = Vec::new();
     for g in groups {
         check_target_labels(&g.labels).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -102,11 +99,6 @@ pub(crate) fn read(path: &Path) -> Result<Vec<Target>, String> {
         }
     }
     Ok(out)
-}
-
-/// JSON is YAML (1.2); one parser reads both.
-fn serde_json_like(text: &str) -> Result<Vec<GroupDoc>, serde_norway::Error> {
-    serde_norway::from_str(text)
 }
 
 /// Every target the job's files name now; a file that fails keeps `last`'s
