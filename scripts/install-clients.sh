@@ -31,6 +31,18 @@ if ! command -v prometheus-alertmanager >/dev/null 2>&1; then
   fi
 fi
 
+# The scrape tests' real components: etcd (discovery and the collector ring),
+# node_exporter (a target) and Prometheus (the reference scraper).
+if ! command -v etcd >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1 \
+  || ! command -v prometheus-node-exporter >/dev/null 2>&1; then
+  echo "== installing etcd, Prometheus and node_exporter (etcd-server, prometheus, prometheus-node-exporter)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq etcd-server prometheus prometheus-node-exporter >/dev/null
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq etcd-server prometheus prometheus-node-exporter >/dev/null
+  fi
+fi
+
 if ! python3 -c 'import psycopg, adbc_driver_flightsql, pyarrow, duckdb, moto.server, flask_cors, aiosmtpd, cryptography' >/dev/null 2>&1; then
   echo "== installing psycopg, adbc-driver-flightsql, pyarrow, duckdb, moto's S3 server, aiosmtpd (PyPI)"
   python3 -m pip install -q --disable-pip-version-check \

@@ -7,5 +7,6 @@ if ! command -v cargo >/dev/null; then
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
   . "$HOME/.cargo/env"
 fi
+bash scripts/build-deps.sh
 cargo build --release -p vigil
 exec ./target/release/vigil serve "$@"

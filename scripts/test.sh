@@ -13,6 +13,8 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
+bash scripts/build-deps.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

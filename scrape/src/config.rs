@@ -1,13 +1,15 @@
 //! Prometheus's `scrape_configs` file, as is: `global` defaults and jobs with
-//! `static_configs`. What vigil does not do yet (relabeling, file and other
-//! service discovery, TLS and auth settings) is refused by name with its
-//! line, never silently ignored.
+//! static, file and etcd discovery, relabeling, auth and TLS settings. What
+//! vigil does not do (other service discovery, proxies, OAuth2) is refused by
+//! name with its line, never silently ignored.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::relabel::Relabeling;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {message}")]
@@ -18,7 +20,7 @@ pub struct ScrapeConfigError {
 }
 
 /// One job, resolved against the global defaults.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ScrapeJob {
     pub job_name: String,
     pub interval: Duration,
@@ -34,9 +36,75 @@ pub struct ScrapeJob {
     pub body_size_limit: usize,
     pub targets: Vec<Target>,
     pub file_sd: Vec<crate::file_sd::FileSd>,
-    /// Relative `file_sd_configs` files are read from here (the directory of
-    /// the scrape config file).
+    pub etcd_sd: Vec<crate::etcd_sd::EtcdSd>,
+    /// Relative `file_sd_configs`, credential and certificate files are read
+    /// from here (the directory of the scrape config file).
     pub base_dir: std::path::PathBuf,
+    pub relabel: Relabeling,
+    pub metric_relabel: Relabeling,
+    pub auth: HttpAuth,
+    pub tls: TlsSettings,
+    pub follow_redirects: bool,
+}
+
+/// How a job's scrapes authenticate. Secrets given as files are read at
+/// each scrape, so a rotated token applies without a restart.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum HttpAuth {
+    #[default]
+    None,
+    Basic {
+        username: String,
+        password: Secret,
+    },
+    /// `authorization` (and the older `bearer_token`): `<type> <credentials>`.
+    Header {
+        kind: String,
+        credentials: Secret,
+    },
+}
+
+/// A secret, inline or in a file (relative to the scrape config).
+#[derive(Clone, PartialEq)]
+pub enum Secret {
+    Inline(String),
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inline(_) => f.write_str("<secret>"),
+            Self::File(p) => write!(f, "file {}", p.display()),
+        }
+    }
+}
+
+impl Secret {
+    pub(crate) fn read(&self, base: &Path) -> Result<String, String> {
+        match self {
+            Self::Inline(s) => Ok(s.clone()),
+            Self::File(p) => std::fs::read_to_string(base.join(p))
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("cannot read {}: {e}", base.join(p).display())),
+        }
+    }
+}
+
+/// `tls_config`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    /// The name the target's certificate must have (and the SNI sent), when
+    /// targets are addressed by IP.
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// `TLS12` or `TLS13`.
+    pub min_version: Option<String>,
 }
 
 /// A target address is `host:port`.
@@ -50,8 +118,8 @@ pub(crate) fn check_target(t: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Target labels become tags: label names, not `__...` (Prometheus's
-/// internal ones), `value` or `time` (columns of every metric table).
+/// Discovered labels must be label names; `__` ones (`__meta_...`) are for
+/// relabeling and are not stored.
 pub(crate) fn check_target_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     for name in labels.keys() {
         let valid = name
@@ -59,10 +127,8 @@ pub(crate) fn check_target_labels(labels: &BTreeMap<String, String>) -> Result<(
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
             && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
-        if !valid || name.starts_with("__") || name == "value" || name == "time" {
-            return Err(format!(
-                "target label {name:?} cannot be stored (a label name, not `__...`, `value` or `time`)"
-            ));
+        if !valid {
+            return Err(format!("target label {name:?} is not a label name"));
         }
     }
     Ok(())
@@ -75,7 +141,8 @@ struct FileSdDoc {
     refresh_interval: Option<String>,
 }
 
-/// A target: `host:port` and its labels from the config.
+/// A discovered target: `host:port` and its labels from the config or the
+/// discovery (before relabeling).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Target {
     pub address: String,
@@ -126,8 +193,92 @@ struct JobDoc {
     static_configs: Vec<StaticDoc>,
     #[serde(default)]
     file_sd_configs: Vec<FileSdDoc>,
+    #[serde(default)]
+    etcd_sd_configs: Vec<crate::etcd_sd::EtcdSdDoc>,
+    #[serde(default)]
+    relabel_configs: Vec<crate::relabel::RuleDoc>,
+    #[serde(default)]
+    metric_relabel_configs: Vec<crate::relabel::RuleDoc>,
+    basic_auth: Option<BasicAuthDoc>,
+    authorization: Option<AuthorizationDoc>,
+    bearer_token: Option<String>,
+    bearer_token_file: Option<std::path::PathBuf>,
+    tls_config: Option<TlsSettings>,
+    #[serde(default = "yes")]
+    follow_redirects: bool,
+    /// HTTP/1.1 is used either way (exporters all speak it).
+    #[serde(default = "yes")]
+    enable_http2: bool,
     #[serde(flatten)]
     other: BTreeMap<String, serde_norway::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BasicAuthDoc {
+    username: Option<String>,
+    username_file: Option<std::path::PathBuf>,
+    password: Option<String>,
+    password_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorizationDoc {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    credentials: Option<String>,
+    credentials_file: Option<std::path::PathBuf>,
+}
+
+fn auth_of(j: &JobDoc) -> Result<HttpAuth, String> {
+    let given = [
+        j.basic_auth.is_some(),
+        j.authorization.is_some(),
+        j.bearer_token.is_some() || j.bearer_token_file.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if given > 1 {
+        return Err("at most one of basic_auth, authorization and bearer_token may be set".into());
+    }
+    let secret = |inline: &Option<String>, file: &Option<std::path::PathBuf>, what: &str| match (
+        inline, file,
+    ) {
+        (Some(_), Some(_)) => Err(format!("{what} and {what}_file are both set")),
+        (Some(s), None) => Ok(Some(Secret::Inline(s.clone()))),
+        (None, Some(f)) => Ok(Some(Secret::File(f.clone()))),
+        (None, None) => Ok(None),
+    };
+    if let Some(b) = &j.basic_auth {
+        let username = match (&b.username, &b.username_file) {
+            (Some(u), None) => u.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| s.trim_end().to_string())
+                .map_err(|e| format!("basic_auth.username_file {}: {e}", f.display()))?,
+            _ => return Err("basic_auth needs one of username and username_file".into()),
+        };
+        let password = secret(&b.password, &b.password_file, "password")?
+            .unwrap_or(Secret::Inline(String::new()));
+        return Ok(HttpAuth::Basic { username, password });
+    }
+    if let Some(a) = &j.authorization {
+        let kind = a.kind.clone().unwrap_or_else(|| "Bearer".into());
+        if kind.eq_ignore_ascii_case("basic") {
+            return Err("authorization type Basic: use basic_auth".into());
+        }
+        let credentials = secret(&a.credentials, &a.credentials_file, "credentials")?
+            .ok_or("authorization needs credentials or credentials_file")?;
+        return Ok(HttpAuth::Header { kind, credentials });
+    }
+    if let Some(c) = secret(&j.bearer_token, &j.bearer_token_file, "bearer_token")? {
+        return Ok(HttpAuth::Header {
+            kind: "Bearer".into(),
+            credentials: c,
+        });
+    }
+    Ok(HttpAuth::None)
 }
 
 #[derive(Deserialize)]
@@ -215,14 +366,16 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
         None => Duration::from_secs(10),
     };
     let mut jobs: Vec<ScrapeJob> = Vec::new();
-    for j in doc.scrape_configs {
+    for mut j in doc.scrape_configs {
         let at = line_of(&format!("job_name: {}", j.job_name)).max(1);
         let err = |m: String| (at, format!("job {:?}: {m}", j.job_name));
         if let Some(key) = j.other.keys().next() {
-            return Err(err(format!(
-                "`{key}` is not supported by vigil yet (static_configs, file_sd_configs, metrics_path, scheme, params, honor_labels, honor_timestamps, sample_limit, label_limit, body_size_limit are)"
+            let at = line_of(&format!("{key}:")).max(at);
+            return Err((at, format!(
+                "job {:?}: `{key}` is not supported by vigil (static_configs, file_sd_configs, etcd_sd_configs, relabel_configs, metric_relabel_configs, metrics_path, scheme, params, basic_auth, authorization, tls_config, honor_labels, honor_timestamps, sample_limit, label_limit, body_size_limit are)", j.job_name
             )));
         }
+        let _ = j.enable_http2;
         if jobs.iter().any(|x| x.job_name == j.job_name) {
             return Err(err("defined twice".into()));
         }
@@ -262,6 +415,27 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
             Some(b) => bytes(b).map_err(&err)?,
             None => 0,
         };
+        let relabel = crate::relabel::Relabeling::parse(std::mem::take(&mut j.relabel_configs))
+            .map_err(|e| err(format!("relabel_configs: {e}")))?;
+        let metric_relabel =
+            crate::relabel::Relabeling::parse(std::mem::take(&mut j.metric_relabel_configs))
+                .map_err(|e| err(format!("metric_relabel_configs: {e}")))?;
+        let auth = auth_of(&j).map_err(&err)?;
+        let tls = j.tls_config.clone().unwrap_or_default();
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(err("tls_config needs both cert_file and key_file".into()));
+        }
+        if let Some(v) = &tls.min_version {
+            if v != "TLS12" && v != "TLS13" {
+                return Err(err(format!(
+                    "tls_config.min_version {v:?} is not TLS12 or TLS13"
+                )));
+            }
+        }
+        let mut etcd_sd = Vec::new();
+        for e in std::mem::take(&mut j.etcd_sd_configs) {
+            etcd_sd.push(crate::etcd_sd::EtcdSd::from_doc(e).map_err(&err)?);
+        }
         let mut targets = Vec::new();
         for s in &j.static_configs {
             check_target_labels(&s.labels).map_err(&err)?;
@@ -307,8 +481,21 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
             body_size_limit,
             targets,
             file_sd,
+            etcd_sd,
             base_dir: std::path::PathBuf::from("."),
+            relabel,
+            metric_relabel,
+            auth,
+            tls,
+            follow_redirects: j.follow_redirects,
         });
+        // Static targets are relabeled now, so a rule that makes one
+        // unstorable stops the start instead of failing every scrape.
+        let job = jobs.last().expect("just pushed");
+        for t in &job.targets {
+            crate::target::resolve(job, t)
+                .map_err(|e| (at, format!("job {:?}: {e}", job.job_name)))?;
+        }
     }
     Ok(jobs)
 }
@@ -332,6 +519,12 @@ pub fn load(path: &Path) -> Result<Vec<ScrapeJob>, ScrapeConfigError> {
         .unwrap_or_default();
     for j in &mut jobs {
         j.base_dir = base.clone();
+        // Unreadable certificates stop the start, as in Prometheus.
+        crate::target::http_client(j, None).map_err(|message| ScrapeConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            message: format!("job {:?}: {message}", j.job_name),
+        })?;
     }
     Ok(jobs)
 }
@@ -358,8 +551,11 @@ mod tests {
     #[test]
     fn what_is_not_done_is_refused_by_name_and_line() {
         for (text, what, line) in [
-            ("scrape_configs:\n  - job_name: a\n    relabel_configs: []\n", "relabel_configs", 2),
-            ("scrape_configs:\n  - job_name: a\n    consul_sd_configs: []\n", "consul_sd_configs", 2),
+            ("scrape_configs:\n  - job_name: a\n    relabel_configs: [{ action: nope }]\n", "unknown relabel action", 2),
+            ("scrape_configs:\n  - job_name: a\n    proxy_url: http://p:1\n", "proxy_url", 3),
+            ("scrape_configs:\n  - job_name: a\n    basic_auth: { username: u }\n    bearer_token: t\n", "at most one", 2),
+            ("scrape_configs:\n  - job_name: a\n    tls_config: { cert_file: c }\n", "key_file", 2),
+            ("scrape_configs:\n  - job_name: a\n    consul_sd_configs: []\n", "consul_sd_configs", 3),
             ("rule_files: []\n", "rule_files", 1),
             ("scrape_configs:\n  - job_name: a\n    scrape_interval: soon\n", "not a duration", 2),
             ("scrape_configs:\n  - job_name: a\n    static_configs: [{ targets: ['http://x:1'] }]\n", "host:port", 2),

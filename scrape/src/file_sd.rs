@@ -81,22 +81,30 @@ pub(crate) fn stamp(sd: &[FileSd], base: &Path) -> Vec<(PathBuf, Option<SystemTi
         .collect()
 }
 
-/// Reads one file's target groups.
-pub(crate) fn read(path: &Path) -> Result<Vec<Target>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // JSON is YAML (1.2): one parser reads both kinds of file.
-    let groups: Vec<GroupDoc> =
-        serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+/// Target groups in JSON or YAML (JSON is YAML 1.2: one parser reads both).
+pub(crate) fn parse_groups(text: &str) -> Result<Vec<Target>, String> {
+    let groups: Vec<GroupDoc> = serde_norway::from_str(text).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for g in groups {
-        check_target_labels(&g.labels).map_err(|e| format!("{}: {e}", path.display()))?;
+        check_target_labels(&g.labels)?;
         for t in g.targets {
-            check_target(&t).map_err(|e| format!("{}: {e}", path.display()))?;
+            check_target(&t)?;
             out.push(Target {
                 address: t,
                 labels: g.labels.clone(),
             });
         }
+    }
+    Ok(out)
+}
+
+/// Reads one file's target groups; each target gets `__meta_filepath`.
+pub(crate) fn read(path: &Path) -> Result<Vec<Target>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = parse_groups(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for t in &mut out {
+        t.labels
+            .insert("__meta_filepath".into(), path.display().to_string());
     }
     Ok(out)
 }
@@ -157,13 +165,14 @@ mod tests {
         let t = read(&json).unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(t[1].labels["env"], "prod");
+        assert_eq!(t[1].labels["__meta_filepath"], json.display().to_string());
         let yaml = dir.path().join("b.yml");
         std::fs::write(&yaml, "- targets: ['h:1']\n").unwrap();
         assert_eq!(read(&yaml).unwrap()[0].address, "h:1");
         std::fs::write(&yaml, "- targets: ['http://h:1']\n").unwrap();
         assert!(read(&yaml).unwrap_err().contains("host:port"));
-        std::fs::write(&yaml, "- targets: ['h:1']\n  labels: { __x: y }\n").unwrap();
-        assert!(read(&yaml).unwrap_err().contains("cannot be stored"));
+        std::fs::write(&yaml, "- targets: ['h:1']\n  labels: { 'a-b': y }\n").unwrap();
+        assert!(read(&yaml).unwrap_err().contains("not a label name"));
         // A broken file keeps the targets it had.
         let sd = vec![FileSd {
             files: vec!["*.yml".into()],

@@ -10,9 +10,17 @@
 //! `scrape_samples_post_metric_relabeling` and `scrape_series_added`. A
 //! series that disappears is simply not written again (nothing is carried
 //! forward).
+//!
+//! Targets come from static lists, files and etcd, pass through target
+//! relabeling, and with a ring configured each collector scrapes only the
+//! targets the ring gives it.
 
 pub mod config;
+pub mod etcd_sd;
 pub mod file_sd;
+pub mod relabel;
+pub mod ring;
+pub mod target;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
@@ -23,6 +31,7 @@ use std::time::{Duration, Instant};
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use vigil_ingest::exposition::parse_exposition;
@@ -31,6 +40,8 @@ use vigil_model::{FieldValue, Point};
 use vigil_storage::retention::now_nanos;
 
 pub use config::{load, parse, ScrapeConfigError, ScrapeJob, Target};
+pub use ring::{Membership, RingConfig};
+pub use target::ScrapeTarget;
 
 /// What Prometheus asks for: OpenMetrics first, then the text format.
 const ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
@@ -44,6 +55,10 @@ pub struct ScrapeMetrics {
     pub scrapes: Counter,
     pub failures: Counter,
     pub samples: Counter,
+    /// Targets this collector scrapes now.
+    pub targets: Gauge,
+    /// Members of the scrape ring as this collector sees them.
+    pub ring_members: Gauge,
 }
 
 impl ScrapeMetrics {
@@ -59,13 +74,24 @@ impl ScrapeMetrics {
             "Samples written from scrapes",
             self.samples.clone(),
         );
+        registry.register(
+            "vigil_scrape_targets",
+            "Targets this collector scrapes (after relabeling and the ring's share)",
+            self.targets.clone(),
+        );
+        registry.register(
+            "vigil_scrape_ring_members",
+            "Collectors in the scrape ring as this one sees them",
+            self.ring_members.clone(),
+        );
     }
 }
 
-/// The running scrapes; stopped at shutdown.
+/// The running scrapes; stopped at shutdown (leaving the ring first).
 pub struct ScrapeTasks {
     stop: watch::Sender<bool>,
     handles: Vec<tokio::task::JoinHandle<()>>,
+    ring: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ScrapeTasks {
@@ -74,66 +100,135 @@ impl ScrapeTasks {
         for h in self.handles {
             let _ = h.await;
         }
+        if let Some(h) = self.ring {
+            let _ = h.await;
+        }
     }
 }
 
-/// Starts one supervisor per job; it runs a task per target and, with
-/// `file_sd_configs`, starts and stops them as the files change.
+/// Starts one supervisor per job; it runs a task per target it scrapes and
+/// starts and stops them as discovery and the ring change.
 pub fn start(
     jobs: Vec<ScrapeJob>,
     pipeline: Arc<WritePipeline>,
     metrics: ScrapeMetrics,
+    ring: Option<RingConfig>,
 ) -> ScrapeTasks {
     let (stop, stop_rx) = watch::channel(false);
-    let client = reqwest::Client::builder()
-        .build()
-        .expect("an HTTP client builds");
     let targets: usize = jobs.iter().map(|j| j.targets.len()).sum();
-    let file_sd = jobs.iter().filter(|j| !j.file_sd.is_empty()).count();
     info!(
         jobs = jobs.len(),
         static_targets = targets,
-        file_sd_jobs = file_sd,
+        file_sd_jobs = jobs.iter().filter(|j| !j.file_sd.is_empty()).count(),
+        etcd_sd_jobs = jobs.iter().filter(|j| !j.etcd_sd.is_empty()).count(),
+        ring = ring.as_ref().map(|r| r.name.as_str()),
         "scraping"
     );
+    let (ring_view, ring_task) = match ring {
+        Some(r) => {
+            let name = r.name.clone();
+            let lf = r.load_factor;
+            let (view, task) = ring::start(r, metrics.ring_members.clone(), stop_rx.clone());
+            (
+                Some(Share {
+                    view,
+                    name,
+                    load_factor: lf,
+                }),
+                Some(task),
+            )
+        }
+        None => (None, None),
+    };
     let handles = jobs
         .into_iter()
         .map(|job| {
             tokio::spawn(supervise(
                 Arc::new(job),
                 Arc::clone(&pipeline),
-                client.clone(),
                 metrics.clone(),
                 stop_rx.clone(),
+                ring_view.clone(),
             ))
         })
         .collect();
-    ScrapeTasks { stop, handles }
+    ScrapeTasks {
+        stop,
+        handles,
+        ring: ring_task,
+    }
 }
 
-/// Keeps one task per target of `job` running: its static targets and
-/// what its files name now (looked at every second, read again when one
-/// changes or every `refresh_interval`).
+/// This collector's share of the ring.
+#[derive(Clone)]
+struct Share {
+    view: ring::MemberView,
+    name: String,
+    load_factor: f64,
+}
+
+impl Share {
+    /// The targets of `all` this collector scrapes.
+    fn mine(&self, all: Vec<ScrapeTarget>) -> Vec<ScrapeTarget> {
+        let Some(members) = self.view.borrow().clone() else {
+            return Vec::new();
+        };
+        let hashes: Vec<u64> = all.iter().map(ScrapeTarget::hash64).collect();
+        let owners = ring::place(&members, &hashes, self.load_factor);
+        all.into_iter()
+            .zip(owners)
+            .filter(|(_, o)| members[*o] == self.name)
+            .map(|(t, _)| t)
+            .collect()
+    }
+}
+
+/// Keeps one task per target of `job` this collector scrapes: its static
+/// targets, what its files and etcd prefixes name now, relabeled, and with a
+/// ring only its share. Files are looked at every second (read again when
+/// one changes or every `refresh_interval`); etcd and the ring push changes.
 async fn supervise(
     job: Arc<ScrapeJob>,
     pipeline: Arc<WritePipeline>,
-    client: reqwest::Client,
     metrics: ScrapeMetrics,
     mut stop: watch::Receiver<bool>,
+    mut share: Option<Share>,
 ) {
     type Running = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
-    let mut running: BTreeMap<Target, Running> = BTreeMap::new();
+    let client = match target::http_client(&job, None) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(
+                job = job.job_name.as_str(),
+                error = e.as_str(),
+                "job not scraped"
+            );
+            return;
+        }
+    };
+    let mut running: BTreeMap<ScrapeTarget, Running> = BTreeMap::new();
     let mut from_files: BTreeMap<std::path::PathBuf, Vec<Target>> = BTreeMap::new();
     let mut seen_files = None;
     let mut read_at: Option<Instant> = None;
+    let mut file_checked: Option<Instant> = None;
     let refresh = job
         .file_sd
         .iter()
         .map(|f| f.refresh_interval)
         .min()
         .unwrap_or(Duration::MAX);
+    let (mut etcd_views, etcd_tasks): (Vec<_>, Vec<_>) = job
+        .etcd_sd
+        .iter()
+        .map(|sd| etcd_sd::start(sd.clone(), job.job_name.clone(), stop.clone()))
+        .unzip();
+    let mut changed = true;
+    let mut refused: HashSet<String> = HashSet::new();
     loop {
-        if !job.file_sd.is_empty() {
+        if !job.file_sd.is_empty()
+            && file_checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            file_checked = Some(Instant::now());
             let now = file_sd::stamp(&job.file_sd, &job.base_dir);
             let due = read_at.is_none_or(|t| t.elapsed() >= refresh);
             if due || seen_files.as_ref() != Some(&now) {
@@ -145,56 +240,102 @@ async fn supervise(
                         "file_sd file not read; its last targets are kept"
                     );
                 }
+                changed |= targets != from_files;
                 from_files = targets;
                 seen_files = Some(now);
                 read_at = Some(Instant::now());
             }
         }
-        let wanted: std::collections::BTreeSet<Target> = job
-            .targets
-            .iter()
-            .chain(from_files.values().flatten())
-            .cloned()
-            .collect();
-        let gone: Vec<Target> = running
-            .keys()
-            .filter(|t| !wanted.contains(*t))
-            .cloned()
-            .collect();
-        for t in gone {
-            if let Some((tx, handle)) = running.remove(&t) {
-                info!(
-                    job = job.job_name.as_str(),
-                    target = t.address.as_str(),
-                    "target removed"
-                );
-                let _ = tx.send(true);
-                let _ = handle.await;
+        for v in &mut etcd_views {
+            if v.has_changed().unwrap_or(false) {
+                v.borrow_and_update();
+                changed = true;
             }
         }
-        for t in wanted {
-            if running.contains_key(&t) {
-                continue;
+        if let Some(s) = &mut share {
+            if s.view.has_changed().unwrap_or(false) {
+                s.view.borrow_and_update();
+                changed = true;
             }
-            let (tx, rx) = watch::channel(false);
-            let handle = tokio::spawn(run_target(
-                Arc::clone(&job),
-                t.clone(),
-                Arc::clone(&pipeline),
-                client.clone(),
-                metrics.clone(),
-                rx,
-            ));
-            running.insert(t, (tx, handle));
+        }
+        if changed {
+            changed = false;
+            let from_etcd: Vec<Arc<Vec<Target>>> =
+                etcd_views.iter().map(|v| Arc::clone(&v.borrow())).collect();
+            let mut resolved: std::collections::BTreeSet<ScrapeTarget> = Default::default();
+            for t in job
+                .targets
+                .iter()
+                .chain(from_files.values().flatten())
+                .chain(from_etcd.iter().flat_map(|v| v.iter()))
+            {
+                match target::resolve(&job, t) {
+                    Ok(Some(r)) => {
+                        resolved.insert(r);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        if refused.insert(e.clone()) {
+                            warn!(
+                                job = job.job_name.as_str(),
+                                error = e.as_str(),
+                                "target not scraped"
+                            );
+                        }
+                    }
+                }
+            }
+            let all: Vec<ScrapeTarget> = resolved.into_iter().collect();
+            let wanted: std::collections::BTreeSet<ScrapeTarget> = match &share {
+                Some(s) => s.mine(all).into_iter().collect(),
+                None => all.into_iter().collect(),
+            };
+            let gone: Vec<ScrapeTarget> = running
+                .keys()
+                .filter(|t| !wanted.contains(*t))
+                .cloned()
+                .collect();
+            for t in gone {
+                if let Some((tx, handle)) = running.remove(&t) {
+                    debug!(
+                        job = job.job_name.as_str(),
+                        target = t.address.as_str(),
+                        "target no longer scraped here"
+                    );
+                    let _ = tx.send(true);
+                    let _ = handle.await;
+                    metrics.targets.dec();
+                }
+            }
+            for t in wanted {
+                if running.contains_key(&t) {
+                    continue;
+                }
+                let (tx, rx) = watch::channel(false);
+                let handle = tokio::spawn(run_target(
+                    Arc::clone(&job),
+                    t.clone(),
+                    Arc::clone(&pipeline),
+                    client.clone(),
+                    metrics.clone(),
+                    rx,
+                ));
+                running.insert(t, (tx, handle));
+                metrics.targets.inc();
+            }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = stop.changed() => {
                 for (tx, _) in running.values() {
                     let _ = tx.send(true);
                 }
                 for (_, (_, handle)) in running {
                     let _ = handle.await;
+                    metrics.targets.dec();
+                }
+                for h in etcd_tasks {
+                    let _ = h.await;
                 }
                 return;
             }
@@ -202,26 +343,21 @@ async fn supervise(
     }
 }
 
-/// The target's place in its interval: the same on every start, different
-/// per target.
-fn offset(job: &ScrapeJob, target: &Target, step: i64) -> i64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (job.job_name.as_str(), target.address.as_str()).hash(&mut h);
-    (h.finish() % step as u64) as i64
-}
-
 async fn run_target(
     job: Arc<ScrapeJob>,
-    target: Target,
+    target: ScrapeTarget,
     pipeline: Arc<WritePipeline>,
     client: reqwest::Client,
     metrics: ScrapeMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
-    let step = i64::try_from(job.interval.as_nanos())
+    let step = i64::try_from(target.interval.as_nanos())
         .unwrap_or(i64::MAX)
         .max(1);
-    let offset = offset(&job, &target, step);
+    let offset = target::offset(&target, step);
+    // `server_name`: the target is reached at its address, but TLS checks
+    // (and SNI sends) the configured name.
+    let mut pinned: Option<reqwest::Client> = None;
     let mut last_series: HashSet<u64> = HashSet::new();
     loop {
         let now = now_nanos();
@@ -237,7 +373,7 @@ async fn run_target(
         let started = Instant::now();
         metrics.scrapes.inc();
         let fetched = tokio::select! {
-            f = fetch(&job, &target, &client) => f,
+            f = fetch(&job, &target, &client, &mut pinned) => f,
             _ = stop.changed() => return,
         };
         let outcome = match fetched {
@@ -276,7 +412,7 @@ async fn run_target(
         };
         let up = report.up;
         let mut all = tables;
-        match report_series(&job, &target, at, started.elapsed(), &report, &pipeline) {
+        match report_series(&target, at, started.elapsed(), &report, &pipeline) {
             Ok(t) => all.extend(t),
             Err(e) => warn!(error = e.as_str(), "scrape report series not written"),
         }
@@ -297,27 +433,50 @@ async fn run_target(
 /// Gets the target's exposition; whether it is OpenMetrics.
 async fn fetch(
     job: &ScrapeJob,
-    target: &Target,
+    target: &ScrapeTarget,
     client: &reqwest::Client,
+    pinned: &mut Option<reqwest::Client>,
 ) -> Result<(Vec<u8>, bool), String> {
-    let url = format!("{}://{}{}", job.scheme, target.address, job.metrics_path);
-    let query: Vec<(&str, &str)> = job
-        .params
-        .iter()
-        .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_str(), v.as_str())))
-        .collect();
-    let response = client
+    let mut url = target.url();
+    let client = match &job.tls.server_name {
+        None => client,
+        Some(name) => {
+            let port = target.address.rsplit_once(':').map_or("443", |(_, p)| p);
+            url = format!("{}://{name}:{port}{}", target.scheme, target.metrics_path);
+            if pinned.is_none() {
+                let addr = tokio::net::lookup_host(target.address.as_str())
+                    .await
+                    .map_err(|e| format!("{}: {e}", target.address))?
+                    .next()
+                    .ok_or_else(|| format!("{}: no address", target.address))?;
+                *pinned = Some(target::http_client(job, Some((name, addr)))?);
+            }
+            pinned.as_ref().expect("just set")
+        }
+    };
+    let mut request = client
         .get(&url)
-        .query(&query)
+        .query(&target.params)
         .header("Accept", ACCEPT)
         .header(
             "X-Prometheus-Scrape-Timeout-Seconds",
-            format!("{}", job.timeout.as_secs_f64()),
+            format!("{}", target.timeout.as_secs_f64()),
         )
-        .timeout(job.timeout)
+        .timeout(target.timeout);
+    match &job.auth {
+        config::HttpAuth::None => {}
+        config::HttpAuth::Basic { username, password } => {
+            request = request.basic_auth(username, Some(password.read(&job.base_dir)?));
+        }
+        config::HttpAuth::Header { kind, credentials } => {
+            let c = credentials.read(&job.base_dir)?;
+            request = request.header(reqwest::header::AUTHORIZATION, format!("{kind} {c}"));
+        }
+    }
+    let response = request
         .send()
         .await
-        .map_err(|e| format!("{url}: {}", e.without_url()))?;
+        .map_err(|e| format!("{url}: {}", error_chain(&e.without_url())))?;
     if !response.status().is_success() {
         return Err(format!("{url} answered {}", response.status()));
     }
@@ -326,22 +485,34 @@ async fn fetch(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/openmetrics-text"));
+    // No limit set: the largest body the write pipeline takes at all.
+    let limit = if job.body_size_limit > 0 {
+        job.body_size_limit
+    } else {
+        DEFAULT_BODY_LIMIT
+    };
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| format!("{url}: {}", e.without_url()))?;
+        let chunk = chunk.map_err(|e| format!("{url}: {}", error_chain(&e.without_url())))?;
         body.extend_from_slice(&chunk);
-        // No limit set: the largest body the write pipeline takes at all.
-        let limit = if job.body_size_limit > 0 {
-            job.body_size_limit
-        } else {
-            DEFAULT_BODY_LIMIT
-        };
         if body.len() > limit {
             return Err(format!("{url}: body larger than {limit} bytes"));
         }
     }
     Ok((body, openmetrics))
+}
+
+/// An error with its causes (reqwest's own message hides the TLS reason).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 #[derive(Default)]
@@ -360,30 +531,15 @@ struct Stored {
 }
 
 /// Tags of a scraped series: its labels, then the target's (`job`,
-/// `instance`, the config's). On a clash the target's win and the scraped
-/// label is kept as `exported_<name>`, unless `honor_labels` keeps the
-/// scraped one (as in Prometheus).
+/// `instance`, the rest relabeling left). On a clash the target's win and
+/// the scraped label is kept as `exported_<name>`, unless `honor_labels`
+/// keeps the scraped one (as in Prometheus).
 fn tags<'a>(
-    job: &ScrapeJob,
-    target: &'a Target,
+    honor_labels: bool,
+    target: &'a ScrapeTarget,
     scraped: &[(&'a str, Cow<'a, str>)],
 ) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
     let mut out: BTreeMap<Cow<'a, str>, Cow<'a, str>> = BTreeMap::new();
-    // The target's labels: `job` and `instance`, which its own labels may
-    // replace (as in Prometheus).
-    let mut own: BTreeMap<Cow<'a, str>, Cow<'a, str>> = BTreeMap::from([
-        (Cow::Borrowed("job"), Cow::Owned(job.job_name.clone())),
-        (
-            Cow::Borrowed("instance"),
-            Cow::Borrowed(target.address.as_str()),
-        ),
-    ]);
-    own.extend(
-        target
-            .labels
-            .iter()
-            .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()))),
-    );
     for (k, v) in scraped.iter().filter(|(_, v)| !v.is_empty()) {
         // `value` and `time` are columns of every metric table.
         let k: Cow<'a, str> = if *k == "value" || *k == "time" {
@@ -393,9 +549,11 @@ fn tags<'a>(
         };
         out.insert(k, v.clone());
     }
-    for (k, v) in own {
+    for (k, v) in &target.labels {
+        let k = Cow::Borrowed(k.as_str());
+        let v = Cow::Borrowed(v.as_str());
         match out.get(&k) {
-            Some(_) if job.honor_labels => {}
+            Some(_) if honor_labels => {}
             Some(existing) => {
                 let existing = existing.clone();
                 out.insert(Cow::Owned(format!("exported_{k}")), existing);
@@ -409,9 +567,38 @@ fn tags<'a>(
     out.into_iter().collect()
 }
 
+type Tags<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+
+/// A sample's table and tags after `metric_relabel_configs`; `None` when a
+/// rule drops it (or leaves it without a name).
+fn metric_relabel<'a>(
+    job: &ScrapeJob,
+    name: &'a str,
+    tags: Tags<'a>,
+) -> Option<(Cow<'a, str>, Tags<'a>)> {
+    if job.metric_relabel.is_empty() {
+        return Some((Cow::Borrowed(name), tags));
+    }
+    let mut labels: relabel::Labels = tags
+        .into_iter()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    labels.insert("__name__".into(), name.to_string());
+    let mut labels = job.metric_relabel.process(labels)?;
+    let name = labels.remove("__name__").filter(|n| !n.is_empty())?;
+    labels.retain(|k, v| !k.starts_with("__") && !v.is_empty());
+    Some((
+        Cow::Owned(name),
+        labels
+            .into_iter()
+            .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
+            .collect(),
+    ))
+}
+
 fn store(
     job: &ScrapeJob,
-    target: &Target,
+    target: &ScrapeTarget,
     body: &[u8],
     openmetrics: bool,
     at: i64,
@@ -423,42 +610,39 @@ fn store(
     if openmetrics && !parsed.eof {
         return Err("OpenMetrics body without # EOF: cut short".into());
     }
-    if job.sample_limit > 0 && parsed.samples.len() > job.sample_limit {
-        return Err(format!(
-            "{} samples, over sample_limit {}",
-            parsed.samples.len(),
-            job.sample_limit
-        ));
-    }
-    if job.label_limit > 0 {
-        if let Some(s) = parsed
-            .samples
-            .iter()
-            .find(|s| s.labels.len() > job.label_limit)
-        {
+    let mut series = HashSet::with_capacity(parsed.samples.len());
+    let mut points = Vec::with_capacity(parsed.samples.len());
+    for s in &parsed.samples {
+        let tags = tags(job.honor_labels, target, &s.labels);
+        let Some((name, tags)) = metric_relabel(job, s.name, tags) else {
+            continue;
+        };
+        // As in Prometheus: limits count what is left after relabeling, and
+        // the name is a label.
+        if job.label_limit > 0 && tags.len() + 1 > job.label_limit {
             return Err(format!(
-                "{} has {} labels, over label_limit {}",
-                s.name,
-                s.labels.len(),
+                "{name} has {} labels, over label_limit {}",
+                tags.len() + 1,
                 job.label_limit
             ));
         }
-    }
-    let mut series = HashSet::with_capacity(parsed.samples.len());
-    let mut points = Vec::with_capacity(parsed.samples.len());
-    for (i, s) in parsed.samples.iter().enumerate() {
-        let tags = tags(job, target, &s.labels);
+        if job.sample_limit > 0 && points.len() >= job.sample_limit {
+            return Err(format!(
+                "more than sample_limit {} samples after relabeling",
+                job.sample_limit
+            ));
+        }
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (s.name, &tags).hash(&mut h);
+        (&name, &tags).hash(&mut h);
         series.insert(h.finish());
         let time = match s.timestamp_ms {
             Some(ms) if job.honor_timestamps => ms.saturating_mul(1_000_000),
             _ => at,
         };
         points.push((
-            i + 1,
+            points.len() + 1,
             Point {
-                table: Cow::Borrowed(s.name),
+                table: name,
                 tags,
                 fields: vec![(Cow::Borrowed("value"), FieldValue::F64(s.value))],
                 time,
@@ -466,6 +650,7 @@ fn store(
         ));
     }
     let added = series.difference(&previous).count();
+    let post_relabel = points.len();
     // The write limits every input has (days per write, here).
     let mut body = vigil_ingest::ParsedBody {
         points,
@@ -489,7 +674,7 @@ fn store(
         report: Report {
             up: true,
             scraped: parsed.samples.len(),
-            post_relabel: parsed.samples.len(),
+            post_relabel,
             added,
         },
         series,
@@ -498,14 +683,13 @@ fn store(
 
 /// Prometheus's report series of one scrape, as tables.
 fn report_series(
-    job: &ScrapeJob,
-    target: &Target,
+    target: &ScrapeTarget,
     at: i64,
     took: Duration,
     r: &Report,
     pipeline: &WritePipeline,
 ) -> Result<Vec<(String, RecordBatch)>, String> {
-    let tags = tags(job, target, &[]);
+    let tags = tags(false, target, &[]);
     let points: Vec<(usize, Point<'_>)> = [
         ("up", if r.up { 1.0 } else { 0.0 }),
         ("scrape_duration_seconds", took.as_secs_f64()),

@@ -511,11 +511,40 @@ impl Default for Config {
 }
 
 /// `[scrape]`: pull collection; off unless `config` names a file of
-/// Prometheus `scrape_configs`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// Prometheus `scrape_configs`. With `ring_etcd_endpoints` (or
+/// `ring_members`) several collectors split the targets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct ScrapeSection {
     pub config: Option<PathBuf>,
+    /// This collector's name in the ring, unique among its members
+    /// [default: `<hostname>:<http port>`].
+    pub collector_name: Option<String>,
+    /// etcd endpoints (`host:port`): membership by leases.
+    pub ring_etcd_endpoints: Vec<String>,
+    /// Each collector holds the key `<prefix><name>` under its lease.
+    pub ring_etcd_prefix: String,
+    /// How long a dead collector keeps its targets.
+    #[serde(with = "humantime_serde")]
+    pub ring_lease_ttl: Duration,
+    /// A static member list (names), instead of etcd: no failover.
+    pub ring_members: Vec<String>,
+    /// A collector takes at most this times its fair share of a job's targets.
+    pub ring_load_factor: f64,
+}
+
+impl Default for ScrapeSection {
+    fn default() -> Self {
+        Self {
+            config: None,
+            collector_name: None,
+            ring_etcd_endpoints: Vec::new(),
+            ring_etcd_prefix: "/vigil/collectors/".into(),
+            ring_lease_ttl: Duration::from_secs(10),
+            ring_members: Vec::new(),
+            ring_load_factor: 1.25,
+        }
+    }
 }
 
 /// `[udp]`: line protocol pushed over UDP; off unless `addr` is set.
@@ -618,6 +647,40 @@ impl Config {
         })
     }
 
+    /// This collector's name in the scrape ring.
+    pub(crate) fn collector_name(&self) -> String {
+        if let Some(n) = &self.scrape.collector_name {
+            return n.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{}", self.http.addr.port())
+    }
+
+    /// The scrape ring, if this collector is in one.
+    pub(crate) fn scrape_ring(&self) -> Option<vigil_scrape::RingConfig> {
+        let sc = &self.scrape;
+        let membership = if !sc.ring_etcd_endpoints.is_empty() {
+            vigil_scrape::Membership::Etcd {
+                endpoints: sc.ring_etcd_endpoints.clone(),
+                prefix: sc.ring_etcd_prefix.clone(),
+                lease_ttl: sc.ring_lease_ttl,
+            }
+        } else if !sc.ring_members.is_empty() {
+            vigil_scrape::Membership::Static(sc.ring_members.clone())
+        } else {
+            return None;
+        };
+        Some(vigil_scrape::RingConfig {
+            name: self.collector_name(),
+            membership,
+            load_factor: sc.ring_load_factor,
+        })
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.http.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
@@ -659,6 +722,41 @@ impl Config {
                 "udp.precision {:?} is not ns, us, ms or s",
                 self.udp.precision
             )));
+        }
+        let sc = &self.scrape;
+        if !sc.ring_etcd_endpoints.is_empty() && !sc.ring_members.is_empty() {
+            return Err(ConfigError::Invalid(
+                "scrape.ring_etcd_endpoints and scrape.ring_members are exclusive (membership from etcd or a static list)".into(),
+            ));
+        }
+        if !sc.ring_members.is_empty() {
+            let me = self.collector_name();
+            if !sc.ring_members.contains(&me) {
+                return Err(ConfigError::Invalid(format!(
+                    "scrape.ring_members must list this collector's name {me:?} (set scrape.collector_name)"
+                )));
+            }
+        }
+        if !(1.0..=10.0).contains(&sc.ring_load_factor) {
+            return Err(ConfigError::Invalid(format!(
+                "scrape.ring_load_factor {} must be between 1 and 10",
+                sc.ring_load_factor
+            )));
+        }
+        if sc.ring_lease_ttl < Duration::from_secs(2) {
+            return Err(ConfigError::Invalid(
+                "scrape.ring_lease_ttl must be at least 2s".into(),
+            ));
+        }
+        if sc.ring_etcd_prefix.is_empty() {
+            return Err(ConfigError::Invalid(
+                "scrape.ring_etcd_prefix must not be empty".into(),
+            ));
+        }
+        if self.collector_name().contains(['/', '\n']) {
+            return Err(ConfigError::Invalid(
+                "scrape.collector_name must not contain '/' or a newline".into(),
+            ));
         }
         if self.udp.addr.is_some() && self.mode == Mode::Collector {
             return Err(ConfigError::Invalid(
@@ -1131,6 +1229,13 @@ pub(crate) struct ServeArgs {
     /// Prometheus `scrape_configs` file: scrape its targets [default: none].
     #[arg(long, env = "VIGIL_SCRAPE_CONFIG")]
     pub scrape_config: Option<PathBuf>,
+    /// This collector's name in the scrape ring [default: <hostname>:<http port>].
+    #[arg(long, env = "VIGIL_COLLECTOR_NAME")]
+    pub collector_name: Option<String>,
+    /// etcd endpoints (host:port, comma-separated): share scrape targets with
+    /// the other collectors registered there [default: off].
+    #[arg(long, env = "VIGIL_SCRAPE_RING_ETCD", value_delimiter = ',')]
+    pub scrape_ring_etcd: Vec<String>,
     /// Receive line protocol over UDP on this address [default: off].
     #[arg(long, env = "VIGIL_UDP_ADDR")]
     pub udp_addr: Option<SocketAddr>,
@@ -1270,6 +1375,12 @@ impl ServeArgs {
         }
         if let Some(v) = &self.scrape_config {
             c.scrape.config = Some(v.clone());
+        }
+        if let Some(v) = &self.collector_name {
+            c.scrape.collector_name = Some(v.clone());
+        }
+        if !self.scrape_ring_etcd.is_empty() {
+            c.scrape.ring_etcd_endpoints = self.scrape_ring_etcd.clone();
         }
         if let Some(v) = self.udp_addr {
             c.udp.addr = Some(v);

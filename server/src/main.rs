@@ -306,8 +306,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let maintenance_schedule = maintenance.start(config.maintenance.interval);
     let alerting_tasks = alerting.start();
     // Scraped samples go through the one write pipeline.
-    let scrapes = scrape_jobs
-        .map(|jobs| vigil_scrape::start(jobs, Arc::clone(&pipeline), state.metrics.scrape.clone()));
+    let scrapes = scrape_jobs.map(|jobs| {
+        vigil_scrape::start(
+            jobs,
+            Arc::clone(&pipeline),
+            state.metrics.scrape.clone(),
+            config.scrape_ring(),
+        )
+    });
     let udp = match config.udp.addr {
         Some(addr) => Some(
             udp::UdpListener::start(

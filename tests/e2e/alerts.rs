@@ -16,7 +16,7 @@ use axum::Router;
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::server::TestServer;
+use crate::server::{wait_for, Helper, TestServer};
 
 /// A delivery the receiver saw: the idempotency key, the answer it gave and
 /// the body.
@@ -174,14 +174,6 @@ impl WebhookReceiver {
                     && d.body["alerts"][0]["labels"]["host"] == host
             })
             .collect()
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -792,15 +784,6 @@ fn slack_and_pagerduty_get_their_own_formats() {
 }
 
 /// A child process killed when the test ends (the SMTP server, Alertmanager).
-struct Helper(std::process::Child);
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// aiosmtpd on a loopback port: STARTTLS and AUTH required; messages land in
 /// `dir` as `<n>.eml`, its certificate in `dir/ca.pem`.
 fn smtp_server(dir: &Path, user: &str, password: &str) -> (Helper, u16) {

@@ -10,6 +10,7 @@ mod crash;
 mod errors;
 mod hostile;
 mod kafka;
+mod ring;
 mod roundtrip;
 mod scrape;
 mod tiers;

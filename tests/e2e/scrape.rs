@@ -122,7 +122,7 @@ fn unsupported_scrape_settings_stop_the_start() {
     let config = dir.path().join("scrape.yml");
     std::fs::write(
         &config,
-        "scrape_configs:\n  - job_name: node\n    relabel_configs: []\n",
+        "scrape_configs:\n  - job_name: node\n    scrape_interval: 5s\n    proxy_url: http://proxy:3128\n",
     )
     .unwrap();
     let out = std::process::Command::new(crate::server::BIN)
@@ -143,7 +143,7 @@ fn unsupported_scrape_settings_stop_the_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("scrape.yml:2:") && err.contains("relabel_configs"),
+        err.contains("scrape.yml:4:") && err.contains("proxy_url"),
         "{err}"
     );
 }
@@ -227,4 +227,321 @@ fn file_sd_targets_come_and_go_with_the_file() {
         "a removed target is still scraped"
     );
     assert!(scrapes(&targets[1]) >= 2);
+}
+
+/// A target behind HTTPS with a client certificate and basic auth, reached
+/// by IP with `tls_config.server_name`; target relabeling adds labels from
+/// `__meta_` and the address, metric relabeling drops, rewrites and renames;
+/// wrong credentials and a certificate for another name make `up` 0, and a
+/// job whose rules drop every target scrapes nothing.
+#[test]
+fn tls_auth_and_relabeling_apply_as_in_prometheus() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let port = crate::server::free_port();
+    let mut child = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/clients/exposition_server.py"
+        ))
+        .args([
+            &port.to_string(),
+            certs.to_str().unwrap(),
+            "scraper",
+            "s3cret",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "python3 runs the exposition server (cryptography: bash scripts/install-clients.sh)",
+        );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = crate::server::Helper(child);
+    assert_eq!(line.trim(), "ready", "the exposition server did not start");
+    std::fs::write(dir.path().join("password"), "s3cret\n").unwrap();
+    let target = format!("127.0.0.1:{port}");
+    let tls = format!(
+        "{{ ca_file: '{c}/ca.pem', cert_file: '{c}/client.pem', key_file: '{c}/client-key.pem', server_name: exporter.test }}",
+        c = certs.display()
+    );
+    let config = dir.path().join("scrape.yml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: secure
+    scheme: https
+    basic_auth: {{ username: scraper, password_file: password }}
+    tls_config: {tls}
+    static_configs:
+      - targets: ['{target}']
+        labels: {{ __meta_rack: r7, team: infra }}
+    relabel_configs:
+      - source_labels: [__meta_rack]
+        target_label: rack
+      - source_labels: [__address__]
+        regex: '127\.0\.0\.1:(\d+)'
+        target_label: port
+        replacement: 'p$1'
+    metric_relabel_configs:
+      - source_labels: [__name__]
+        regex: 'go_.*'
+        action: drop
+      - source_labels: [__name__, code]
+        separator: '_'
+        regex: 'http_requests_total_5..'
+        target_label: severity
+        replacement: error
+      - regex: 'build_(.*)'
+        action: labelmap
+      - regex: 'build_.*'
+        action: labeldrop
+  - job_name: wrong_password
+    scheme: https
+    basic_auth: {{ username: scraper, password: guess }}
+    tls_config: {tls}
+    static_configs: [{{ targets: ['{target}'] }}]
+  - job_name: wrong_name
+    scheme: https
+    basic_auth: {{ username: scraper, password: s3cret }}
+    tls_config: {{ ca_file: '{c}/ca.pem', cert_file: '{c}/client.pem', key_file: '{c}/client-key.pem' }}
+    static_configs: [{{ targets: ['{target}'] }}]
+  - job_name: all_dropped
+    static_configs: [{{ targets: ['{target}'] }}]
+    relabel_configs:
+      - source_labels: [job]
+        regex: all_dropped
+        action: drop
+"#,
+            c = certs.display()
+        ),
+    )
+    .unwrap();
+    let s = TestServer::start(
+        &dir.path().join("data"),
+        &["--scrape-config", config.to_str().unwrap()],
+    );
+    let up = |job: &str| -> Option<f64> {
+        let q = format!("SELECT value FROM up WHERE job = '{job}' ORDER BY time DESC LIMIT 1");
+        let r = s
+            .request(reqwest::Method::POST, "/api/v1/sql")
+            .json(&serde_json::json!({ "sql": q }))
+            .send()
+            .ok()?;
+        let rows: Vec<serde_json::Value> = r.json().ok()?;
+        rows.first()?["value"].as_f64()
+    };
+    crate::server::wait_for("up for every job", Duration::from_secs(30), || {
+        ["secure", "wrong_password", "wrong_name"]
+            .iter()
+            .all(|j| up(j).is_some())
+    });
+    assert_eq!(up("secure"), Some(1.0));
+    assert_eq!(up("wrong_password"), Some(0.0), "401 is a failed scrape");
+    assert_eq!(
+        up("wrong_name"),
+        Some(0.0),
+        "the certificate names exporter.test only"
+    );
+    assert_eq!(
+        s.metric("vigil_scrape_targets"),
+        3.0,
+        "all_dropped has no target"
+    );
+
+    let labels = s.sql("SELECT rack, port, team, instance FROM up WHERE job = 'secure' LIMIT 1");
+    assert_eq!(labels[0]["rack"], "r7", "{labels:?}");
+    assert_eq!(labels[0]["port"], format!("p{port}"));
+    assert_eq!(labels[0]["team"], "infra");
+    assert_eq!(labels[0]["instance"], target);
+    let columns =
+        s.sql("SELECT column_name FROM information_schema.columns WHERE table_name = 'up'");
+    assert!(
+        !columns
+            .iter()
+            .any(|c| c["column_name"].as_str().unwrap().starts_with("__")),
+        "{columns:?}"
+    );
+    let requests = s.sql(
+        "SELECT code, severity, max(value) AS v FROM http_requests_total WHERE job = 'secure' GROUP BY code, severity ORDER BY code",
+    );
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[0]["code"], "200");
+    assert!(requests[0]["severity"].is_null(), "{requests:?}");
+    assert_eq!(requests[1]["severity"], "error");
+    assert_eq!(requests[1]["v"], 2.0);
+    let info = s.sql("SELECT version FROM app_info LIMIT 1");
+    assert_eq!(info[0]["version"], "1.2", "{info:?}");
+    let dropped = s.sql(
+        "SELECT count(*) AS n FROM information_schema.columns WHERE (table_name = 'app_info' AND column_name = 'build_version') OR table_name = 'go_goroutines'",
+    );
+    assert_eq!(
+        dropped[0]["n"], 0,
+        "go_goroutines and build_version are dropped"
+    );
+    let counts = s.sql(
+        "SELECT (SELECT max(value) FROM scrape_samples_scraped WHERE job = 'secure') AS scraped, (SELECT max(value) FROM scrape_samples_post_metric_relabeling WHERE job = 'secure') AS kept",
+    );
+    assert_eq!(counts[0]["scraped"], 4.0, "{counts:?}");
+    assert_eq!(counts[0]["kept"], 3.0);
+}
+
+/// Prometheus's HTTP API answer to an instant query: each series' labels
+/// and value.
+fn prometheus_query(url: &str, q: &str) -> Vec<(serde_json::Value, f64)> {
+    let r: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("{url}/api/v1/query"))
+        .query(&[("query", q)])
+        .send()
+        .and_then(|r| r.json())
+        .unwrap_or_default();
+    r["data"]["result"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|row| {
+                    let v = row["value"][1].as_str().unwrap_or("NaN").parse().unwrap();
+                    (row["metric"].clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A real node_exporter scraped by vigil and by a real Prometheus from the
+/// same scrape config file: the series and the values of what does not
+/// change between scrapes agree.
+#[test]
+fn node_exporter_scraped_by_vigil_matches_prometheus() {
+    use crate::server::{free_port, wait_for, Helper};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let exporter_port = free_port();
+    let exporter = Helper(
+        Command::new("/usr/bin/prometheus-node-exporter")
+            .arg(format!("--web.listen-address=127.0.0.1:{exporter_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node_exporter is installed (bash scripts/install-clients.sh)"),
+    );
+    let target = format!("127.0.0.1:{exporter_port}");
+    wait_for("node_exporter to start", Duration::from_secs(20), || {
+        reqwest::blocking::get(format!("http://{target}/metrics"))
+            .is_ok_and(|r| r.status().is_success())
+    });
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let prometheus_port = free_port();
+    let prometheus = Helper(
+        Command::new("/usr/bin/prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("prometheus").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Prometheus is installed (bash scripts/install-clients.sh)"),
+    );
+    let prom = format!("http://127.0.0.1:{prometheus_port}");
+    let s = TestServer::start(
+        &dir.path().join("data"),
+        &["--scrape-config", config.to_str().unwrap()],
+    );
+    wait_for(
+        "both to scrape node_exporter",
+        Duration::from_secs(40),
+        || {
+            prometheus_query(&prom, "up{job=\"node\"}")
+            .first()
+            .is_some_and(|(_, v)| *v == 1.0)
+            && s
+                .request(reqwest::Method::POST, "/api/v1/sql")
+                .json(&serde_json::json!({ "sql": "SELECT max(value) AS v FROM up WHERE job = 'node'" }))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Vec<serde_json::Value>>().ok())
+                .is_some_and(|rows| rows.first().is_some_and(|r| r["v"] == 1.0))
+        },
+    );
+
+    // Memory size: one series, the same value.
+    let p = prometheus_query(&prom, "node_memory_MemTotal_bytes");
+    let v = s.sql("SELECT value FROM node_memory_MemTotal_bytes ORDER BY time DESC LIMIT 1");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(v[0]["value"].as_f64(), Some(p[0].1), "{v:?} vs {p:?}");
+    assert_eq!(p[0].0["instance"], target);
+
+    // CPU time: the same (cpu, mode) series.
+    let mut p_cpu: Vec<(String, String)> = prometheus_query(&prom, "node_cpu_seconds_total")
+        .iter()
+        .map(|(m, _)| {
+            (
+                m["cpu"].as_str().unwrap().to_string(),
+                m["mode"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    p_cpu.sort();
+    let mut v_cpu: Vec<(String, String)> = s
+        .sql("SELECT DISTINCT cpu, mode FROM node_cpu_seconds_total")
+        .iter()
+        .map(|r| {
+            (
+                r["cpu"].as_str().unwrap().to_string(),
+                r["mode"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v_cpu.sort();
+    assert!(!p_cpu.is_empty());
+    assert_eq!(v_cpu, p_cpu);
+
+    // Filesystem sizes per mount point: the same values.
+    let mut p_fs: Vec<(String, f64)> = prometheus_query(&prom, "node_filesystem_size_bytes")
+        .iter()
+        .map(|(m, v)| (m["mountpoint"].as_str().unwrap().to_string(), *v))
+        .collect();
+    p_fs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut v_fs: Vec<(String, f64)> = s
+        .sql("SELECT mountpoint, last_value(value ORDER BY time) AS v FROM node_filesystem_size_bytes GROUP BY mountpoint")
+        .iter()
+        .map(|r| (r["mountpoint"].as_str().unwrap().to_string(), r["v"].as_f64().unwrap()))
+        .collect();
+    v_fs.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(v_fs, p_fs);
+
+    // The build info's labels, and about as many samples per scrape (the
+    // exporter's own process metrics may differ by a few between scrapes).
+    let p_build = prometheus_query(&prom, "node_exporter_build_info");
+    let v_build = s.sql("SELECT version, goversion FROM node_exporter_build_info LIMIT 1");
+    assert_eq!(v_build[0]["version"], p_build[0].0["version"]);
+    assert_eq!(v_build[0]["goversion"], p_build[0].0["goversion"]);
+    let p_n = prometheus_query(&prom, "scrape_samples_scraped{job=\"node\"}")[0].1;
+    let v_n = s.sql(
+        "SELECT value FROM scrape_samples_scraped WHERE job = 'node' ORDER BY time DESC LIMIT 1",
+    )[0]["value"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (p_n - v_n).abs() <= p_n * 0.02,
+        "Prometheus scraped {p_n} samples, vigil {v_n}"
+    );
+    drop(prometheus);
+    drop(exporter);
 }
