@@ -480,9 +480,10 @@ fn node_exporter_scraped_by_vigil_matches_prometheus() {
         },
     );
 
-    // Memory size: one series, the same value.
+    // Memory size: one series, the same value (a name with capitals is
+    // quoted in SQL, as in PostgreSQL).
     let p = prometheus_query(&prom, "node_memory_MemTotal_bytes");
-    let v = s.sql("SELECT value FROM node_memory_MemTotal_bytes ORDER BY time DESC LIMIT 1");
+    let v = s.sql("SELECT value FROM \"node_memory_MemTotal_bytes\" ORDER BY time DESC LIMIT 1");
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(v[0]["value"].as_f64(), Some(p[0].1), "{v:?} vs {p:?}");
     assert_eq!(p[0].0["instance"], target);
