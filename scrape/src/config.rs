@@ -54,7 +54,7 @@ pub enum HttpAuth {
     #[default]
     None,
     Basic {
-        username: String,
+        username: Secret,
         password: Secret,
     },
     /// `authorization` (and the older `bearer_token`): `<type> <credentials>`.
@@ -107,12 +107,14 @@ pub struct TlsSettings {
     pub min_version: Option<String>,
 }
 
-/// A target address is `host:port`.
+/// A target address is `host:port` (`[v6]:port`), nothing more: user
+/// info would be sent as credentials and stored in `instance`.
 pub(crate) fn check_target(t: &str) -> Result<(), String> {
-    let ok = t
-        .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-    if !ok || t.contains('/') {
+    let ok = t.rsplit_once(':').is_some_and(|(h, p)| {
+        let bracketed = h.starts_with('[') && h.ends_with(']') && h.len() > 2;
+        !h.is_empty() && p.parse::<u16>().is_ok() && (bracketed || !h.contains(':'))
+    });
+    if !ok || t.contains(['/', '@', '#', '?', '\\']) || t.contains(char::is_whitespace) {
         return Err(format!("target {t:?} is not host:port"));
     }
     Ok(())
@@ -252,13 +254,8 @@ fn auth_of(j: &JobDoc) -> Result<HttpAuth, String> {
         (None, None) => Ok(None),
     };
     if let Some(b) = &j.basic_auth {
-        let username = match (&b.username, &b.username_file) {
-            (Some(u), None) => u.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .map(|s| s.trim_end().to_string())
-                .map_err(|e| format!("basic_auth.username_file {}: {e}", f.display()))?,
-            _ => return Err("basic_auth needs one of username and username_file".into()),
-        };
+        let username = secret(&b.username, &b.username_file, "username")?
+            .ok_or("basic_auth needs one of username and username_file")?;
         let password = secret(&b.password, &b.password_file, "password")?
             .unwrap_or(Secret::Inline(String::new()));
         return Ok(HttpAuth::Basic { username, password });
@@ -365,12 +362,40 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
         Some(d) => duration(d).map_err(|e| (line_of("scrape_timeout"), e))?,
         None => Duration::from_secs(10),
     };
+    let lines: Vec<&str> = text.lines().collect();
+    // The line of `job_name: <name>` itself (not of a longer name that
+    // starts the same), then of a key within that job.
+    let job_line = |name: &str| {
+        lines
+            .iter()
+            .position(|l| {
+                let l = l.trim().trim_start_matches("- ").trim();
+                l.strip_prefix("job_name:")
+                    .is_some_and(|v| v.trim().trim_matches(|c| c == '\'' || c == '"') == name)
+            })
+            .map_or(1, |i| i + 1)
+    };
+    let key_line = |from: usize, key: &str| {
+        let needle = format!("{key}:");
+        lines
+            .iter()
+            .enumerate()
+            .skip(from.saturating_sub(1))
+            .find(|(_, l)| l.trim().trim_start_matches("- ").starts_with(&needle))
+            .map_or(from, |(i, _)| i + 1)
+    };
     let mut jobs: Vec<ScrapeJob> = Vec::new();
     for mut j in doc.scrape_configs {
-        let at = line_of(&format!("job_name: {}", j.job_name)).max(1);
+        let at = job_line(&j.job_name);
         let err = |m: String| (at, format!("job {:?}: {m}", j.job_name));
+        let err_at = |key: &str, m: String| {
+            (
+                key_line(at, key),
+                format!("job {:?}: {key}: {m}", j.job_name),
+            )
+        };
         if let Some(key) = j.other.keys().next() {
-            let at = line_of(&format!("{key}:")).max(at);
+            let at = key_line(at, key);
             return Err((at, format!(
                 "job {:?}: `{key}` is not supported by vigil (static_configs, file_sd_configs, etcd_sd_configs, relabel_configs, metric_relabel_configs, metrics_path, scheme, params, basic_auth, authorization, tls_config, honor_labels, honor_timestamps, sample_limit, label_limit, body_size_limit are)", j.job_name
             )));
@@ -416,25 +441,38 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
             None => 0,
         };
         let relabel = crate::relabel::Relabeling::parse(std::mem::take(&mut j.relabel_configs))
-            .map_err(|e| err(format!("relabel_configs: {e}")))?;
+            .map_err(|e| err_at("relabel_configs", e))?;
         let metric_relabel =
             crate::relabel::Relabeling::parse(std::mem::take(&mut j.metric_relabel_configs))
-                .map_err(|e| err(format!("metric_relabel_configs: {e}")))?;
-        let auth = auth_of(&j).map_err(&err)?;
+                .map_err(|e| err_at("metric_relabel_configs", e))?;
+        let auth_key = if j.basic_auth.is_some() {
+            "basic_auth"
+        } else if j.authorization.is_some() {
+            "authorization"
+        } else {
+            "bearer_token"
+        };
+        let auth = auth_of(&j).map_err(|e| err_at(auth_key, e))?;
         let tls = j.tls_config.clone().unwrap_or_default();
         if tls.cert_file.is_some() != tls.key_file.is_some() {
-            return Err(err("tls_config needs both cert_file and key_file".into()));
+            return Err(err_at(
+                "tls_config",
+                "needs both cert_file and key_file".into(),
+            ));
         }
         if let Some(v) = &tls.min_version {
             if v != "TLS12" && v != "TLS13" {
-                return Err(err(format!(
-                    "tls_config.min_version {v:?} is not TLS12 or TLS13"
-                )));
+                return Err(err_at(
+                    "tls_config",
+                    format!("min_version {v:?} is not TLS12 or TLS13"),
+                ));
             }
         }
         let mut etcd_sd = Vec::new();
         for e in std::mem::take(&mut j.etcd_sd_configs) {
-            etcd_sd.push(crate::etcd_sd::EtcdSd::from_doc(e).map_err(&err)?);
+            etcd_sd.push(
+                crate::etcd_sd::EtcdSd::from_doc(e).map_err(|e| err_at("etcd_sd_configs", e))?,
+            );
         }
         let mut targets = Vec::new();
         for s in &j.static_configs {
@@ -551,10 +589,12 @@ mod tests {
     #[test]
     fn what_is_not_done_is_refused_by_name_and_line() {
         for (text, what, line) in [
-            ("scrape_configs:\n  - job_name: a\n    relabel_configs: [{ action: nope }]\n", "unknown relabel action", 2),
+            ("scrape_configs:\n  - job_name: a\n    relabel_configs: [{ action: nope }]\n", "unknown relabel action", 3),
+            ("scrape_configs:\n  - job_name: node-exporter\n  - job_name: node\n    scrape_interval: 1s\n    relabel_configs:\n      - action: keep\n", "needs source_labels", 5),
+            ("scrape_configs:\n  - job_name: a\n    static_configs: [{ targets: ['user:pw@h:1'] }]\n", "host:port", 2),
             ("scrape_configs:\n  - job_name: a\n    proxy_url: http://p:1\n", "proxy_url", 3),
-            ("scrape_configs:\n  - job_name: a\n    basic_auth: { username: u }\n    bearer_token: t\n", "at most one", 2),
-            ("scrape_configs:\n  - job_name: a\n    tls_config: { cert_file: c }\n", "key_file", 2),
+            ("scrape_configs:\n  - job_name: a\n    basic_auth: { username: u }\n    bearer_token: t\n", "at most one", 3),
+            ("scrape_configs:\n  - job_name: a\n    tls_config: { cert_file: c }\n", "key_file", 3),
             ("scrape_configs:\n  - job_name: a\n    consul_sd_configs: []\n", "consul_sd_configs", 3),
             ("rule_files: []\n", "rule_files", 1),
             ("scrape_configs:\n  - job_name: a\n    scrape_interval: soon\n", "not a duration", 2),

@@ -129,17 +129,20 @@ async fn follow(
         }
     }
     publish(by_key, tx);
-    let mut watch = client
-        .watch(
+    let mut watch = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.watch(
             sd.prefix.as_str(),
             Some(
                 WatchOptions::new()
                     .with_prefix()
                     .with_start_revision(revision + 1),
             ),
-        )
-        .await
-        .map_err(|e| format!("etcd watch: {e}"))?;
+        ),
+    )
+    .await
+    .map_err(|_| "etcd watch: no answer in 10 s".to_string())?
+    .map_err(|e| format!("etcd watch: {e}"))?;
     loop {
         let w = watch
             .message()

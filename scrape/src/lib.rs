@@ -275,6 +275,10 @@ async fn supervise(
                     }
                     Ok(None) => {}
                     Err(e) => {
+                        // Each reason logged once, in a bounded set.
+                        if refused.len() > 10_000 {
+                            refused.clear();
+                        }
                         if refused.insert(e.clone()) {
                             warn!(
                                 job = job.job_name.as_str(),
@@ -376,6 +380,10 @@ async fn run_target(
             f = fetch(&job, &target, &client, &mut pinned) => f,
             _ = stop.changed() => return,
         };
+        if fetched.is_err() {
+            // Looked up again next time: the target may have moved.
+            pinned = None;
+        }
         let outcome = match fetched {
             Ok((body, openmetrics)) => {
                 let job = Arc::clone(&job);
@@ -444,18 +452,27 @@ async fn fetch(
             let port = target.address.rsplit_once(':').map_or("443", |(_, p)| p);
             url = format!("{}://{name}:{port}{}", target.scheme, target.metrics_path);
             if pinned.is_none() {
-                let addr = tokio::net::lookup_host(target.address.as_str())
-                    .await
-                    .map_err(|e| format!("{}: {e}", target.address))?
-                    .next()
-                    .ok_or_else(|| format!("{}: no address", target.address))?;
+                let addr = tokio::time::timeout(
+                    target.timeout,
+                    tokio::net::lookup_host(target.address.as_str()),
+                )
+                .await
+                .map_err(|_| format!("{}: name lookup timed out", target.address))?
+                .map_err(|e| format!("{}: {e}", target.address))?
+                .next()
+                .ok_or_else(|| format!("{}: no address", target.address))?;
                 *pinned = Some(target::http_client(job, Some((name, addr)))?);
             }
             pinned.as_ref().expect("just set")
         }
     };
-    let mut request = client
-        .get(&url)
+    let mut request = client.get(&url);
+    if job.tls.server_name.is_some() {
+        // Only TLS sees server_name; the Host header names the target, as
+        // in Prometheus.
+        request = request.header(reqwest::header::HOST, target.address.as_str());
+    }
+    let mut request = request
         .query(&target.params)
         .header("Accept", ACCEPT)
         .header(
@@ -466,7 +483,10 @@ async fn fetch(
     match &job.auth {
         config::HttpAuth::None => {}
         config::HttpAuth::Basic { username, password } => {
-            request = request.basic_auth(username, Some(password.read(&job.base_dir)?));
+            request = request.basic_auth(
+                username.read(&job.base_dir)?,
+                Some(password.read(&job.base_dir)?),
+            );
         }
         config::HttpAuth::Header { kind, credentials } => {
             let c = credentials.read(&job.base_dir)?;
@@ -532,14 +552,16 @@ struct Stored {
 
 /// Tags of a scraped series: its labels, then the target's (`job`,
 /// `instance`, the rest relabeling left). On a clash the target's win and
-/// the scraped label is kept as `exported_<name>`, unless `honor_labels`
-/// keeps the scraped one (as in Prometheus).
+/// the scraped label is kept as `exported_<name>` (prefixed again while that
+/// is taken too), unless `honor_labels` keeps the scraped one (as in
+/// Prometheus). A sorted vector: a handful of labels per sample, so no map.
 fn tags<'a>(
     honor_labels: bool,
     target: &'a ScrapeTarget,
     scraped: &[(&'a str, Cow<'a, str>)],
 ) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
-    let mut out: BTreeMap<Cow<'a, str>, Cow<'a, str>> = BTreeMap::new();
+    let mut out: Vec<(Cow<'a, str>, Cow<'a, str>)> =
+        Vec::with_capacity(scraped.len() + target.labels.len() + 1);
     for (k, v) in scraped.iter().filter(|(_, v)| !v.is_empty()) {
         // `value` and `time` are columns of every metric table.
         let k: Cow<'a, str> = if *k == "value" || *k == "time" {
@@ -547,24 +569,24 @@ fn tags<'a>(
         } else {
             Cow::Borrowed(k)
         };
-        out.insert(k, v.clone());
+        out.push((k, v.clone()));
     }
     for (k, v) in &target.labels {
-        let k = Cow::Borrowed(k.as_str());
-        let v = Cow::Borrowed(v.as_str());
-        match out.get(&k) {
+        match out.iter().position(|(x, _)| x == k) {
             Some(_) if honor_labels => {}
-            Some(existing) => {
-                let existing = existing.clone();
-                out.insert(Cow::Owned(format!("exported_{k}")), existing);
-                out.insert(k, v);
+            Some(i) => {
+                let scraped = std::mem::replace(&mut out[i].1, Cow::Borrowed(v.as_str()));
+                let mut name = format!("exported_{k}");
+                while out.iter().any(|(x, _)| *x == name) {
+                    name = format!("exported_{name}");
+                }
+                out.push((Cow::Owned(name), scraped));
             }
-            None => {
-                out.insert(k, v);
-            }
+            None => out.push((Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()))),
         }
     }
-    out.into_iter().collect()
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 type Tags<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
@@ -719,4 +741,50 @@ fn report_series(
         return Err(e.reason.clone());
     }
     Ok(validated.tables)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clashing_labels_are_kept_as_exported_in_name_order() {
+        let target = ScrapeTarget {
+            address: "h:1".into(),
+            scheme: "http".into(),
+            metrics_path: "/metrics".into(),
+            params: Vec::new(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            labels: BTreeMap::from([
+                ("job".to_string(), "a".to_string()),
+                ("instance".to_string(), "h:1".to_string()),
+            ]),
+        };
+        let scraped = vec![
+            ("job", Cow::Borrowed("inner")),
+            ("exported_job", Cow::Borrowed("x")),
+            ("value", Cow::Borrowed("v")),
+            ("empty", Cow::Borrowed("")),
+        ];
+        let flat = |t: Vec<(Cow<'_, str>, Cow<'_, str>)>| -> Vec<(String, String)> {
+            t.into_iter()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        };
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            flat(tags(false, &target, &scraped)),
+            vec![
+                pair("exported_exported_job", "inner"),
+                pair("exported_job", "x"),
+                pair("exported_value", "v"),
+                pair("instance", "h:1"),
+                pair("job", "a"),
+            ]
+        );
+        let honored = flat(tags(true, &target, &scraped));
+        assert!(honored.contains(&pair("job", "inner")), "{honored:?}");
+        assert!(!honored.iter().any(|(k, _)| k == "exported_exported_job"));
+    }
 }

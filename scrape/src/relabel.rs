@@ -141,7 +141,8 @@ impl RelabelRule {
             Some(serde_norway::Value::Bool(b)) => b.to_string(),
             Some(other) => return Err(format!("regex {other:?} is not a string")),
         };
-        let regex = Regex::new(&format!("^(?:{regex_text})$"))
+        // As Prometheus compiles it: anchored, `.` matching newlines too.
+        let regex = Regex::new(&format!("^(?s:{regex_text})$"))
             .map_err(|e| format!("regex {regex_text:?} does not compile: {e}"))?;
         let target = d.target_label.clone().unwrap_or_default();
         let name = format!("{action:?}").to_ascii_lowercase();
@@ -166,8 +167,14 @@ impl RelabelRule {
         if action == Action::HashMod && d.modulus.unwrap_or(0) == 0 {
             return Err("relabel action hashmod needs a modulus above 0".into());
         }
+        // Fields an action does not use may be written with their default
+        // values (Prometheus's own config dump has them all).
+        let regex_set = regex_text != DEFAULT_REGEX;
+        let modulus_set = d.modulus.is_some_and(|m| m != 0);
+        let separator_set = d.separator.as_deref().is_some_and(|s| s != ";");
+        let replacement_set = d.replacement.as_deref().is_some_and(|r| r != "$1");
         if matches!(action, Action::KeepEqual | Action::DropEqual)
-            && (d.regex.is_some() || d.modulus.is_some() || d.replacement.is_some())
+            && (regex_set || modulus_set || replacement_set)
         {
             return Err(format!(
                 "relabel action {name} takes only source_labels, separator and target_label"
@@ -175,10 +182,10 @@ impl RelabelRule {
         }
         if matches!(action, Action::LabelDrop | Action::LabelKeep)
             && (!d.source_labels.is_empty()
-                || d.target_label.is_some()
-                || d.modulus.is_some()
-                || d.separator.is_some()
-                || d.replacement.is_some())
+                || !target.is_empty()
+                || modulus_set
+                || separator_set
+                || replacement_set)
         {
             return Err(format!("relabel action {name} takes only regex"));
         }
@@ -407,6 +414,18 @@ mod tests {
             .process(labels(&[("job", "a"), ("instance", "b"), ("x", "c")]))
             .unwrap();
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn unused_fields_at_their_defaults_are_accepted() {
+        // The shape of Prometheus's own config dump.
+        let r = rules("- separator: ;\n  regex: 'tmp_.*'\n  replacement: $1\n  action: labeldrop\n- source_labels: [a]\n  separator: ;\n  regex: (.*)\n  target_label: b\n  replacement: $1\n  action: keepequal\n");
+        assert!(r
+            .process(labels(&[("a", "1"), ("b", "1"), ("tmp_x", "y")]))
+            .is_some_and(|l| !l.contains_key("tmp_x")));
+        // `.` matches a newline, as in Prometheus.
+        let drop = rules("- source_labels: [a]\n  regex: 'x.*'\n  action: drop\n");
+        assert!(drop.process(labels(&[("a", "x\ny")])).is_none());
     }
 
     #[test]

@@ -96,6 +96,17 @@ pub struct RingConfig {
 /// (not registered yet, or its lease is lost).
 pub(crate) type MemberView = watch::Receiver<Option<Arc<Vec<String>>>>;
 
+/// This collector's standing in etcd, kept across sessions: the lease it
+/// holds and when etcd last confirmed it. A broken session (etcd restarted,
+/// a watch compacted) reconnects and keeps the same lease and key while the
+/// lease lives, so a short blip moves no targets.
+struct Standing {
+    lease: Option<i64>,
+    renewed: Instant,
+    /// Whether the member list is published (this collector scrapes).
+    visible: bool,
+}
+
 /// Starts keeping the member list; the task revokes the lease on stop.
 pub(crate) fn start(
     config: RingConfig,
@@ -117,31 +128,58 @@ pub(crate) fn start(
                 endpoints,
                 prefix,
                 lease_ttl,
-            } => loop {
-                let r = run_etcd(
-                    &config.name,
+            } => {
+                let mut standing = Standing {
+                    lease: None,
+                    renewed: Instant::now(),
+                    visible: false,
+                };
+                let session = Session {
+                    name: &config.name,
                     endpoints,
                     prefix,
-                    *lease_ttl,
-                    &tx,
-                    &members_gauge,
-                    &mut stop,
-                )
-                .await;
-                let _ = tx.send(None);
-                match r {
-                    Ok(()) => return,
-                    Err(e) => warn!(
-                        collector = config.name.as_str(),
-                        error = e.as_str(),
-                        "ring membership lost; scraping nothing until it is back"
-                    ),
+                    ttl: *lease_ttl,
+                    tx: &tx,
+                    gauge: &members_gauge,
+                };
+                loop {
+                    let mut stop2 = stop.clone();
+                    let r = tokio::select! {
+                        biased;
+                        r = session.run(&mut standing, &mut stop) => r,
+                        _ = stop2.changed() => Ok(()),
+                    };
+                    if *stop.borrow() {
+                        // Stopped while (re)connecting: still leave the ring
+                        // at once rather than after the lease runs out.
+                        if let Some(lease) = standing.lease {
+                            if let Ok(mut c) = connect(endpoints).await {
+                                let _ = call("lease revoke", c.lease_revoke(lease)).await;
+                            }
+                        }
+                        let _ = tx.send(None);
+                        return;
+                    }
+                    match r {
+                        Ok(()) => {
+                            let _ = tx.send(None);
+                            return;
+                        }
+                        Err(e) => warn!(
+                            collector = config.name.as_str(),
+                            error = e.as_str(),
+                            "ring session broken; reconnecting (targets kept while the lease lives)"
+                        ),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.changed() => {
+                            let _ = tx.send(None);
+                            return;
+                        }
+                    }
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => return,
-                }
-            },
+            }
         }
     });
     (rx, handle)
@@ -165,141 +203,242 @@ pub(crate) async fn connect(endpoints: &[String]) -> Result<Client, String> {
         "connect",
         Client::connect(
             endpoints,
-            Some(ConnectOptions::new().with_connect_timeout(Duration::from_secs(3))),
+            Some(
+                ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(3))
+                    // A half-open connection is noticed, not waited on.
+                    .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+                    .with_require_leader(true),
+            ),
         ),
     )
     .await
 }
 
-/// One membership session: claim the name, keep the lease, follow the
-/// members. `Ok` when stopped (the lease revoked), `Err` when the session
-/// broke.
-async fn run_etcd(
-    name: &str,
-    endpoints: &[String],
-    prefix: &str,
+/// A member key: `<prefix><name>` held under a lease (keys put by hand, or
+/// deeper under the prefix, are not members).
+fn member_of<'a>(prefix: &str, kv: &'a etcd_client::KeyValue) -> Option<&'a str> {
+    let name = kv.key_str().ok()?.strip_prefix(prefix)?;
+    (kv.lease() != 0 && !name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+struct Session<'a> {
+    name: &'a str,
+    endpoints: &'a [String],
+    prefix: &'a str,
     ttl: Duration,
-    tx: &watch::Sender<Option<Arc<Vec<String>>>>,
-    gauge: &prometheus_client::metrics::gauge::Gauge,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<(), String> {
-    let mut client = connect(endpoints).await?;
-    let key = format!("{prefix}{name}");
-    let ttl_secs = ttl.as_secs().max(1) as i64;
-    let lease = call("lease grant", client.lease_grant(ttl_secs, None))
-        .await?
-        .id();
-    let (mut keeper, mut renewals) =
-        call("lease keepalive", client.lease_keep_alive(lease)).await?;
-    let mut renewed = Instant::now();
-    let renew_every = Duration::from_millis((ttl.as_millis() as u64 / 3).max(200));
-    // Claim the name only if no live collector holds it (a restarted one
-    // waits for its old lease to expire).
-    let mut warned = false;
-    loop {
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                name,
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        if call("claim", client.txn(txn)).await?.succeeded() {
-            break;
-        }
-        if !warned {
-            warn!(
-                collector = name,
-                key = key.as_str(),
-                "collector name is held by another live collector (or a lease not yet expired); waiting"
-            );
-            warned = true;
-        }
-        call("lease keepalive", keeper.keep_alive()).await?;
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stop.changed() => {
-                let _ = call("lease revoke", client.lease_revoke(lease)).await;
-                return Ok(());
-            }
+    tx: &'a watch::Sender<Option<Arc<Vec<String>>>>,
+    gauge: &'a prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Session<'_> {
+    /// When this collector must stop scraping if etcd has not confirmed its
+    /// lease since: before etcd can expire it (etcd counts from when it got
+    /// the keepalive, a little before we hear back).
+    fn give_up_at(&self, standing: &Standing) -> Instant {
+        standing.renewed + self.ttl * 2 / 3
+    }
+
+    fn hide(&self, standing: &mut Standing) {
+        if standing.visible {
+            standing.visible = false;
+            let _ = self.tx.send(None);
         }
     }
-    let listed = call(
-        "list members",
-        client.get(prefix, Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
-    let revision = listed.header().map_or(0, |h| h.revision());
-    let mut members: BTreeSet<String> = listed
-        .kvs()
-        .iter()
-        .filter_map(|kv| kv.key_str().ok()?.strip_prefix(prefix).map(str::to_string))
-        .collect();
-    let publish = |members: &BTreeSet<String>| {
-        gauge.set(members.len() as i64);
-        let _ = tx.send(Some(Arc::new(members.iter().cloned().collect())));
-    };
-    publish(&members);
-    info!(
-        collector = name,
-        members = members.len(),
-        "joined the scrape ring"
-    );
-    let mut watch = call(
-        "watch members",
-        client.watch(
-            prefix,
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(revision + 1),
-            ),
-        ),
-    )
-    .await?;
-    let mut tick = tokio::time::interval(renew_every);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if renewed.elapsed() >= ttl {
-                    return Err(format!("lease not renewed for {ttl:?}"));
+
+    fn publish(&self, standing: &mut Standing, members: &BTreeSet<String>) {
+        standing.visible = true;
+        self.gauge.set(members.len() as i64);
+        let _ = self
+            .tx
+            .send(Some(Arc::new(members.iter().cloned().collect())));
+    }
+
+    /// One session: connect, keep (or take) the lease, claim the name,
+    /// follow the members. `Ok` when stopped (the lease revoked), `Err` when
+    /// the session broke.
+    async fn run(
+        &self,
+        standing: &mut Standing,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        if Instant::now() >= self.give_up_at(standing) {
+            self.hide(standing);
+        }
+        let mut client = connect(self.endpoints).await?;
+        let key = format!("{}{}", self.prefix, self.name);
+        let ttl_secs = self.ttl.as_secs().max(1) as i64;
+        // The lease of the last session, if etcd still has it.
+        let mut kept = None;
+        if let Some(lease) = standing.lease {
+            let (mut keeper, mut renewals) =
+                call("lease keepalive", client.lease_keep_alive(lease)).await?;
+            call("lease keepalive", keeper.keep_alive()).await?;
+            match tokio::time::timeout(CALL_TIMEOUT, renewals.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    standing.renewed = Instant::now();
+                    kept = Some((lease, keeper, renewals));
                 }
-                call("lease keepalive", keeper.keep_alive()).await?;
+                _ => {
+                    standing.lease = None;
+                    self.hide(standing);
+                }
             }
-            r = renewals.message() => match r {
-                Ok(Some(r)) if r.ttl() > 0 => renewed = Instant::now(),
-                Ok(Some(_)) => return Err("lease expired".into()),
-                Ok(None) => return Err("lease keepalive stream ended".into()),
-                Err(e) => return Err(format!("lease keepalive: {e}")),
-            },
-            w = watch.message() => {
-                let w = w.map_err(|e| format!("watch: {e}"))?.ok_or("watch ended")?;
-                if w.canceled() {
-                    return Err("watch canceled (history compacted)".into());
+        }
+        let (lease, mut keeper, mut renewals) = match kept {
+            Some(k) => k,
+            None => {
+                let lease = call("lease grant", client.lease_grant(ttl_secs, None))
+                    .await?
+                    .id();
+                standing.lease = Some(lease);
+                standing.renewed = Instant::now();
+                let (keeper, renewals) =
+                    call("lease keepalive", client.lease_keep_alive(lease)).await?;
+                (lease, keeper, renewals)
+            }
+        };
+        // Claim the name: free, or already ours (this lease). A restarted
+        // collector waits for its old lease to expire.
+        let mut warned = false;
+        loop {
+            let put = TxnOp::put(
+                key.clone(),
+                self.name,
+                Some(PutOptions::new().with_lease(lease)),
+            );
+            let free = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([put.clone()]);
+            if call("claim", client.txn(free)).await?.succeeded() {
+                break;
+            }
+            let ours = Txn::new()
+                .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+                .and_then([put]);
+            if call("claim", client.txn(ours)).await?.succeeded() {
+                break;
+            }
+            if !warned {
+                warn!(
+                    collector = self.name,
+                    key = key.as_str(),
+                    "collector name is held by another live collector (or a lease not yet expired); waiting"
+                );
+                warned = true;
+            }
+            call("lease keepalive", keeper.keep_alive()).await?;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => {
+                    let _ = call("lease revoke", client.lease_revoke(lease)).await;
+                    standing.lease = None;
+                    return Ok(());
                 }
-                for ev in w.events() {
-                    let Some(member) = ev.kv().and_then(|kv| kv.key_str().ok()).and_then(|k| k.strip_prefix(prefix)) else {
-                        continue;
-                    };
-                    match ev.event_type() {
-                        EventType::Put => {
-                            members.insert(member.to_string());
-                        }
-                        EventType::Delete => {
-                            members.remove(member);
+            }
+            if let Ok(Ok(Some(r))) =
+                tokio::time::timeout(Duration::from_millis(1), renewals.message()).await
+            {
+                if r.ttl() > 0 {
+                    standing.renewed = Instant::now();
+                }
+            }
+        }
+        let listed = call(
+            "list members",
+            client.get(self.prefix, Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let revision = listed.header().map_or(0, |h| h.revision());
+        let mut members: BTreeSet<String> = listed
+            .kvs()
+            .iter()
+            .filter_map(|kv| member_of(self.prefix, kv).map(str::to_string))
+            .collect();
+        members.insert(self.name.to_string());
+        self.publish(standing, &members);
+        info!(
+            collector = self.name,
+            members = members.len(),
+            "in the scrape ring"
+        );
+        let mut watch = call(
+            "watch members",
+            client.watch(
+                self.prefix,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            ),
+        )
+        .await?;
+        let renew_every = (self.ttl / 3).max(Duration::from_millis(200));
+        let mut tick = tokio::time::interval(renew_every);
+        loop {
+            let give_up = tokio::time::Instant::from_std(self.give_up_at(standing));
+            tokio::select! {
+                _ = tick.tick() => {
+                    call("lease keepalive", keeper.keep_alive()).await?;
+                }
+                _ = tokio::time::sleep_until(give_up), if standing.visible => {
+                    // Not confirmed in time: the others may take our targets
+                    // any moment, so stop scraping them first.
+                    self.hide(standing);
+                    warn!(collector = self.name, "lease not confirmed in time; scraping nothing until it is");
+                }
+                r = renewals.message() => match r {
+                    Ok(Some(r)) if r.ttl() > 0 => {
+                        standing.renewed = Instant::now();
+                        if !standing.visible {
+                            self.publish(standing, &members);
                         }
                     }
+                    Ok(Some(_)) => {
+                        standing.lease = None;
+                        self.hide(standing);
+                        return Err("lease expired".into());
+                    }
+                    Ok(None) => return Err("lease keepalive stream ended".into()),
+                    Err(e) => return Err(format!("lease keepalive: {e}")),
+                },
+                w = watch.message() => {
+                    let w = w.map_err(|e| format!("watch: {e}"))?.ok_or("watch ended")?;
+                    if w.canceled() {
+                        return Err("watch canceled (history compacted); listing again".into());
+                    }
+                    for ev in w.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        match ev.event_type() {
+                            EventType::Put => {
+                                if let Some(m) = member_of(self.prefix, kv) {
+                                    members.insert(m.to_string());
+                                }
+                            }
+                            EventType::Delete => {
+                                if let Some(m) = kv.key_str().ok().and_then(|k| k.strip_prefix(self.prefix)) {
+                                    members.remove(m);
+                                }
+                            }
+                        }
+                    }
+                    if !members.contains(self.name) {
+                        // Our key is gone (deleted by hand): claim it again.
+                        self.hide(standing);
+                        return Err("this collector's key was deleted".into());
+                    }
+                    if standing.visible {
+                        self.publish(standing, &members);
+                    }
                 }
-                if !members.contains(name) {
-                    return Err("this collector's key was deleted".into());
+                _ = stop.changed() => {
+                    self.hide(standing);
+                    let _ = call("lease revoke", client.lease_revoke(lease)).await;
+                    standing.lease = None;
+                    info!(collector = self.name, "left the scrape ring");
+                    return Ok(());
                 }
-                publish(&members);
-            }
-            _ = stop.changed() => {
-                let _ = tx.send(None);
-                let _ = call("lease revoke", client.lease_revoke(lease)).await;
-                info!(collector = name, "left the scrape ring");
-                return Ok(());
             }
         }
     }

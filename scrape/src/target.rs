@@ -115,16 +115,25 @@ pub fn resolve(job: &ScrapeJob, t: &Target) -> Result<Option<ScrapeTarget>, Stri
     };
     let interval = parse_duration("__scrape_interval__", job.interval)?;
     let timeout = parse_duration("__scrape_timeout__", job.timeout)?;
-    if interval.is_zero() || timeout.is_zero() || timeout > interval {
+    if interval.is_zero()
+        || timeout.is_zero()
+        || timeout > interval
+        || interval > Duration::from_secs(86_400)
+    {
         return Err(format!(
-            "target {address:?}: scrape timeout {timeout:?} and interval {interval:?} do not fit (0 < timeout <= interval)"
+            "target {address:?}: scrape timeout {timeout:?} and interval {interval:?} do not fit (0 < timeout <= interval <= 1 day)"
         ));
     }
-    // Job params, with `__param_<name>` labels replacing them.
+    // Job params, a `__param_<name>` label replacing the first value (as in
+    // Prometheus; the others stay).
     let mut params: BTreeMap<String, Vec<String>> = job.params.clone();
     for (k, v) in &labels {
         if let Some(name) = k.strip_prefix("__param_") {
-            params.insert(name.to_string(), vec![v.clone()]);
+            let values = params.entry(name.to_string()).or_default();
+            match values.first_mut() {
+                Some(first) => *first = v.clone(),
+                None => values.push(v.clone()),
+            }
         }
     }
     let params = params
@@ -177,6 +186,9 @@ pub(crate) fn http_client(
             reqwest::redirect::Policy::none()
         });
     if let Some(ca) = &tls.ca_file {
+        // As in Prometheus: ca_file is the only trust, not an addition to
+        // the system's roots.
+        b = b.tls_built_in_root_certs(false);
         let pem = read_file(&job.base_dir, ca, "ca_file")?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| format!("tls_config.ca_file {}: {e}", ca.display()))?;

@@ -748,10 +748,11 @@ impl Config {
                 "scrape.ring_lease_ttl must be at least 2s".into(),
             ));
         }
-        if sc.ring_etcd_prefix.is_empty() {
-            return Err(ConfigError::Invalid(
-                "scrape.ring_etcd_prefix must not be empty".into(),
-            ));
+        if !sc.ring_etcd_prefix.ends_with('/') {
+            return Err(ConfigError::Invalid(format!(
+                "scrape.ring_etcd_prefix {:?} must end with '/' (or it also matches its siblings' keys)",
+                sc.ring_etcd_prefix
+            )));
         }
         if self.collector_name().contains(['/', '\n']) {
             return Err(ConfigError::Invalid(
