@@ -21,44 +21,60 @@ use crate::server::{free_port, wait_for, Helper, TestServer};
 /// A single-node etcd on loopback ports; its v3 JSON gateway is used to put
 /// and delete keys.
 struct Etcd {
-    _process: Helper,
+    process: Option<Helper>,
     client_url: String,
+    args: Vec<String>,
 }
 
 impl Etcd {
     fn start(dir: &Path) -> Self {
         let client = free_port();
         let peer = free_port();
+        let args = vec![
+            "--name".to_string(),
+            "test".to_string(),
+            format!("--data-dir={}", dir.display()),
+            format!("--listen-client-urls=http://127.0.0.1:{client}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-cluster=test=http://127.0.0.1:{peer}"),
+        ];
+        let mut e = Self {
+            process: None,
+            client_url: format!("http://127.0.0.1:{client}"),
+            args,
+        };
+        e.spawn();
+        e
+    }
+
+    /// Starts etcd (again, on the same ports and data) and waits for it.
+    fn spawn(&mut self) {
         let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("etcd is installed (bash scripts/install-clients.sh: Debian etcd-server)");
         let child = std::process::Command::new(bin)
-            .args(["--name", "test"])
-            .arg("--data-dir")
-            .arg(dir)
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-            ))
-            .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"))
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let e = Self {
-            _process: Helper(child),
-            client_url: format!("http://127.0.0.1:{client}"),
-        };
+        self.process = Some(Helper(child));
+        let url = self.client_url.clone();
         wait_for("etcd to start", Duration::from_secs(20), || {
-            reqwest::blocking::get(format!("{}/health", e.client_url))
+            reqwest::blocking::get(format!("{url}/health"))
                 .ok()
                 .and_then(|r| r.text().ok())
                 .is_some_and(|t| t.contains("true"))
         });
-        e
+    }
+
+    /// SIGKILL, then started again on the same data: leases survive.
+    fn restart(&mut self) {
+        self.process = None;
+        self.spawn();
     }
 
     fn endpoint(&self) -> &str {
@@ -167,7 +183,7 @@ fn collector(dir: &Path, name: &str, etcd: &Etcd, scrape: &Path) -> TestServer {
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
-        format!("[scrape]\nring_lease_ttl = \"3s\"\nring_etcd_prefix = \"/ring/\"\n"),
+        "[scrape]\nring_lease_ttl = \"3s\"\nring_etcd_prefix = \"/ring/\"\n",
     )
     .unwrap();
     TestServer::start(
@@ -196,7 +212,7 @@ fn shares(collectors: &[&TestServer]) -> Vec<f64> {
 #[test]
 fn three_collectors_share_etcd_targets_once_each_through_a_kill_and_a_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = Etcd::start(&dir.path().join("etcd"));
+    let mut etcd = Etcd::start(&dir.path().join("etcd"));
     let targets = Targets::start(TARGETS);
     for (i, a) in targets.addresses.iter().enumerate() {
         etcd.put(
@@ -295,5 +311,25 @@ fn three_collectors_share_etcd_targets_once_each_through_a_kill_and_a_stop() {
         "a put key to start its target",
         Duration::from_secs(10),
         || shares(&[&a, &c]).iter().sum::<f64>() == total - 9.0,
+    );
+
+    // etcd itself restarts: the collectors reconnect with the leases they
+    // hold, and every target is again scraped once.
+    etcd.restart();
+    wait_for(
+        "the ring to settle after etcd restarted",
+        Duration::from_secs(15),
+        || {
+            shares(&[&a, &c]).iter().sum::<f64>() == total - 9.0
+                && a.metric("vigil_scrape_ring_members") == 2.0
+                && c.metric("vigil_scrape_ring_members") == 2.0
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let counts = targets.scrapes_over(Duration::from_secs(5));
+    let live: Vec<u64> = counts.iter().skip(10).copied().chain([counts[0]]).collect();
+    assert!(
+        live.iter().all(|n| (4..=6).contains(n)),
+        "after etcd restarted: {counts:?}"
     );
 }
