@@ -14,6 +14,7 @@
 //! targets, with no coordination beyond the membership.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use etcd_client::{
     WatchOptions,
 };
 use md5::{Digest, Md5};
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -97,14 +99,18 @@ pub struct RingConfig {
 pub(crate) type MemberView = watch::Receiver<Option<Arc<Vec<String>>>>;
 
 /// This collector's standing in etcd, kept across sessions: the lease it
-/// holds and when etcd last confirmed it. A broken session (etcd restarted,
-/// a watch compacted) reconnects and keeps the same lease and key while the
-/// lease lives, so a short blip moves no targets.
+/// holds and since when etcd has confirmed it. A broken session (etcd
+/// restarted, a watch compacted) reconnects and keeps the same lease and key
+/// while the lease lives, so a short blip moves no targets. Shared (by
+/// reference) between a session and the watchdog that stops scraping when
+/// the lease may have expired, whatever the session is waiting on.
 struct Standing {
-    lease: Option<i64>,
-    renewed: Instant,
+    lease: Mutex<Option<i64>>,
+    /// When the keepalive etcd last answered was sent: etcd's expiry counts
+    /// from no earlier than that.
+    renewed: Mutex<Instant>,
     /// Whether the member list is published (this collector scrapes).
-    visible: bool,
+    visible: AtomicBool,
 }
 
 /// Starts keeping the member list; the task revokes the lease on stop.
@@ -129,56 +135,22 @@ pub(crate) fn start(
                 prefix,
                 lease_ttl,
             } => {
-                let mut standing = Standing {
-                    lease: None,
-                    renewed: Instant::now(),
-                    visible: false,
+                let standing = Standing {
+                    lease: Mutex::new(None),
+                    renewed: Mutex::new(Instant::now()),
+                    visible: AtomicBool::new(false),
                 };
                 let session = Session {
                     name: &config.name,
                     endpoints,
                     prefix,
-                    ttl: *lease_ttl,
+                    // What etcd grants: whole seconds.
+                    ttl: Duration::from_secs(lease_ttl.as_secs().max(1)),
                     tx: &tx,
                     gauge: &members_gauge,
+                    standing: &standing,
                 };
-                loop {
-                    let mut stop2 = stop.clone();
-                    let r = tokio::select! {
-                        biased;
-                        r = session.run(&mut standing, &mut stop) => r,
-                        _ = stop2.changed() => Ok(()),
-                    };
-                    if *stop.borrow() {
-                        // Stopped while (re)connecting: still leave the ring
-                        // at once rather than after the lease runs out.
-                        if let Some(lease) = standing.lease {
-                            if let Ok(mut c) = connect(endpoints).await {
-                                let _ = call("lease revoke", c.lease_revoke(lease)).await;
-                            }
-                        }
-                        let _ = tx.send(None);
-                        return;
-                    }
-                    match r {
-                        Ok(()) => {
-                            let _ = tx.send(None);
-                            return;
-                        }
-                        Err(e) => warn!(
-                            collector = config.name.as_str(),
-                            error = e.as_str(),
-                            "ring session broken; reconnecting (targets kept while the lease lives)"
-                        ),
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        _ = stop.changed() => {
-                            let _ = tx.send(None);
-                            return;
-                        }
-                    }
-                }
+                session.follow(&mut stop).await;
             }
         }
     });
@@ -229,75 +201,175 @@ struct Session<'a> {
     ttl: Duration,
     tx: &'a watch::Sender<Option<Arc<Vec<String>>>>,
     gauge: &'a prometheus_client::metrics::gauge::Gauge,
+    standing: &'a Standing,
 }
+
+/// Keepalives sent and not answered yet, oldest first.
+type Pending = std::collections::VecDeque<Instant>;
 
 impl Session<'_> {
     /// When this collector must stop scraping if etcd has not confirmed its
-    /// lease since: before etcd can expire it (etcd counts from when it got
-    /// the keepalive, a little before we hear back).
-    fn give_up_at(&self, standing: &Standing) -> Instant {
-        standing.renewed + self.ttl * 2 / 3
+    /// lease since: well before etcd can expire it.
+    fn give_up_at(&self) -> Instant {
+        *self.standing.renewed.lock() + self.ttl * 2 / 3
     }
 
-    fn hide(&self, standing: &mut Standing) {
-        if standing.visible {
-            standing.visible = false;
+    fn hide(&self) {
+        if self.standing.visible.swap(false, Ordering::SeqCst) {
             let _ = self.tx.send(None);
         }
     }
 
-    fn publish(&self, standing: &mut Standing, members: &BTreeSet<String>) {
-        standing.visible = true;
+    /// Publishes the members, unless the lease may be gone.
+    fn publish(&self, members: &BTreeSet<String>) {
         self.gauge.set(members.len() as i64);
+        if Instant::now() >= self.give_up_at() {
+            self.hide();
+            return;
+        }
+        self.standing.visible.store(true, Ordering::SeqCst);
         let _ = self
             .tx
             .send(Some(Arc::new(members.iter().cloned().collect())));
     }
 
+    /// Sessions until stopped, each watched over: whatever a session waits
+    /// on (a connect, a call, the reconnect pause), scraping stops when the
+    /// lease may have expired. On stop the lease is revoked, so the others
+    /// take the targets at once.
+    async fn follow(&self, stop: &mut watch::Receiver<bool>) {
+        loop {
+            let mut stop2 = stop.clone();
+            {
+                let run = self.run(stop);
+                tokio::pin!(run);
+                loop {
+                    let give_up = tokio::time::Instant::from_std(self.give_up_at());
+                    let visible = self.standing.visible.load(Ordering::SeqCst);
+                    tokio::select! {
+                        biased;
+                        r = &mut run => {
+                            if let Err(e) = r {
+                                warn!(
+                                    collector = self.name,
+                                    error = e.as_str(),
+                                    "ring session broken; reconnecting (targets kept while the lease lives)"
+                                );
+                            }
+                            break;
+                        }
+                        _ = tokio::time::sleep_until(give_up), if visible => {
+                            self.hide();
+                            warn!(collector = self.name, "lease not confirmed in time; scraping nothing until it is");
+                        }
+                        _ = stop2.changed() => break,
+                    }
+                }
+            }
+            if *stop.borrow() || stop.has_changed().is_err() {
+                self.leave().await;
+                return;
+            }
+            let pause = tokio::time::sleep(Duration::from_millis(500));
+            tokio::pin!(pause);
+            loop {
+                let give_up = tokio::time::Instant::from_std(self.give_up_at());
+                let visible = self.standing.visible.load(Ordering::SeqCst);
+                tokio::select! {
+                    _ = &mut pause => break,
+                    _ = tokio::time::sleep_until(give_up), if visible => self.hide(),
+                    _ = stop.changed() => break,
+                }
+            }
+            if *stop.borrow() {
+                self.leave().await;
+                return;
+            }
+        }
+    }
+
+    /// Stops scraping, then revokes the lease if a session has not.
+    async fn leave(&self) {
+        self.hide();
+        let _ = self.tx.send(None);
+        let lease = self.standing.lease.lock().take();
+        if let Some(lease) = lease {
+            if let Ok(mut c) = connect(self.endpoints).await {
+                let _ = call("lease revoke", c.lease_revoke(lease)).await;
+            }
+        }
+        info!(collector = self.name, "left the scrape ring");
+    }
+
+    /// An error; when etcd says the lease is not found, the lease is
+    /// dropped, so the next session takes a new one.
+    fn unless_gone(&self, e: String) -> String {
+        if e.contains("lease not found") {
+            *self.standing.lease.lock() = None;
+            self.hide();
+        }
+        e
+    }
+
+    /// A keepalive answer: the lease lives (from when that keepalive was
+    /// sent), or it is gone.
+    fn renewal(&self, pending: &mut Pending, ttl: i64) -> Result<(), String> {
+        let sent = pending.pop_front().unwrap_or_else(Instant::now);
+        if ttl <= 0 {
+            *self.standing.lease.lock() = None;
+            self.hide();
+            return Err("lease expired".into());
+        }
+        let mut renewed = self.standing.renewed.lock();
+        if sent > *renewed {
+            *renewed = sent;
+        }
+        Ok(())
+    }
+
     /// One session: connect, keep (or take) the lease, claim the name,
     /// follow the members. `Ok` when stopped (the lease revoked), `Err` when
     /// the session broke.
-    async fn run(
-        &self,
-        standing: &mut Standing,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), String> {
-        if Instant::now() >= self.give_up_at(standing) {
-            self.hide(standing);
-        }
+    async fn run(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
         let mut client = connect(self.endpoints).await?;
         let key = format!("{}{}", self.prefix, self.name);
-        let ttl_secs = self.ttl.as_secs().max(1) as i64;
-        // The lease of the last session, if etcd still has it.
-        let mut kept = None;
-        if let Some(lease) = standing.lease {
-            let (mut keeper, mut renewals) =
-                call("lease keepalive", client.lease_keep_alive(lease)).await?;
-            call("lease keepalive", keeper.keep_alive()).await?;
-            match tokio::time::timeout(CALL_TIMEOUT, renewals.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                    standing.renewed = Instant::now();
-                    kept = Some((lease, keeper, renewals));
-                }
-                _ => {
-                    standing.lease = None;
-                    self.hide(standing);
-                }
-            }
-        }
-        let (lease, mut keeper, mut renewals) = match kept {
-            Some(k) => k,
+        let ttl_secs = self.ttl.as_secs() as i64;
+        let mut pending = Pending::new();
+        let held = *self.standing.lease.lock();
+        let lease = match held {
+            Some(lease) => lease,
             None => {
+                let sent = Instant::now();
                 let lease = call("lease grant", client.lease_grant(ttl_secs, None))
                     .await?
                     .id();
-                standing.lease = Some(lease);
-                standing.renewed = Instant::now();
-                let (keeper, renewals) =
-                    call("lease keepalive", client.lease_keep_alive(lease)).await?;
-                (lease, keeper, renewals)
+                *self.standing.lease.lock() = Some(lease);
+                *self.standing.renewed.lock() = sent;
+                lease
             }
         };
+        // Opening the keepalive stream sends the first keepalive.
+        pending.push_back(Instant::now());
+        let (mut keeper, mut renewals) = call("lease keepalive", client.lease_keep_alive(lease))
+            .await
+            .map_err(|e| self.unless_gone(e))?;
+        if held.is_some() {
+            // Asked again explicitly: etcd answers this one even when the
+            // stream's opening keepalive went to a server still starting.
+            pending.push_back(Instant::now());
+            call("lease keepalive", keeper.keep_alive()).await?;
+            // The lease of the last session: etcd must still have it. A slow
+            // answer is a broken session (the lease is kept and tried again
+            // soon, well within its life); only etcd saying it is gone drops
+            // it.
+            let wait = (self.ttl / 3).max(Duration::from_millis(500));
+            match tokio::time::timeout(wait, renewals.message()).await {
+                Ok(Ok(Some(r))) => self.renewal(&mut pending, r.ttl())?,
+                Ok(Ok(None)) => return Err("lease keepalive stream ended".into()),
+                Ok(Err(e)) => return Err(self.unless_gone(format!("lease keepalive: {e}"))),
+                Err(_) => return Err("lease keepalive: no answer".into()),
+            }
+        }
         // Claim the name: free, or already ours (this lease). A restarted
         // collector waits for its old lease to expire.
         let mut warned = false;
@@ -327,20 +399,19 @@ impl Session<'_> {
                 );
                 warned = true;
             }
+            pending.push_back(Instant::now());
             call("lease keepalive", keeper.keep_alive()).await?;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                r = renewals.message() => match r {
+                    Ok(Some(r)) => self.renewal(&mut pending, r.ttl())?,
+                    Ok(None) => return Err("lease keepalive stream ended".into()),
+                    Err(e) => return Err(format!("lease keepalive: {e}")),
+                },
                 _ = stop.changed() => {
                     let _ = call("lease revoke", client.lease_revoke(lease)).await;
-                    standing.lease = None;
+                    *self.standing.lease.lock() = None;
                     return Ok(());
-                }
-            }
-            if let Ok(Ok(Some(r))) =
-                tokio::time::timeout(Duration::from_millis(1), renewals.message()).await
-            {
-                if r.ttl() > 0 {
-                    standing.renewed = Instant::now();
                 }
             }
         }
@@ -356,7 +427,7 @@ impl Session<'_> {
             .filter_map(|kv| member_of(self.prefix, kv).map(str::to_string))
             .collect();
         members.insert(self.name.to_string());
-        self.publish(standing, &members);
+        self.publish(&members);
         info!(
             collector = self.name,
             members = members.len(),
@@ -377,31 +448,20 @@ impl Session<'_> {
         let renew_every = (self.ttl / 3).max(Duration::from_millis(200));
         let mut tick = tokio::time::interval(renew_every);
         loop {
-            let give_up = tokio::time::Instant::from_std(self.give_up_at(standing));
             tokio::select! {
                 _ = tick.tick() => {
+                    pending.push_back(Instant::now());
                     call("lease keepalive", keeper.keep_alive()).await?;
                 }
-                _ = tokio::time::sleep_until(give_up), if standing.visible => {
-                    // Not confirmed in time: the others may take our targets
-                    // any moment, so stop scraping them first.
-                    self.hide(standing);
-                    warn!(collector = self.name, "lease not confirmed in time; scraping nothing until it is");
-                }
                 r = renewals.message() => match r {
-                    Ok(Some(r)) if r.ttl() > 0 => {
-                        standing.renewed = Instant::now();
-                        if !standing.visible {
-                            self.publish(standing, &members);
+                    Ok(Some(r)) => {
+                        self.renewal(&mut pending, r.ttl())?;
+                        if !self.standing.visible.load(Ordering::SeqCst) {
+                            self.publish(&members);
                         }
                     }
-                    Ok(Some(_)) => {
-                        standing.lease = None;
-                        self.hide(standing);
-                        return Err("lease expired".into());
-                    }
                     Ok(None) => return Err("lease keepalive stream ended".into()),
-                    Err(e) => return Err(format!("lease keepalive: {e}")),
+                    Err(e) => return Err(self.unless_gone(format!("lease keepalive: {e}"))),
                 },
                 w = watch.message() => {
                     let w = w.map_err(|e| format!("watch: {e}"))?.ok_or("watch ended")?;
@@ -410,33 +470,34 @@ impl Session<'_> {
                     }
                     for ev in w.events() {
                         let Some(kv) = ev.kv() else { continue };
-                        match ev.event_type() {
-                            EventType::Put => {
-                                if let Some(m) = member_of(self.prefix, kv) {
-                                    members.insert(m.to_string());
-                                }
+                        let Some(name) = kv.key_str().ok().and_then(|k| k.strip_prefix(self.prefix)) else {
+                            continue;
+                        };
+                        // A put without a lease (by hand) over a member's
+                        // key takes it out of the ring, as a new collector
+                        // listing the prefix would see it.
+                        match (ev.event_type(), member_of(self.prefix, kv)) {
+                            (EventType::Put, Some(m)) => {
+                                members.insert(m.to_string());
                             }
-                            EventType::Delete => {
-                                if let Some(m) = kv.key_str().ok().and_then(|k| k.strip_prefix(self.prefix)) {
-                                    members.remove(m);
-                                }
+                            _ => {
+                                members.remove(name);
                             }
                         }
                     }
                     if !members.contains(self.name) {
-                        // Our key is gone (deleted by hand): claim it again.
-                        self.hide(standing);
-                        return Err("this collector's key was deleted".into());
+                        // Our key is gone or overwritten: claim it again.
+                        self.hide();
+                        return Err("this collector's key was deleted or overwritten".into());
                     }
-                    if standing.visible {
-                        self.publish(standing, &members);
+                    if self.standing.visible.load(Ordering::SeqCst) {
+                        self.publish(&members);
                     }
                 }
                 _ = stop.changed() => {
-                    self.hide(standing);
+                    self.hide();
                     let _ = call("lease revoke", client.lease_revoke(lease)).await;
-                    standing.lease = None;
-                    info!(collector = self.name, "left the scrape ring");
+                    *self.standing.lease.lock() = None;
                     return Ok(());
                 }
             }
