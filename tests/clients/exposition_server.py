@@ -9,84 +9,25 @@ usage: exposition_server.py PORT OUT_DIR USER PASSWORD
 Prints "ready" once listening.
 """
 import base64
-import datetime
 import http.server
 import os
 import ssl
 import sys
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from test_ca import TestCa, write_pem
 
 port, out_dir, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 os.makedirs(out_dir, exist_ok=True)
-now = datetime.datetime.now(datetime.timezone.utc)
-
-ca_key = ec.generate_private_key(ec.SECP256R1())
-ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vigil scrape test CA")])
-ca = (
-    x509.CertificateBuilder()
-    .subject_name(ca_name)
-    .issuer_name(ca_name)
-    .public_key(ca_key.public_key())
-    .serial_number(x509.random_serial_number())
-    .not_valid_before(now - datetime.timedelta(days=1))
-    .not_valid_after(now + datetime.timedelta(days=1))
-    .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    .add_extension(
-        x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True,
-            crl_sign=True, encipher_only=False, decipher_only=False,
-        ),
-        critical=True,
-    )
-    .sign(ca_key, hashes.SHA256())
-)
-
-
-def leaf(name, usage, san):
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    )
-    if san:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False
-        )
-    return key, builder.sign(ca_key, hashes.SHA256())
-
-
-def write(path, data):
-    with open(os.path.join(out_dir, path), "wb") as f:
-        f.write(data)
-
-
-def pem_key(key):
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-server_key, server_cert = leaf("exporter.test", ExtendedKeyUsageOID.SERVER_AUTH, "exporter.test")
-client_key, client_cert = leaf("vigil scraper", ExtendedKeyUsageOID.CLIENT_AUTH, None)
-write("ca.pem", ca.public_bytes(serialization.Encoding.PEM))
-write("client.pem", client_cert.public_bytes(serialization.Encoding.PEM))
-write("client-key.pem", pem_key(client_key))
-write("server.pem", server_cert.public_bytes(serialization.Encoding.PEM))
-write("server-key.pem", pem_key(server_key))
+ca = TestCa("vigil scrape test CA")
+server_key, server_cert = ca.leaf("exporter.test", ExtendedKeyUsageOID.SERVER_AUTH, dns=["exporter.test"])
+client_key, client_cert = ca.leaf("vigil scraper", ExtendedKeyUsageOID.CLIENT_AUTH)
+write_pem(out_dir, "ca.pem", ca.cert)
+write_pem(out_dir, "client.pem", client_cert)
+write_pem(out_dir, "client-key.pem", client_key)
+write_pem(out_dir, "server.pem", server_cert)
+write_pem(out_dir, "server-key.pem", server_key)
 
 BODY = (
     b"# TYPE http_requests_total counter\n"

@@ -6,8 +6,6 @@ signed by a CA made here. Each message received is written to OUT_DIR as
 usage: smtp_server.py PORT OUT_DIR USER PASSWORD
 Prints "ready" once listening.
 """
-import datetime
-import ipaddress
 import os
 import ssl
 import sys
@@ -15,70 +13,18 @@ import time
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from test_ca import TestCa, write_pem
 
 port, out_dir, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 os.makedirs(out_dir, exist_ok=True)
 
-now = datetime.datetime.now(datetime.timezone.utc)
-ca_key = ec.generate_private_key(ec.SECP256R1())
-ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vigil test CA")])
-ca = (
-    x509.CertificateBuilder()
-    .subject_name(ca_name)
-    .issuer_name(ca_name)
-    .public_key(ca_key.public_key())
-    .serial_number(x509.random_serial_number())
-    .not_valid_before(now - datetime.timedelta(days=1))
-    .not_valid_after(now + datetime.timedelta(days=1))
-    .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    .add_extension(
-        x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True,
-            crl_sign=True, encipher_only=False, decipher_only=False,
-        ),
-        critical=True,
-    )
-    .sign(ca_key, hashes.SHA256())
-)
-key = ec.generate_private_key(ec.SECP256R1())
-cert = (
-    x509.CertificateBuilder()
-    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-    .issuer_name(ca_name)
-    .public_key(key.public_key())
-    .serial_number(x509.random_serial_number())
-    .not_valid_before(now - datetime.timedelta(days=1))
-    .not_valid_after(now + datetime.timedelta(days=1))
-    .add_extension(
-        x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-        ),
-        critical=False,
-    )
-    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    .sign(ca_key, hashes.SHA256())
-)
-ca_path = os.path.join(out_dir, "ca.pem")
-cert_path = os.path.join(out_dir, "cert.pem")
-key_path = os.path.join(out_dir, "key.pem")
-with open(ca_path, "wb") as f:
-    f.write(ca.public_bytes(serialization.Encoding.PEM))
-with open(cert_path, "wb") as f:
-    f.write(cert.public_bytes(serialization.Encoding.PEM))
-with open(key_path, "wb") as f:
-    f.write(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+ca = TestCa("vigil test CA")
+key, cert = ca.leaf("127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH, dns=["localhost"], ips=["127.0.0.1"])
+write_pem(out_dir, "ca.pem", ca.cert)
+cert_path = write_pem(out_dir, "cert.pem", cert)
+key_path = write_pem(out_dir, "key.pem", key)
 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
 context.load_cert_chain(cert_path, key_path)
 
