@@ -634,6 +634,9 @@ fn store(
     }
     let mut series = HashSet::with_capacity(parsed.samples.len());
     let mut points = Vec::with_capacity(parsed.samples.len());
+    let line_limits = &pipeline.limits().line;
+    let mut over_limits = 0usize;
+    let mut first_over: Option<String> = None;
     for s in &parsed.samples {
         let tags = tags(job.honor_labels, target, &s.labels);
         let Some((name, tags)) = metric_relabel(job, s.name, tags) else {
@@ -654,22 +657,27 @@ fn store(
                 job.sample_limit
             ));
         }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&name, &tags).hash(&mut h);
-        series.insert(h.finish());
         let time = match s.timestamp_ms {
             Some(ms) if job.honor_timestamps => ms.saturating_mul(1_000_000),
             _ => at,
         };
-        points.push((
-            points.len() + 1,
-            Point {
-                table: name,
-                tags,
-                fields: vec![(Cow::Borrowed("value"), FieldValue::F64(s.value))],
-                time,
-            },
-        ));
+        let point = Point {
+            table: name,
+            tags,
+            fields: vec![(Cow::Borrowed("value"), FieldValue::F64(s.value))],
+            time,
+        };
+        // The limits every write has (tags per line, bytes per tag value):
+        // a hostile target's series is skipped like a bad line.
+        if let Some(reason) = line_limits.check(&point) {
+            over_limits += 1;
+            first_over.get_or_insert(reason);
+            continue;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&point.table, &point.tags).hash(&mut h);
+        series.insert(h.finish());
+        points.push((points.len() + 1, point));
     }
     let added = series.difference(&previous).count();
     let post_relabel = points.len();
@@ -681,11 +689,13 @@ fn store(
     };
     pipeline.limit_days(&mut body);
     let validated = pipeline.validate(body.points);
-    if parsed.error_count > 0 || validated.rejected_count > 0 {
+    if parsed.error_count > 0 || validated.rejected_count > 0 || over_limits > 0 {
         debug!(
             target = target.address.as_str(),
             parse_errors = parsed.error_count,
             rejected = validated.rejected_count,
+            over_limits,
+            first_over_limits = first_over.as_deref(),
             first = ?parsed.errors.first().or(validated.rejected.first()).or(body.errors.first()),
             "scraped lines not stored"
         );

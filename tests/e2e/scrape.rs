@@ -28,6 +28,19 @@ fn targets_are_scraped_into_tables_with_up_for_each() {
     let app = Router::new()
         .route("/metrics", get(|| async { TEXT }))
         .route(
+            "/hostile",
+            // A label value past write.max_tag_value_bytes (16 KiB) and a
+            // series with more tags than write.max_tags_per_line (250).
+            get(|| async {
+                let many: Vec<String> = (0..300).map(|i| format!("l{i}=\"v\"")).collect();
+                format!(
+                    "ok_metric 1\nhuge_label{{x=\"{}\"}} 1\nmany_labels{{{}}} 1\n",
+                    "a".repeat(20_000),
+                    many.join(",")
+                )
+            }),
+        )
+        .route(
             "/om",
             get(|| async {
                 (
@@ -46,7 +59,7 @@ fn targets_are_scraped_into_tables_with_up_for_each() {
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{target}', '{dead}']\n        labels: {{ env: test }}\n  - job_name: om\n    metrics_path: /om\n    honor_labels: true\n    static_configs: [{{ targets: ['{target}'] }}]\n  - job_name: limited\n    sample_limit: 2\n    static_configs: [{{ targets: ['{target}'] }}]\n"
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{target}', '{dead}']\n        labels: {{ env: test }}\n  - job_name: om\n    metrics_path: /om\n    honor_labels: true\n    static_configs: [{{ targets: ['{target}'] }}]\n  - job_name: limited\n    sample_limit: 2\n    static_configs: [{{ targets: ['{target}'] }}]\n  - job_name: hostile\n    metrics_path: /hostile\n    static_configs: [{{ targets: ['{target}'] }}]\n"
         ),
     )
     .unwrap();
@@ -69,6 +82,7 @@ fn targets_are_scraped_into_tables_with_up_for_each() {
         rows.first()?["value"].as_f64()
     };
     while up("app", &target).is_none()
+        || up("hostile", &target).is_none()
         || up("app", &dead).is_none()
         || up("om", &target).is_none()
         || up("limited", &target).is_none()
@@ -107,6 +121,17 @@ fn targets_are_scraped_into_tables_with_up_for_each() {
     assert_eq!(om[0]["job"], "batch", "{om:?}");
     assert_eq!(om[0]["value"], 7.0);
     assert_eq!(om[0]["t"], 1_767_225_600_250_000_000i64);
+    // Series over the write limits are skipped like bad lines; the rest of
+    // the scrape is kept.
+    assert_eq!(up("hostile", &target), Some(1.0));
+    assert_eq!(
+        s.sql("SELECT max(value) AS v FROM ok_metric WHERE job = 'hostile'")[0]["v"],
+        1.0
+    );
+    let stored = s.sql(
+        "SELECT count(*) AS n FROM information_schema.tables WHERE table_name IN ('huge_label', 'many_labels')",
+    );
+    assert_eq!(stored[0]["n"], 0, "series over the limits are not stored");
     let scraped = s.sql(&format!(
         "SELECT max(value) AS n FROM scrape_samples_scraped WHERE job = 'app' AND instance = '{target}'"
     ));
