@@ -365,28 +365,38 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
     let lines: Vec<&str> = text.lines().collect();
     // The line of `job_name: <name>` itself (not of a longer name that
     // starts the same), then of a key within that job.
-    let job_line = |name: &str| {
+    let is_job_line = |l: &str| l.trim().trim_start_matches("- ").starts_with("job_name:");
+    // The line of the nth `job_name: <name>` itself (not of a longer name
+    // that starts the same; a trailing comment allowed).
+    let job_line = |name: &str, nth: usize| {
         lines
             .iter()
-            .position(|l| {
+            .enumerate()
+            .filter(|(_, l)| {
                 let l = l.trim().trim_start_matches("- ").trim();
-                l.strip_prefix("job_name:")
-                    .is_some_and(|v| v.trim().trim_matches(|c| c == '\'' || c == '"') == name)
+                l.strip_prefix("job_name:").is_some_and(|v| {
+                    let v = v.split(" #").next().unwrap_or(v);
+                    v.trim().trim_matches(|c| c == '\'' || c == '"') == name
+                })
             })
-            .map_or(1, |i| i + 1)
+            .nth(nth)
+            .map_or(1, |(i, _)| i + 1)
     };
+    // The line of `key:` within the job starting at line `from`.
     let key_line = |from: usize, key: &str| {
         let needle = format!("{key}:");
         lines
             .iter()
             .enumerate()
             .skip(from.saturating_sub(1))
+            .take_while(|(i, l)| *i + 1 == from || !is_job_line(l))
             .find(|(_, l)| l.trim().trim_start_matches("- ").starts_with(&needle))
             .map_or(from, |(i, _)| i + 1)
     };
     let mut jobs: Vec<ScrapeJob> = Vec::new();
     for mut j in doc.scrape_configs {
-        let at = job_line(&j.job_name);
+        let nth = jobs.iter().filter(|x| x.job_name == j.job_name).count();
+        let at = job_line(&j.job_name, nth);
         let err = |m: String| (at, format!("job {:?}: {m}", j.job_name));
         let err_at = |key: &str, m: String| {
             (
@@ -449,6 +459,8 @@ pub fn parse(text: &str) -> Result<Vec<ScrapeJob>, (usize, String)> {
             "basic_auth"
         } else if j.authorization.is_some() {
             "authorization"
+        } else if j.bearer_token.is_none() && j.bearer_token_file.is_some() {
+            "bearer_token_file"
         } else {
             "bearer_token"
         };
@@ -600,7 +612,9 @@ mod tests {
             ("scrape_configs:\n  - job_name: a\n    scrape_interval: soon\n", "not a duration", 2),
             ("scrape_configs:\n  - job_name: a\n    static_configs: [{ targets: ['http://x:1'] }]\n", "host:port", 2),
             ("scrape_configs:\n  - job_name: a\n    scrape_interval: 5s\n    scrape_timeout: 10s\n", "longer", 2),
-            ("scrape_configs:\n  - job_name: a\n  - job_name: a\n", "twice", 2),
+            ("scrape_configs:\n  - job_name: a\n  - job_name: a\n", "twice", 3),
+            ("scrape_configs:\n  - job_name: a # the first\n    scrape_interval: 1s\n  - job_name: b\n    relabel_configs: [{ action: nope }]\n", "unknown relabel action", 5),
+            ("scrape_configs:\n  - job_name: a\n    bearer_token_file: t\n    bearer_token: u\n", "both set", 4),
             ("scrape_configs:\n  - job_name: a\n    body_size_limit: lots\n", "size", 2),
             ("scrape_configs:\n  - job_name: a\n    static_configs: [{ targets: ['h:1'], labels: { value: x } }]\n", "cannot be stored", 2),
             ("global:\n  external_labels: { dc: eu }\n", "external_labels", 2),
