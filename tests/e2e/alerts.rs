@@ -1142,7 +1142,7 @@ fn two_nodes_notify_once_and_the_survivor_takes_over() {
             std::fs::write(
                 &config,
                 format!(
-                    "[alerting]\npeers = [\"http://{}\", \"http://{}\"]\npeer_timeout = \"2s\"\n",
+                    "[alerting]\npeers = [\"http://{}\", \"http://{}\"]\npeer_timeout = \"4s\"\n",
                     addrs[0], addrs[1]
                 ),
             )
@@ -1161,21 +1161,24 @@ fn two_nodes_notify_once_and_the_survivor_takes_over() {
             )
         })
         .collect();
-    let in_3s = || {
-        (std::time::SystemTime::now() + Duration::from_secs(3))
+    // Stamped ahead, so both nodes hold the sample before the tick that
+    // sees it (a slow write on a loaded machine included).
+    let in_5s = || {
+        (std::time::SystemTime::now() + Duration::from_secs(5))
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos()
     };
-    let t = in_3s();
+    let t = in_5s();
     for n in &nodes {
         n.write_lp(&format!("cpu,host=a usage=95 {t}\n"));
     }
     wait_for("the notification", Duration::from_secs(30), || {
         !hook.accepted("firing", "a").is_empty()
     });
-    // Both fired; the second in line waited 2 s, asked, and did not send.
-    std::thread::sleep(Duration::from_secs(5));
+    // Both fired; the second in line waited 4 s (room for a slow first
+    // delivery), asked, and did not send.
+    std::thread::sleep(Duration::from_secs(7));
     assert_eq!(
         hook.accepted("firing", "a").len(),
         1,
@@ -1204,7 +1207,7 @@ fn two_nodes_notify_once_and_the_survivor_takes_over() {
     let mut nodes = nodes;
     nodes[sender].kill();
     let survivor = &nodes[1 - sender];
-    survivor.write_lp(&format!("cpu,host=a usage=5 {}\n", in_3s()));
+    survivor.write_lp(&format!("cpu,host=a usage=5 {}\n", in_5s()));
     wait_for("the resolved notification", Duration::from_secs(30), || {
         !hook.accepted("resolved", "a").is_empty()
     });
