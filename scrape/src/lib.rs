@@ -87,7 +87,7 @@ impl ScrapeMetrics {
     }
 }
 
-/// The running scrapes; stopped at shutdown (leaving the ring first).
+/// The running scrapes; stopped at shutdown, which also leaves the ring.
 pub struct ScrapeTasks {
     stop: watch::Sender<bool>,
     handles: Vec<tokio::task::JoinHandle<()>>,

@@ -754,10 +754,11 @@ impl Config {
                 sc.ring_etcd_prefix
             )));
         }
-        if self.collector_name().contains(['/', '\n']) {
-            return Err(ConfigError::Invalid(
-                "scrape.collector_name must not contain '/' or a newline".into(),
-            ));
+        let name = self.collector_name();
+        if name.trim().is_empty() || name.contains(['/', '\n']) {
+            return Err(ConfigError::Invalid(format!(
+                "scrape.collector_name {name:?} must be non-empty, without '/' or a newline"
+            )));
         }
         if self.udp.addr.is_some() && self.mode == Mode::Collector {
             return Err(ConfigError::Invalid(
