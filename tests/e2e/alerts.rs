@@ -1273,9 +1273,10 @@ fn kafka_queue_carries_notifications_once_from_two_nodes() {
         hook.deliveries()
     );
     // Each node published its copy; the consumer took one (a rebalance may
-    // make it read one again, and skip it as seen). Some runs count 4
-    // publishes (2 per node, cause not yet found; see the issue 13 note):
-    // what must hold is that the receiver hears each message once.
+    // make it read one again, and skip it as seen). A node whose first
+    // ticks come before the `cpu` table exists also raises and resolves the
+    // rule's error alert (2 more messages, without `host`), so publishes are
+    // counted at least, not exactly; the receiver hears each message once.
     assert!(total("vigil_notifications_published_total") >= 2.0);
     assert!(total("vigil_notifications_duplicates_total") >= 1.0);
     assert!(
