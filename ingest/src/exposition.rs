@@ -171,12 +171,6 @@ fn valid_name(s: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
 }
 
-fn valid_label_name(s: &str) -> bool {
-    let mut b = s.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
 /// `name{labels} value [timestamp] [# exemplar]`.
 fn sample_line(line: &str, openmetrics: bool) -> Result<ExpositionSample<'_>, String> {
     let name_end = line
@@ -263,7 +257,7 @@ fn label_set(mut s: &str) -> Result<(Labels<'_>, &str), String> {
         }
         let eq = s.find('=').ok_or("a label without `=`")?;
         let name = s[..eq].trim();
-        if !valid_label_name(name) {
+        if !vigil_model::is_label_name(name) {
             return Err(format!(
                 "{:?} is not a label name",
                 name.chars().take(200).collect::<String>()

@@ -4,6 +4,14 @@
 
 use std::borrow::Cow;
 
+/// A Prometheus label name, `[a-zA-Z_][a-zA-Z0-9_]*`: what exposition,
+/// relabeling, scrape targets and alert rules all accept.
+pub fn is_label_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
 /// A field value as it arrived, before it is checked against the table schema.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldValue<'a> {

@@ -366,15 +366,6 @@ pub fn load_file(
     }
 }
 
-/// Names of labels: Prometheus's `[a-zA-Z_][a-zA-Z0-9_]*`.
-fn valid_label_name(n: &str) -> bool {
-    let mut chars = n.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 fn check_rule(
     r: RuleDoc,
     group: &str,
@@ -450,7 +441,7 @@ fn check_rule(
     let mut templates = |map: BTreeMap<String, String>, key: &str| {
         let mut out = Vec::new();
         for (k, v) in map {
-            if key == "labels" && !valid_label_name(&k) {
+            if key == "labels" && !vigil_model::is_label_name(&k) {
                 errors.push((
                     key_line(key),
                     format!("{what}: label name {k:?} is not [a-zA-Z_][a-zA-Z0-9_]*"),

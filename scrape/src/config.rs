@@ -123,17 +123,10 @@ pub(crate) fn check_target(t: &str) -> Result<(), String> {
 /// Discovered labels must be label names; `__` ones (`__meta_...`) are for
 /// relabeling and are not stored.
 pub(crate) fn check_target_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
-    for name in labels.keys() {
-        let valid = name
-            .bytes()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
-            && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
-        if !valid {
-            return Err(format!("target label {name:?} is not a label name"));
-        }
+    match labels.keys().find(|n| !vigil_model::is_label_name(n)) {
+        Some(name) => Err(format!("target label {name:?} is not a label name")),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,10 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use crate::config::Target;
+use crate::ring::call_within;
+
+/// A prefix may hold many target groups: more time than the ring's calls.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,13 +114,12 @@ async fn follow(
     tx: &watch::Sender<Arc<Vec<Target>>>,
 ) -> Result<(), String> {
     let mut client = crate::ring::connect(&sd.endpoints).await?;
-    let listed = tokio::time::timeout(
-        Duration::from_secs(10),
+    let listed = call_within(
+        ANSWER_WITHIN,
+        "get",
         client.get(sd.prefix.as_str(), Some(GetOptions::new().with_prefix())),
     )
-    .await
-    .map_err(|_| "etcd get: no answer in 10 s".to_string())?
-    .map_err(|e| format!("etcd get: {e}"))?;
+    .await?;
     let revision = listed.header().map_or(0, |h| h.revision());
     by_key.clear();
     for kv in listed.kvs() {
@@ -129,8 +132,9 @@ async fn follow(
         }
     }
     publish(by_key, tx);
-    let mut watch = tokio::time::timeout(
-        Duration::from_secs(10),
+    let mut watch = call_within(
+        ANSWER_WITHIN,
+        "watch",
         client.watch(
             sd.prefix.as_str(),
             Some(
@@ -140,9 +144,7 @@ async fn follow(
             ),
         ),
     )
-    .await
-    .map_err(|_| "etcd watch: no answer in 10 s".to_string())?
-    .map_err(|e| format!("etcd watch: {e}"))?;
+    .await?;
     loop {
         let w = watch
             .message()

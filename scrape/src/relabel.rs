@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use md5::{Digest, Md5};
 use regex::Regex;
 use serde::Deserialize;
+use vigil_model::is_label_name;
 
 /// A label set while rules run: name → value.
 pub type Labels = BTreeMap<String, String>;
@@ -82,13 +83,6 @@ pub struct RelabelRule {
 
 const DEFAULT_REGEX: &str = "(.*)";
 
-fn valid_label_name(s: &str) -> bool {
-    s.bytes()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
 /// A `replace` target may hold `$1` / `${name}` references.
 fn valid_replace_target(s: &str) -> bool {
     let plain: String = {
@@ -128,7 +122,7 @@ fn valid_replace_target(s: &str) -> bool {
         }
         out
     };
-    valid_label_name(&plain)
+    is_label_name(&plain)
 }
 
 impl RelabelRule {
@@ -161,7 +155,7 @@ impl RelabelRule {
         if action == Action::Replace && !valid_replace_target(&target) {
             return Err(format!("target_label {target:?} is not a label name"));
         }
-        if needs_target && action != Action::Replace && !valid_label_name(&target) {
+        if needs_target && action != Action::Replace && !is_label_name(&target) {
             return Err(format!("target_label {target:?} is not a label name"));
         }
         if action == Action::HashMod && d.modulus.unwrap_or(0) == 0 {
@@ -196,7 +190,7 @@ impl RelabelRule {
         {
             return Err(format!("relabel action {name} needs source_labels"));
         }
-        if let Some(bad) = d.source_labels.iter().find(|l| !valid_label_name(l)) {
+        if let Some(bad) = d.source_labels.iter().find(|l| !is_label_name(l)) {
             return Err(format!("source label {bad:?} is not a label name"));
         }
         Ok(Self {
@@ -238,7 +232,7 @@ impl RelabelRule {
                 if let Some(caps) = self.regex.captures(&value) {
                     let mut target = String::new();
                     caps.expand(&self.target_label, &mut target);
-                    if !valid_label_name(&target) {
+                    if !is_label_name(&target) {
                         return true;
                     }
                     let mut out = String::new();
@@ -282,7 +276,7 @@ impl RelabelRule {
                     })
                     .collect();
                 for (name, value) in mapped {
-                    if valid_label_name(&name) {
+                    if is_label_name(&name) {
                         set(labels, name, value);
                     }
                 }

@@ -163,10 +163,19 @@ async fn call<T>(
     what: &str,
     f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+    call_within(CALL_TIMEOUT, what, f).await
+}
+
+/// An etcd call that answers within `limit`, its error naming the call.
+pub(crate) async fn call_within<T>(
+    limit: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, f).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("etcd {what}: {e}")),
-        Err(_) => Err(format!("etcd {what}: no answer in {CALL_TIMEOUT:?}")),
+        Err(_) => Err(format!("etcd {what}: no answer in {limit:?}")),
     }
 }
 
@@ -291,7 +300,6 @@ impl Session<'_> {
     /// Stops scraping, then revokes the lease if a session has not.
     async fn leave(&self) {
         self.hide();
-        let _ = self.tx.send(None);
         let lease = self.standing.lease.lock().take();
         if let Some(lease) = lease {
             if let Ok(mut c) = connect(self.endpoints).await {
