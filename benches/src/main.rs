@@ -5,6 +5,7 @@
 mod generate;
 mod ingest;
 mod kafka_produce;
+mod remote_write;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Fill a Kafka topic with a line protocol file (for the Kafka ingest benchmark).
     KafkaProduce(kafka_produce::KafkaProduceArgs),
+    /// Send a pre-encoded Prometheus remote-write stream and report samples/s.
+    RemoteWrite(remote_write::RemoteWriteArgs),
 }
 
 /// Splits a line protocol file into chunks of `lines` lines (the last may be
@@ -51,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Ingest(a) => tokio::runtime::Runtime::new()?.block_on(ingest::run(a)),
         Command::KafkaProduce(a) => tokio::runtime::Runtime::new()?.block_on(kafka_produce::run(a)),
+        Command::RemoteWrite(a) => tokio::runtime::Runtime::new()?.block_on(remote_write::run(a)),
     }
 }

@@ -15,10 +15,16 @@ use vigil_model::{LineError, Point, TableAccess};
 use vigil_storage::Storage;
 
 use crate::line_protocol::{truncate_chars, LineLimits};
-use crate::remote_write::{decode_remote_write_limited, RemoteWriteError, WriteRequest};
+use crate::remote_write::{
+    decode_remote_write_limited, decompress_remote_write, decompress_remote_write_into,
+    read_remote_write, RemoteWriteBody, RemoteWriteError, WriteRequest,
+};
 use crate::{parse_line_protocol_limited, remote_write_points_limited, ParsedBody, Precision};
 
 const NANOS_PER_DAY: i64 = 86_400_000_000_000;
+
+/// Largest decompression buffer a thread keeps between remote-write requests.
+const KEPT_BUFFER_BYTES: usize = 8 << 20;
 
 /// The limits of one write. Defaults are what a user of InfluxDB or Prometheus would
 /// find roomy; each is a key of the `[write]` section of vigil.toml.
@@ -145,7 +151,7 @@ pub struct ParsedWrite<'a> {
     /// The text of a line-protocol body (to quote rejected lines).
     pub text: Option<&'a str>,
     /// The decoded request of a remote-write body.
-    pub request: Option<&'a WriteRequest>,
+    pub request: Option<&'a RemoteWriteBody<'a>>,
 }
 
 /// Parses, checks and commits writes into one storage engine under one set of limits.
@@ -221,15 +227,30 @@ impl WritePipeline {
                 Ok(f(self.parsed(parsed, lines, Some(text), None, access)))
             }
             WriteFormat::RemoteWrite => {
-                let request = self.decode_remote_write(body)?;
-                let parsed = self.remote_write_points(&request);
-                Ok(f(self.parsed(
-                    parsed,
-                    request.timeseries.len(),
-                    None,
-                    Some(&request),
-                    access,
-                )))
+                thread_local! {
+                    /// The decompressed body, kept for the thread's next request.
+                    static RAW: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+                }
+                let mut raw = RAW.take();
+                let result =
+                    decompress_remote_write_into(body, self.limits.max_body_bytes, &mut raw)
+                        .map_err(WriteError::from)
+                        .and_then(|()| {
+                            let request = self.read_remote_write(&raw)?;
+                            let parsed = self.remote_write_points(&request);
+                            Ok(f(self.parsed(
+                                parsed,
+                                request.len(),
+                                None,
+                                Some(&request),
+                                access,
+                            )))
+                        });
+                // A buffer grown by an unusually large body is not kept.
+                if raw.capacity() <= KEPT_BUFFER_BYTES {
+                    RAW.set(raw);
+                }
+                result
             }
         }
     }
@@ -239,7 +260,7 @@ impl WritePipeline {
         mut parsed: ParsedBody<'a>,
         lines: usize,
         text: Option<&'a str>,
-        request: Option<&'a WriteRequest>,
+        request: Option<&'a RemoteWriteBody<'a>>,
         access: &TableAccess,
     ) -> ParsedWrite<'a> {
         limit_tables(&mut parsed, access, self.limits.line.max_errors);
@@ -269,8 +290,23 @@ impl WritePipeline {
         )?)
     }
 
+    /// A remote-write body's protobuf, its announced size checked first.
+    pub fn decompress_remote_write(&self, body: &[u8]) -> Result<Vec<u8>, WriteError> {
+        Ok(decompress_remote_write(body, self.limits.max_body_bytes)?)
+    }
+
+    /// A decompressed remote-write request, read in place, its series count and
+    /// expansion checked.
+    pub fn read_remote_write<'a>(&self, raw: &'a [u8]) -> Result<RemoteWriteBody<'a>, WriteError> {
+        Ok(read_remote_write(
+            raw,
+            self.limits.max_series_per_request,
+            self.limits.max_label_values_per_request,
+        )?)
+    }
+
     /// The points of a remote-write request under the line limits.
-    pub fn remote_write_points<'a>(&self, request: &'a WriteRequest) -> ParsedBody<'a> {
+    pub fn remote_write_points<'a>(&self, request: &RemoteWriteBody<'a>) -> ParsedBody<'a> {
         remote_write_points_limited(request, &self.limits.line)
     }
 

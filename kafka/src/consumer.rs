@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesOrdered, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -15,8 +16,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use vigil_ingest::{now_nanos, Precision, WritePipeline, WriteRequest};
+use vigil_ingest::{now_nanos, Precision, RemoteWriteBody, WritePipeline};
 use vigil_model::{LineError, Point};
+use vigil_storage::ValidatedWrite;
 
 use crate::format::MessageFormat;
 use crate::{Error, KafkaConfig, KafkaMetrics, PartitionLabels};
@@ -96,7 +98,7 @@ struct Received {
 /// A message read for writing: its text or request, once decoded.
 enum Decoded<'a> {
     Lines(&'a str, Precision),
-    Request(WriteRequest),
+    Request(RemoteWriteBody<'a>),
     Unreadable,
 }
 
@@ -158,6 +160,12 @@ impl KafkaIngest {
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut paused = false;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        // Batches being parsed and validated on blocking threads, one per core,
+        // while the loop receives the next and commits the previous ones; they
+        // are committed in the order they were received.
+        let parsers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        let mut parsing: FuturesOrdered<tokio::task::JoinHandle<PreparedBatch>> =
+            FuturesOrdered::new();
         loop {
             paused = self.apply_backpressure(paused);
             tokio::select! {
@@ -167,13 +175,34 @@ impl KafkaIngest {
                     let upto = *persisted.borrow_and_update();
                     self.commit_persisted(&mut pending, upto, CommitMode::Async);
                 }
-                first = self.consumer.recv() => match first {
-                    Ok(m) => {
-                        if let Some(p) = self.ingest_batch(m).await? {
+                Some(prepared) = parsing.next() => {
+                    let prepared = prepared.map_err(|e| Error::Parse(e.to_string()))?;
+                    match self.write_batch(prepared).await {
+                        Ok(p) => {
                             pending.push_back(p);
                             let upto = *persisted.borrow();
                             self.commit_persisted(&mut pending, upto, CommitMode::Async);
                         }
+                        Err(failed) => {
+                            // Every batch after the failed one is read again with
+                            // it: their offsets must not be committed before it.
+                            let mut again = failed;
+                            while let Some(later) = parsing.next().await {
+                                let later = later.map_err(|e| Error::Parse(e.to_string()))?;
+                                again.extend(later.batch);
+                            }
+                            self.seek_back(&again)?;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                first = self.consumer.recv(), if parsing.len() < parsers => match first {
+                    Ok(m) => {
+                        let batch = self.receive_batch(m).await;
+                        let pipeline = Arc::clone(&self.pipeline);
+                        parsing.push_back(tokio::task::spawn_blocking(move || {
+                            prepare_batch(&pipeline, batch)
+                        }));
                     }
                     Err(e) => {
                         // The client reconnects by itself; back off so a dead broker
@@ -243,10 +272,8 @@ impl KafkaIngest {
         }
     }
 
-    /// Reads more messages (up to the batch size or 50 ms) after `first`, writes
-    /// them in one storage commit, and returns the offsets to commit once persisted
-    /// (None when the batch is to be read again).
-    async fn ingest_batch(&self, first: BorrowedMessage<'_>) -> Result<Option<Pending>, Error> {
+    /// Reads more messages (up to the batch size or 50 ms) after `first`.
+    async fn receive_batch(&self, first: BorrowedMessage<'_>) -> Vec<Received> {
         let mut batch = vec![received(&first)];
         drop(first);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -261,78 +288,39 @@ impl KafkaIngest {
             }
         }
         self.metrics.messages.inc_by(batch.len() as u64);
-        let mut offsets = BTreeMap::new();
-        for m in &batch {
-            offsets.insert(m.partition, m.offset + 1);
-        }
+        batch
+    }
 
-        // Every message's lines (or remote-write series) get numbers in one space,
-        // `bases[i]` being the first of message i, so errors lead back to it.
-        let mut problems: Vec<Vec<LineError>> = vec![Vec::new(); batch.len()];
-        let mut rejected = 0usize;
-        let decoded: Vec<Decoded<'_>> = batch
-            .iter()
-            .zip(problems.iter_mut())
-            .map(|(m, problems)| decode(&self.pipeline, m, problems))
-            .collect();
-        let now = now_nanos();
-        let mut bases = Vec::with_capacity(batch.len());
-        let mut next = 1usize;
-        let mut points: Vec<(usize, Point<'_>)> = Vec::new();
-        for (i, d) in decoded.iter().enumerate() {
-            bases.push(next);
-            let (mut parsed, span) = match d {
-                Decoded::Lines(text, precision) => (
-                    self.pipeline.parse_lines(text, *precision, now),
-                    text.split('\n').count(),
-                ),
-                Decoded::Request(r) => (self.pipeline.remote_write_points(r), r.timeseries.len()),
-                Decoded::Unreadable => {
-                    rejected += 1;
-                    next += 1;
-                    continue;
-                }
-            };
-            self.pipeline.limit_days(&mut parsed);
-            rejected += parsed.error_count;
-            problems[i].extend(parsed.errors);
-            points.extend(parsed.points.into_iter().map(|(n, p)| (next + n - 1, p)));
-            next += span.max(1);
-        }
-        // Every rejected line is mapped back to its message (not only the first
-        // reasons the capped HTTP report keeps): a message with a rejected line
-        // must be dead-lettered before its offset is committed.
-        let w = self.pipeline.storage().validate(points);
-        rejected += w.rejected_count;
-        for e in w.rejected {
-            // Line 0 (a failure of the whole write) belongs to the first message.
-            let i = bases.partition_point(|b| *b <= e.line).saturating_sub(1);
-            problems[i].push(LineError {
-                line: (e.line + 1).saturating_sub(bases[i]).max(1),
-                reason: e.reason,
-            });
-        }
-        drop(decoded);
+    /// Reports a prepared batch's rejected lines (dead-lettering their messages)
+    /// and writes its rows in one storage commit; returns the offsets to commit
+    /// once persisted, or the batch's messages when it must be read again.
+    async fn write_batch(&self, prepared: PreparedBatch) -> Result<Pending, Vec<Received>> {
+        let PreparedBatch {
+            batch,
+            problems,
+            rejected,
+            write,
+        } = prepared;
         self.metrics.lines_rejected.inc_by(rejected as u64);
         if !self.report_problems(&batch, &problems).await {
             // A rejected message that did not reach the dead-letter topic must not
             // have its offset committed: read the batch again.
             warn!("a rejected message could not be dead-lettered; re-reading the batch");
-            self.seek_back(&batch)?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            return Ok(None);
+            return Err(batch);
         }
-        match self.pipeline.commit(w.tables).await {
+        let mut offsets = BTreeMap::new();
+        for m in &batch {
+            offsets.insert(m.partition, m.offset + 1);
+        }
+        match self.pipeline.commit(write.tables).await {
             Ok(seq) => {
-                self.metrics.rows.inc_by(w.accepted as u64);
-                Ok(Some(Pending { seq, offsets }))
+                self.metrics.rows.inc_by(write.accepted as u64);
+                Ok(Pending { seq, offsets })
             }
             Err(e) => {
                 // Not acknowledged to Kafka: seek back so the batch is read again.
                 warn!(error = %e, "could not write Kafka messages; re-reading them");
-                self.seek_back(&batch)?;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok(None)
+                Err(batch)
             }
         }
     }
@@ -478,6 +466,81 @@ impl KafkaIngest {
     }
 }
 
+/// A received batch, parsed and validated, ready to be written.
+struct PreparedBatch {
+    batch: Vec<Received>,
+    /// Per message, its rejected lines (numbered within the message).
+    problems: Vec<Vec<LineError>>,
+    rejected: usize,
+    write: ValidatedWrite,
+}
+
+/// Parses and validates a batch (CPU work, on a blocking thread). Every
+/// message's lines (or remote-write series) get numbers in one space, `bases[i]`
+/// being the first of message i, so errors lead back to it; every rejected line
+/// is mapped back to its message (not only the first reasons the capped HTTP
+/// report keeps), since a message with a rejected line must be dead-lettered
+/// before its offset is committed.
+fn prepare_batch(pipeline: &WritePipeline, batch: Vec<Received>) -> PreparedBatch {
+    let mut problems: Vec<Vec<LineError>> = vec![Vec::new(); batch.len()];
+    let mut rejected = 0usize;
+    // Remote-write messages are decompressed first: the requests read from
+    // them borrow their labels from these buffers.
+    let raws: Vec<Option<Vec<u8>>> = batch
+        .iter()
+        .zip(problems.iter_mut())
+        .map(|(m, problems)| decompress(pipeline, m, problems))
+        .collect();
+    let decoded: Vec<Decoded<'_>> = batch
+        .iter()
+        .zip(&raws)
+        .zip(problems.iter_mut())
+        .map(|((m, raw), problems)| decode(pipeline, m, raw.as_deref(), problems))
+        .collect();
+    let now = now_nanos();
+    let mut bases = Vec::with_capacity(batch.len());
+    let mut next = 1usize;
+    let mut points: Vec<(usize, Point<'_>)> = Vec::new();
+    for (i, d) in decoded.iter().enumerate() {
+        bases.push(next);
+        let (mut parsed, span) = match d {
+            Decoded::Lines(text, precision) => (
+                pipeline.parse_lines(text, *precision, now),
+                text.split('\n').count(),
+            ),
+            Decoded::Request(r) => (pipeline.remote_write_points(r), r.len()),
+            Decoded::Unreadable => {
+                rejected += 1;
+                next += 1;
+                continue;
+            }
+        };
+        pipeline.limit_days(&mut parsed);
+        rejected += parsed.error_count;
+        problems[i].extend(parsed.errors);
+        points.extend(parsed.points.into_iter().map(|(n, p)| (next + n - 1, p)));
+        next += span.max(1);
+    }
+    let mut write = pipeline.storage().validate(points);
+    rejected += write.rejected_count;
+    for e in std::mem::take(&mut write.rejected) {
+        // Line 0 (a failure of the whole write) belongs to the first message.
+        let i = bases.partition_point(|b| *b <= e.line).saturating_sub(1);
+        problems[i].push(LineError {
+            line: (e.line + 1).saturating_sub(bases[i]).max(1),
+            reason: e.reason,
+        });
+    }
+    drop(decoded);
+    drop(raws);
+    PreparedBatch {
+        batch,
+        problems,
+        rejected,
+        write,
+    }
+}
+
 fn received(m: &BorrowedMessage<'_>) -> Received {
     Received {
         partition: m.partition(),
@@ -494,6 +557,7 @@ fn received(m: &BorrowedMessage<'_>) -> Received {
 fn decode<'a>(
     pipeline: &WritePipeline,
     m: &'a Received,
+    raw: Option<&'a [u8]>,
     problems: &mut Vec<LineError>,
 ) -> Decoded<'a> {
     let problem = |reason: String| LineError { line: 1, reason };
@@ -506,12 +570,36 @@ fn decode<'a>(
                 e.valid_up_to()
             ))),
         },
-        Ok(MessageFormat::RemoteWrite) => match pipeline.decode_remote_write(&m.payload) {
-            Ok(r) => return Decoded::Request(r),
-            Err(e) => problems.push(problem(e.to_string())),
+        Ok(MessageFormat::RemoteWrite) => match raw.map(|raw| pipeline.read_remote_write(raw)) {
+            Some(Ok(r)) => return Decoded::Request(r),
+            Some(Err(e)) => problems.push(problem(e.to_string())),
+            // Not decompressed: its problem is noted already.
+            None => {}
         },
     }
     Decoded::Unreadable
+}
+
+/// The protobuf of a remote-write message (None for other formats, or when it
+/// does not decompress, which is noted as its problem).
+fn decompress(
+    pipeline: &WritePipeline,
+    m: &Received,
+    problems: &mut Vec<LineError>,
+) -> Option<Vec<u8>> {
+    if !matches!(m.format, Ok(MessageFormat::RemoteWrite)) {
+        return None;
+    }
+    match pipeline.decompress_remote_write(&m.payload) {
+        Ok(raw) => Some(raw),
+        Err(e) => {
+            problems.push(LineError {
+                line: 1,
+                reason: e.to_string(),
+            });
+            None
+        }
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -67,6 +67,8 @@ pub enum Error {
         offset: i64,
         message: String,
     },
+    #[error("parsing a batch of Kafka messages failed; it is not stored and its offsets are not committed: {0}")]
+    Parse(String),
 }
 
 impl Error {

@@ -524,13 +524,7 @@ async fn forward(
                 Some(request) => {
                     let bad: std::collections::HashSet<usize> =
                         parsed.errors.iter().map(|e| e.line).collect();
-                    let mut request = request.clone();
-                    let mut n = 0;
-                    request.timeseries.retain(|_| {
-                        n += 1;
-                        !bad.contains(&n)
-                    });
-                    ForwardBatch::remote_write(request)
+                    ForwardBatch::remote_write(request.to_request(&bad))
                 }
                 None => ForwardBatch::line_protocol(&parsed.points),
             };

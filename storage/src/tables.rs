@@ -300,15 +300,28 @@ impl TableSchemas {
         }
         let mut builders: Vec<TableBuild> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
+        // Rows per table, so that each batch's columns are allocated once at
+        // their size.
+        let mut rows_of: HashMap<&str, usize> = HashMap::new();
+        for ((_, p), kinds) in points.iter().zip(&checked) {
+            if kinds.is_some() {
+                *rows_of.entry(p.table.as_ref()).or_default() += 1;
+            }
+        }
         for ((line, p), kinds) in points.iter().zip(&checked) {
             let Some(kinds) = kinds else { continue };
             let i = match index.get(p.table.as_ref()) {
                 Some(i) => *i,
                 None => {
+                    let rows = rows_of
+                        .get(p.table.as_ref())
+                        .copied()
+                        .unwrap_or(0)
+                        .min(crate::buffer::MAX_ROWS_PER_WRITE);
                     builders.push(TableBuild {
                         name: p.table.to_string(),
                         done: Vec::new(),
-                        current: BatchBuilder::default(),
+                        current: BatchBuilder::with_capacity(rows),
                         rows: 0,
                     });
                     index.insert(p.table.as_ref(), builders.len() - 1);
@@ -327,7 +340,8 @@ impl TableSchemas {
                 continue;
             }
             if !t.current.append(p, kinds) {
-                let full = std::mem::take(&mut t.current);
+                let left = rows_of.get(p.table.as_ref()).copied().unwrap_or(0) - t.rows;
+                let full = std::mem::replace(&mut t.current, BatchBuilder::with_capacity(left));
                 t.done.push(full);
                 let appended = t.current.append(p, kinds);
                 debug_assert!(appended, "an empty batch takes any point");
