@@ -18,17 +18,10 @@ def cpu_seconds(pid):
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _status_mib(pid, key):
+def rss_mib(pid):
+    """Resident memory of a running process."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith(key + ":"):
+            if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-def rss_mib(pid):
-    return _status_mib(pid, "VmRSS")
-
-
-def peak_rss_mib(pid):
-    return _status_mib(pid, "VmHWM")

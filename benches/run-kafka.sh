@@ -31,6 +31,8 @@ fi
 lines=$(( HOSTS * (SECS / 10) ))
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
+# User + system CPU time of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 for p in $PARTITIONS; do
   bdir="$work/kafka-$p"
@@ -58,23 +60,26 @@ for p in $PARTITIONS; do
   while true; do
     rows=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^vigil_kafka_rows_total/ {print $2}' || true)
     rows=${rows:-0}
-    if [ -z "$first" ] && [ "$rows" -gt 0 ]; then first=$(now); first_rows=$rows; fi
+    if [ -z "$first" ] && [ "$rows" -gt 0 ]; then first=$(now); first_rows=$rows; cpu0=$(cpu_ticks $pid); fi
     [ "$rows" -ge "$lines" ] && break
     sleep 0.05
   done
   last=$(now)
+  cpu1=$(cpu_ticks $pid)
   rss_kb=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
   kill -TERM $pid; wait $pid || true
   bash scripts/kafka.sh stop "$bdir"
   trap - EXIT
-  python3 - "$p" "$first" "$last" "$first_rows" "$lines" "$rss_kb" "$peer_msgs_sec" <<'PY'
-import sys
-p, first, last, first_rows, lines, rss, peer_msgs = sys.argv[1:]
+  python3 - "$p" "$first" "$last" "$first_rows" "$lines" "$rss_kb" "$peer_msgs_sec" "$cpu0" "$cpu1" <<'PY'
+import os, sys
+p, first, last, first_rows, lines, rss, peer_msgs, cpu0, cpu1 = sys.argv[1:]
 secs = float(last) - float(first)
+cpu = (int(cpu1) - int(cpu0)) / os.sysconf("SC_CLK_TCK")
 rows = int(lines) - int(first_rows)
 peer_samples = float(peer_msgs) * 500 * 10
 print(f'{{"partitions": {p}, "lines": {lines}, "samples": {int(lines) * 10}, '
-      f'"vigil_samples_per_sec": {rows * 10 / secs:.0f}, "vigil_peak_rss_mb": {int(rss) / 1024:.0f}, '
+      f'"vigil_samples_per_sec": {rows * 10 / secs:.0f}, "vigil_cpu_cores": {cpu / secs:.2f}, '
+      f'"vigil_samples_per_cpu_sec": {rows * 10 / cpu:.0f}, "vigil_peak_rss_mb": {int(rss) / 1024:.0f}, '
       f'"kafka_consumer_perf_samples_per_sec": {peer_samples:.0f}}}')
 PY
 done

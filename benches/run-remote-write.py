@@ -4,8 +4,9 @@ Prometheus 2.42's own receiver (--web.enable-remote-write-receiver), each fed
 the same pre-encoded stream by `vigil-bench remote-write` (--series
 node_exporter-like series with 5 labels, --samples-per-request samples per
 request, --clients shards that keep each series in time order). For each
-receiver: samples/s acknowledged, server CPU seconds (from /proc) and samples
-per server CPU-second, and peak RSS. Each run starts on an empty data directory.
+receiver: samples/s acknowledged, server CPU seconds from the start of the send
+to the server's exit (so vigil's flush of its buffer to Parquet counts) and
+samples per server CPU-second, and peak RSS. Each run starts on an empty data directory.
 
   python3 benches/run-remote-write.py --series 16000 --rounds 250 --clients 4
 """
@@ -14,7 +15,7 @@ import argparse, json, os, shutil, subprocess, sys, tempfile, time, urllib.reque
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import free_port, cpu_seconds, peak_rss_mib  # noqa: E402
+from common import free_port, cpu_seconds  # noqa: E402
 
 
 def wait_http(url, proc, name):
@@ -39,10 +40,16 @@ def measure(name, argv, base_url, ready_path, a, cwd):
              "--samples-per-request", str(a.samples_per_request), "--rounds", str(a.rounds),
              "--clients", str(a.clients)],
             check=True, capture_output=True, text=True).stdout
-        c1 = cpu_seconds(proc.pid)
+        # The receiver is stopped and its CPU read at exit, so work done after
+        # acknowledging counts: vigil persists its buffer to Parquet on the
+        # way out (it would within 5 minutes otherwise); Prometheus keeps its
+        # head in memory and WAL, as it does for 2 hours before cutting a block.
+        proc.terminate()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = status
         r = json.loads(out.strip().splitlines()[-1])
-        r["cpu_s"] = c1 - c0
-        r["rss"] = peak_rss_mib(proc.pid)
+        r["cpu_s"] = usage.ru_utime + usage.ru_stime - c0
+        r["rss"] = usage.ru_maxrss / 1024
         return r
     finally:
         proc.terminate()

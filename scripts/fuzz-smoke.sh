@@ -2,7 +2,7 @@
 # Short fuzzing run of every fuzz target (libFuzzer via cargo-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
-secs="${FUZZ_SECONDS:-15}"
+secs="${FUZZ_SECONDS:-10}"
 # The smoke run builds without optimizations (--dev): arrow and parquet, which the
 # write-pipeline target links, take 11 minutes to build optimized on 2 cores and 3
 # without, and a 30-second run finds the same shallow bugs either way. Longer

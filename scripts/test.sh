@@ -43,5 +43,5 @@ tail -n 3 target/install-clients.log
 echo "== cargo test (unit + end-to-end against the real binary)"
 cargo test --release --workspace
 
-echo "== fuzz smoke (${FUZZ_SECONDS:-15}s per target)"
+echo "== fuzz smoke (${FUZZ_SECONDS:-10}s per target)"
 bash scripts/fuzz-smoke.sh

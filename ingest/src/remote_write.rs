@@ -362,6 +362,8 @@ pub fn decompress_remote_write_into(
         });
     }
     if out.len() < size {
+        // Exactly: doubling would push a kept buffer past the size it is kept at.
+        out.reserve_exact(size - out.len());
         out.resize(size, 0);
     }
     let n = snap::raw::Decoder::new().decompress(body, &mut out[..size]);
@@ -446,7 +448,6 @@ pub fn remote_write_points_limited<'a>(
     limits: &LineLimits,
 ) -> ParsedBody<'a> {
     let mut out = ParsedBody::default();
-    out.points.reserve(request.samples.len());
     let max_errors = limits.max_errors;
     for (i, series) in request.series().enumerate() {
         let number = i + 1;

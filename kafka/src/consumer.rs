@@ -163,7 +163,10 @@ impl KafkaIngest {
         // Batches being parsed and validated on blocking threads, one per core,
         // while the loop receives the next and commits the previous ones; they
         // are committed in the order they were received.
-        let parsers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        // At most four: batches in flight are memory the buffer's backpressure
+        // does not see.
+        let parsers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+        let mut failure = None;
         let mut parsing: FuturesOrdered<tokio::task::JoinHandle<PreparedBatch>> =
             FuturesOrdered::new();
         loop {
@@ -176,7 +179,14 @@ impl KafkaIngest {
                     self.commit_persisted(&mut pending, upto, CommitMode::Async);
                 }
                 Some(prepared) = parsing.next() => {
-                    let prepared = prepared.map_err(|e| Error::Parse(e.to_string()))?;
+                    let prepared = match prepared {
+                        Ok(p) => p,
+                        Err(e) => {
+                            // Stop consuming, but commit what is persisted first.
+                            failure = Some(Error::Parse(e.to_string()));
+                            break;
+                        }
+                    };
                     match self.write_batch(prepared).await {
                         Ok(p) => {
                             pending.push_back(p);
@@ -188,10 +198,17 @@ impl KafkaIngest {
                             // it: their offsets must not be committed before it.
                             let mut again = failed;
                             while let Some(later) = parsing.next().await {
-                                let later = later.map_err(|e| Error::Parse(e.to_string()))?;
-                                again.extend(later.batch);
+                                match later {
+                                    Ok(later) => again.extend(later.batch),
+                                    // Its messages come after the failed batch's in
+                                    // each partition: the seek covers them.
+                                    Err(e) => warn!(error = %e, "parsing a Kafka batch failed"),
+                                }
                             }
-                            self.seek_back(&again)?;
+                            if let Err(e) = self.seek_back(&again) {
+                                failure = Some(e);
+                                break;
+                            }
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                     }
@@ -212,6 +229,12 @@ impl KafkaIngest {
                     }
                 }
             }
+        }
+        if let Some(e) = failure {
+            // What is persisted already is committed; the rest is read again.
+            let upto = *persisted.borrow_and_update();
+            self.commit_persisted(&mut pending, upto, CommitMode::Sync);
+            return Err(e);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {

@@ -471,7 +471,14 @@ impl BatchBuilder {
     }
 
     fn add_column(&mut self, name: &str, kind: ColumnKind) -> usize {
-        let mut b = ColumnBuilder::new(kind, self.capacity.max(self.rows));
+        // The first point's columns are sized for the batch; a column that
+        // appears later (sparse data) starts small and grows as it is used.
+        let size = if self.rows == 0 {
+            self.capacity
+        } else {
+            (self.rows * 2).min(self.capacity.max(self.rows + 1))
+        };
+        let mut b = ColumnBuilder::new(kind, size);
         b.pad_nulls(self.rows);
         self.columns.push((name.to_string(), kind, b));
         self.index.insert(name.to_string(), self.columns.len() - 1);

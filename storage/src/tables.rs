@@ -340,8 +340,11 @@ impl TableSchemas {
                 continue;
             }
             if !t.current.append(p, kinds) {
+                // A split happens on sparse data, whose batches stay small: the
+                // next is sized like this one, not for all the rows left.
                 let left = rows_of.get(p.table.as_ref()).copied().unwrap_or(0) - t.rows;
-                let full = std::mem::replace(&mut t.current, BatchBuilder::with_capacity(left));
+                let size = left.min(t.current.rows().max(1024));
+                let full = std::mem::replace(&mut t.current, BatchBuilder::with_capacity(size));
                 t.done.push(full);
                 let appended = t.current.append(p, kinds);
                 debug_assert!(appended, "an empty batch takes any point");
@@ -470,4 +473,64 @@ pub const ROLLUP_PREFIXES: [&str; 2] = ["rollup_10m.", "rollup_1h."];
 /// Whether `table` is one of the engine's rollup tables.
 pub fn is_rollup_table(table: &str) -> bool {
     ROLLUP_PREFIXES.iter().any(|p| table.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+    use vigil_model::FieldValue;
+
+    fn schemas() -> TableSchemas {
+        TableSchemas::new(&BTreeMap::new(), 100, 100_000)
+    }
+
+    /// Builders are sized from the rows of the write: a sparse write (every line
+    /// with a field of its own, which splits into many batches) must not give
+    /// each batch room for all the rows left, and a small write must not cost
+    /// Arrow's default 1,024 values per column.
+    #[test]
+    fn batches_are_sized_by_their_rows() {
+        let n = 20_000;
+        let names: Vec<String> = (0..n).map(|i| format!("f{i}")).collect();
+        let points = names
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let p = Point {
+                    table: Cow::Borrowed("sparse"),
+                    tags: vec![(Cow::Borrowed("host"), Cow::Borrowed("a"))],
+                    fields: vec![(Cow::Borrowed(f.as_str()), FieldValue::F64(1.0))],
+                    time: i as i64,
+                };
+                (i + 1, p)
+            })
+            .collect();
+        let w = schemas().validate_capped(points, 10);
+        assert_eq!(w.accepted, n);
+        assert!(w.tables.len() > 10, "a sparse write splits");
+        let bytes: usize = w
+            .tables
+            .iter()
+            .map(|(_, b)| b.get_array_memory_size())
+            .sum();
+        // Each value is a few bytes of data and validity; 64 MB would mean the
+        // capacity of every split batch grew with the rows left.
+        assert!(bytes < 64 << 20, "{bytes} bytes for {n} sparse rows");
+
+        let small: Vec<(usize, Point<'_>)> = (0..25)
+            .map(|i| {
+                let p = Point {
+                    table: Cow::Borrowed("small"),
+                    tags: vec![(Cow::Borrowed("host"), Cow::Owned(format!("h{i}")))],
+                    fields: vec![(Cow::Borrowed("value"), FieldValue::F64(1.0))],
+                    time: i,
+                };
+                (i as usize + 1, p)
+            })
+            .collect();
+        let w = schemas().validate_capped(small, 10);
+        let bytes = w.tables[0].1.get_array_memory_size();
+        assert!(bytes < 8 << 10, "{bytes} bytes for 25 rows");
+    }
 }
