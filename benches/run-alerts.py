@@ -17,15 +17,9 @@ write's acknowledgement to the webhook receiving the firing notification.
 import argparse, http.server, json, os, random, socket, subprocess, sys, tempfile, threading, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import free_port, cpu_seconds  # noqa: E402
 VIGIL = os.path.join(ROOT, "target", "release", "vigil")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def post(url, body, ctype="text/plain"):
@@ -50,12 +44,6 @@ class Hook(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *a):
         pass
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_cpu(base, hosts, start, end):

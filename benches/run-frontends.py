@@ -23,16 +23,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import free_port  # noqa: E402
 VIGIL = os.path.join(ROOT, "target", "release", "vigil")
 CLIENTS = os.path.join(ROOT, "target", "clients")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def timed(cmd, expect_rows, count_rows, **kw):

@@ -18,20 +18,14 @@ with rollup reads (the 1-hour rollup), cold cached both.
 import argparse, json, os, socket, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import free_port  # noqa: E402
 BIN = os.path.join(ROOT, "target", "release")
 QUERY = ("SELECT date_trunc('hour', time) AS hour, hostname, avg(usage_user) AS u, "
          "max(usage_system) AS s FROM cpu GROUP BY 1, 2 ORDER BY 1, 2")
 # The same with time_bucket, which rollup reads answer from the 1-hour rollup.
 BUCKETED = ("SELECT time_bucket('1 hour', time) AS hour, hostname, avg(usage_user) AS u, "
             "max(usage_system) AS s FROM cpu GROUP BY 1, 2 ORDER BY 1, 2")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait(url):
