@@ -257,6 +257,86 @@ fn hostile_writes_are_bounded_and_lose_nothing() {
         .unwrap()
         .contains("write.max_label_values_per_request"));
 
+    // Remote write read in place: a label that is not UTF-8 refuses the whole
+    // request, naming the byte; nothing of it is stored.
+    let rw =
+        |name: &str, labels: &[(&str, &str)], samples: &[(f64, i64)]| vigil_ingest::TimeSeries {
+            labels: std::iter::once(("__name__", name))
+                .chain(labels.iter().copied())
+                .map(|(n, v)| vigil_ingest::Label {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            samples: samples
+                .iter()
+                .map(|&(value, timestamp)| vigil_ingest::Sample { value, timestamp })
+                .collect(),
+        };
+    let t0 = 1_767_225_600_000i64;
+    let whole = vigil_ingest::encode_remote_write(&vigil_ingest::WriteRequest {
+        timeseries: vec![
+            rw("rw_whole", &[("host", "a")], &[(1.0, t0)]),
+            rw("rw_whole", &[("host", "bX")], &[(2.0, t0)]),
+        ],
+    });
+    let mut raw = snap::raw::Decoder::new().decompress_vec(&whole).unwrap();
+    let at = raw.iter().position(|b| *b == b'X').unwrap();
+    raw[at] = 0xff;
+    let r = s.write(
+        "/api/v1/write",
+        snap::raw::Encoder::new().compress_vec(&raw).unwrap(),
+    );
+    assert_eq!(r.status(), 400);
+    let text = r.text().unwrap();
+    assert!(
+        text.contains("not UTF-8") && text.contains("at byte"),
+        "{text}"
+    );
+    let tables =
+        s.sql("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'rw_whole'");
+    assert_eq!(tables[0]["n"], 0);
+
+    // A large request and then a small one (the decompression buffer is kept
+    // between requests): each stores exactly its own series; a nameless series
+    // is rejected by number and a stale marker is not a value.
+    let big = vigil_ingest::WriteRequest {
+        timeseries: (0..3000)
+            .map(|i| rw("rw_big", &[("i", &i.to_string())], &[(i as f64, t0)]))
+            .collect(),
+    };
+    let r = s.write("/api/v1/write", vigil_ingest::encode_remote_write(&big));
+    assert_eq!(r.status(), 204, "{}", r.text().unwrap());
+    let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+    let small = vigil_ingest::WriteRequest {
+        timeseries: vec![
+            rw(
+                "rw_small",
+                &[("host", "a")],
+                &[(f64::INFINITY, t0), (stale, t0 + 1)],
+            ),
+            vigil_ingest::TimeSeries {
+                labels: vec![vigil_ingest::Label {
+                    name: "job".into(),
+                    value: "x".into(),
+                }],
+                samples: vec![vigil_ingest::Sample {
+                    value: 1.0,
+                    timestamp: t0,
+                }],
+            },
+        ],
+    };
+    let r = s.write("/api/v1/write", vigil_ingest::encode_remote_write(&small));
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["lines_written"], 1, "{v}");
+    assert_eq!(v["data"][0]["line_number"], 2, "{v}");
+    assert_eq!(count(&s, "rw_big"), 3000);
+    assert_eq!(count(&s, "rw_small"), 1);
+    let sum = s.sql("SELECT sum(value) AS s FROM rw_big");
+    assert_eq!(sum[0]["s"].as_f64().unwrap(), (0..3000).sum::<i64>() as f64);
+
     // One write scattered over 500 days: the points past the day limit are
     // rejected, naming it.
     let day = 86_400i64;
