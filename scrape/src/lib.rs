@@ -14,6 +14,10 @@
 //! Targets come from static lists, files and etcd, pass through target
 //! relabeling, and with a ring configured each collector scrapes only the
 //! targets the ring gives it.
+//!
+//! In collector mode a scrape is not stored here: its samples, under the same
+//! limits, go out as one remote-write request through [`ScrapeWriter`]'s
+//! forward (the server's Kafka producer).
 
 pub mod config;
 pub mod etcd_sd;
@@ -40,6 +44,102 @@ use vigil_model::{FieldValue, Point};
 use vigil_storage::retention::now_nanos;
 
 pub use config::{load, parse, ScrapeConfigError, ScrapeJob, Target};
+
+/// Sends a scrape's samples elsewhere as one remote-write request (collector
+/// mode: to Kafka); an error is the scrape's failure to be stored.
+pub type Forward = Arc<
+    dyn Fn(vigil_ingest::WriteRequest) -> futures::future::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync,
+>;
+
+/// Where scraped samples go: always checked under the write pipeline's limits,
+/// then stored by this node, or forwarded when it is a collector.
+pub struct ScrapeWriter {
+    pipeline: Arc<WritePipeline>,
+    forward: Option<Forward>,
+}
+
+impl ScrapeWriter {
+    /// Scrapes are stored by this node through `pipeline`.
+    pub fn storage(pipeline: Arc<WritePipeline>) -> Self {
+        Self {
+            pipeline,
+            forward: None,
+        }
+    }
+
+    /// Scrapes are checked by `pipeline`'s limits and handed to `forward`.
+    pub fn forwarding(pipeline: Arc<WritePipeline>, forward: Forward) -> Self {
+        Self {
+            pipeline,
+            forward: Some(forward),
+        }
+    }
+}
+
+/// A scrape ready to leave: batches for this node's storage, or a request to
+/// forward.
+enum Output {
+    Tables(Vec<(String, RecordBatch)>),
+    Request(vigil_ingest::WriteRequest),
+}
+
+impl Output {
+    fn extend(&mut self, more: Output) {
+        match (self, more) {
+            (Output::Tables(a), Output::Tables(b)) => a.extend(b),
+            (Output::Request(a), Output::Request(b)) => a.timeseries.extend(b.timeseries),
+            // One writer makes one kind.
+            _ => unreachable!("a scrape's outputs are all of one kind"),
+        }
+    }
+}
+
+/// Checked points as the writer takes them: validated into batches, or as a
+/// remote-write request (one series per point; time in milliseconds).
+fn output(
+    writer: &ScrapeWriter,
+    points: Vec<(usize, Point<'_>)>,
+) -> (Output, usize, Option<String>) {
+    if writer.forward.is_none() {
+        let validated = writer.pipeline.validate(points);
+        let first = validated.rejected.first().map(|e| e.reason.clone());
+        let accepted = validated.accepted;
+        return (Output::Tables(validated.tables), accepted, first);
+    }
+    let timeseries: Vec<vigil_ingest::TimeSeries> = points
+        .iter()
+        .map(|(_, p)| vigil_ingest::TimeSeries {
+            labels: std::iter::once(vigil_ingest::Label {
+                name: "__name__".into(),
+                value: p.table.to_string(),
+            })
+            .chain(p.tags.iter().map(|(k, v)| vigil_ingest::Label {
+                name: k.to_string(),
+                value: v.to_string(),
+            }))
+            .collect(),
+            samples: p
+                .fields
+                .iter()
+                .filter_map(|(_, v)| match v {
+                    FieldValue::F64(value) => Some(vigil_ingest::Sample {
+                        value: *value,
+                        timestamp: p.time.div_euclid(1_000_000),
+                    }),
+                    _ => None,
+                })
+                .collect(),
+        })
+        .collect();
+    let accepted = timeseries.len();
+    (
+        Output::Request(vigil_ingest::WriteRequest { timeseries }),
+        accepted,
+        None,
+    )
+}
 pub use ring::{Membership, RingConfig};
 pub use target::ScrapeTarget;
 
@@ -110,7 +210,7 @@ impl ScrapeTasks {
 /// starts and stops them as discovery and the ring change.
 pub fn start(
     jobs: Vec<ScrapeJob>,
-    pipeline: Arc<WritePipeline>,
+    pipeline: Arc<ScrapeWriter>,
     metrics: ScrapeMetrics,
     ring: Option<RingConfig>,
 ) -> ScrapeTasks {
@@ -189,7 +289,7 @@ impl Share {
 /// one changes or every `refresh_interval`); etcd and the ring push changes.
 async fn supervise(
     job: Arc<ScrapeJob>,
-    pipeline: Arc<WritePipeline>,
+    pipeline: Arc<ScrapeWriter>,
     metrics: ScrapeMetrics,
     mut stop: watch::Receiver<bool>,
     mut share: Option<Share>,
@@ -350,7 +450,7 @@ async fn supervise(
 async fn run_target(
     job: Arc<ScrapeJob>,
     target: ScrapeTarget,
-    pipeline: Arc<WritePipeline>,
+    pipeline: Arc<ScrapeWriter>,
     client: reqwest::Client,
     metrics: ScrapeMetrics,
     mut stop: watch::Receiver<bool>,
@@ -401,11 +501,15 @@ async fn run_target(
             }
             Err(e) => Err(e),
         };
-        let (tables, report) = match outcome {
+        let empty = || match pipeline.forward {
+            Some(_) => Output::Request(Default::default()),
+            None => Output::Tables(Vec::new()),
+        };
+        let (output, report) = match outcome {
             Ok(stored) => {
                 last_series = stored.series;
                 metrics.samples.inc_by(stored.samples as u64);
-                (stored.tables, stored.report)
+                (stored.output, stored.report)
             }
             Err(e) => {
                 metrics.failures.inc();
@@ -415,21 +519,29 @@ async fn run_target(
                     error = e.as_str(),
                     "scrape failed"
                 );
-                (Vec::new(), Report::default())
+                (empty(), Report::default())
             }
         };
         let up = report.up;
-        let mut all = tables;
+        let mut all = output;
         match report_series(&target, at, started.elapsed(), &report, &pipeline) {
             Ok(t) => all.extend(t),
             Err(e) => warn!(error = e.as_str(), "scrape report series not written"),
         }
-        if let Err(e) = pipeline.admit() {
-            metrics.failures.inc();
-            warn!(job = job.job_name.as_str(), target = target.address.as_str(), error = %e, "scrape not stored");
-            continue;
-        }
-        if let Err(e) = pipeline.commit(all).await {
+        let written = match (all, &pipeline.forward) {
+            (Output::Request(request), Some(forward)) => forward(request).await,
+            (Output::Tables(tables), _) => match pipeline.pipeline.admit() {
+                Ok(()) => pipeline
+                    .pipeline
+                    .commit(tables)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            (Output::Request(_), None) => unreachable!("requests are made for a forward"),
+        };
+        if let Err(e) = written {
             metrics.failures.inc();
             warn!(job = job.job_name.as_str(), target = target.address.as_str(), error = %e, "scrape not stored");
         } else if !up {
@@ -544,7 +656,7 @@ struct Report {
 }
 
 struct Stored {
-    tables: Vec<(String, RecordBatch)>,
+    output: Output,
     report: Report,
     samples: usize,
     series: HashSet<u64>,
@@ -624,9 +736,10 @@ fn store(
     body: &[u8],
     openmetrics: bool,
     at: i64,
-    pipeline: &WritePipeline,
+    writer: &ScrapeWriter,
     previous: HashSet<u64>,
 ) -> Result<Stored, String> {
+    let pipeline = &writer.pipeline;
     let text = std::str::from_utf8(body).map_err(|e| format!("body is not UTF-8: {e}"))?;
     let parsed = parse_exposition(text, openmetrics);
     if openmetrics && !parsed.eof {
@@ -688,21 +801,24 @@ fn store(
         error_count: 0,
     };
     pipeline.limit_days(&mut body);
-    let validated = pipeline.validate(body.points);
-    if parsed.error_count > 0 || validated.rejected_count > 0 || over_limits > 0 {
+    let offered = body.points.len();
+    let (output, accepted, first_rejected) = output(writer, body.points);
+    let rejected = offered - accepted;
+    if parsed.error_count > 0 || rejected > 0 || over_limits > 0 || body.error_count > 0 {
         debug!(
             target = target.address.as_str(),
             parse_errors = parsed.error_count,
-            rejected = validated.rejected_count,
+            rejected,
             over_limits,
             first_over_limits = first_over.as_deref(),
-            first = ?parsed.errors.first().or(validated.rejected.first()).or(body.errors.first()),
+            first_parse_error = ?parsed.errors.first().or(body.errors.first()),
+            first_rejected = first_rejected.as_deref(),
             "scraped lines not stored"
         );
     }
     Ok(Stored {
-        tables: validated.tables,
-        samples: validated.accepted,
+        output,
+        samples: accepted,
         report: Report {
             up: true,
             scraped: parsed.samples.len(),
@@ -719,8 +835,8 @@ fn report_series(
     at: i64,
     took: Duration,
     r: &Report,
-    pipeline: &WritePipeline,
-) -> Result<Vec<(String, RecordBatch)>, String> {
+    writer: &ScrapeWriter,
+) -> Result<Output, String> {
     let tags = tags(false, target, &[]);
     let points: Vec<(usize, Point<'_>)> = [
         ("up", if r.up { 1.0 } else { 0.0 }),
@@ -746,11 +862,11 @@ fn report_series(
         )
     })
     .collect();
-    let validated = pipeline.validate(points);
-    if let Some(e) = validated.rejected.first() {
-        return Err(e.reason.clone());
+    let (output, _, rejected) = output(writer, points);
+    match rejected {
+        Some(reason) => Err(reason),
+        None => Ok(output),
     }
-    Ok(validated.tables)
 }
 
 #[cfg(test)]

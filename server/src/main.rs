@@ -125,12 +125,8 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    // A scrape config with errors stops the start before anything runs
-    // (collector mode has no storage of its own to scrape into).
+    // A scrape config with errors stops the start before anything runs.
     let scrape_jobs = match &config.scrape.config {
-        Some(_) if config.mode != config::Mode::Standalone => {
-            anyhow::bail!("scraping is not available in collector mode yet")
-        }
         Some(path) => Some(vigil_scrape::load(path)?),
         None => None,
     };
@@ -311,11 +307,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let jobs = storage.start_jobs(config.storage.compaction_interval);
     let maintenance_schedule = maintenance.start(config.maintenance.interval);
     let alerting_tasks = alerting.start();
-    // Scraped samples go through the one write pipeline.
+    // Scraped samples go through the one write pipeline's limits; a collector
+    // produces them to Kafka as remote write, as it does with pushed writes.
+    let scrape_writer = match &state.forwarder {
+        Some(forwarder) => {
+            let forwarder = Arc::clone(forwarder);
+            let forward: vigil_scrape::Forward = Arc::new(move |request| {
+                let forwarder = Arc::clone(&forwarder);
+                Box::pin(async move {
+                    forwarder
+                        .send(vigil_kafka::ForwardBatch::remote_write(request))
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+            });
+            vigil_scrape::ScrapeWriter::forwarding(Arc::clone(&pipeline), forward)
+        }
+        None => vigil_scrape::ScrapeWriter::storage(Arc::clone(&pipeline)),
+    };
     let scrapes = scrape_jobs.map(|jobs| {
         vigil_scrape::start(
             jobs,
-            Arc::clone(&pipeline),
+            Arc::new(scrape_writer),
             state.metrics.scrape.clone(),
             config.scrape_ring(),
         )

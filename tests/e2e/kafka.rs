@@ -401,6 +401,47 @@ fn collector_feeds_two_storage_nodes_that_split_and_take_over_partitions() {
         String::from_utf8_lossy(&rw.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&rw.stdout).trim(), "2400");
+    // A second collector scrapes node A's /metrics: scraped samples go to
+    // Kafka as remote write, like pushed ones, and reach the storage nodes.
+    // It is stopped after, so that the topic's end can be reached below.
+    let dir_s = tempfile::tempdir().unwrap();
+    let scrape_config = dir_s.path().join("scrape.yml");
+    std::fs::write(
+        &scrape_config,
+        format!(
+            "scrape_configs:\n  - job_name: nodes\n    scrape_interval: 1s\n    static_configs:\n      - targets: ['{}']\n",
+            a.addr
+        ),
+    )
+    .unwrap();
+    let mut scraper = TestServer::start(
+        &dir_s.path().join("data"),
+        &[
+            "--mode",
+            "collector",
+            "--kafka-brokers",
+            &broker.addr,
+            "--kafka-topic",
+            "metrics",
+            "--scrape-config",
+            scrape_config.to_str().unwrap(),
+        ],
+    );
+    let up = ["up".to_string()];
+    let scraped = ["scrape_samples_scraped".to_string()];
+    eventually("the collector's scrapes to be stored", 60, || {
+        let ((na, sa), (nb, sb)) = (totals(&a, &up, "value"), totals(&b, &up, "value"));
+        let samples = totals(&a, &scraped, "value").1 + totals(&b, &scraped, "value").1;
+        (
+            na + nb >= 2 && sa + sb == (na + nb) as f64 && samples >= 10.0,
+            format!(
+                "{} rows of up summing to {}, {samples} samples scraped",
+                na + nb,
+                sa + sb
+            ),
+        )
+    });
+    scraper.stop();
     // A malformed message straight into the topic: its good line is stored, the
     // message is copied to the dead-letter topic. Its repeated tag key once
     // panicked every consumer of the group in turn.
