@@ -108,9 +108,25 @@ fn output(
         let accepted = validated.accepted;
         return (Output::Tables(validated.tables), accepted, first);
     }
+    // What storage would refuse is refused here, before it leaves: a label
+    // that would name another table (`__name__`) or a hidden column, a
+    // table's own columns, a repeated key, and a series too large for one
+    // Kafka message.
+    let mut first = None;
+    let points: Vec<&Point<'_>> = points
+        .iter()
+        .map(|(_, p)| p)
+        .filter(|p| match forward_refusal(p) {
+            Some(reason) => {
+                first.get_or_insert(reason);
+                false
+            }
+            None => true,
+        })
+        .collect();
     let timeseries: Vec<vigil_ingest::TimeSeries> = points
         .iter()
-        .map(|(_, p)| vigil_ingest::TimeSeries {
+        .map(|p| vigil_ingest::TimeSeries {
             labels: std::iter::once(vigil_ingest::Label {
                 name: "__name__".into(),
                 value: p.table.to_string(),
@@ -137,8 +153,32 @@ fn output(
     (
         Output::Request(vigil_ingest::WriteRequest { timeseries }),
         accepted,
-        None,
+        first,
     )
+}
+
+/// Largest series forwarded: its labels must fit a Kafka message (900 KiB)
+/// with room to spare.
+const MAX_FORWARDED_SERIES_BYTES: usize = 256 << 10;
+
+/// Why a scraped point cannot be forwarded as a remote-write series.
+fn forward_refusal(p: &Point<'_>) -> Option<String> {
+    let mut size = p.table.len();
+    for (i, (k, v)) in p.tags.iter().enumerate() {
+        if k.starts_with("__") || k == "value" || k == "time" {
+            return Some(format!("{}: label '{k}' cannot be stored", p.table));
+        }
+        if p.tags[..i].iter().any(|(other, _)| other == k) {
+            return Some(format!("{}: label '{k}' repeated", p.table));
+        }
+        size += k.len() + v.len();
+    }
+    (size > MAX_FORWARDED_SERIES_BYTES).then(|| {
+        format!(
+            "{}: {size} bytes of labels, over the {MAX_FORWARDED_SERIES_BYTES} a forwarded series may have",
+            p.table
+        )
+    })
 }
 pub use ring::{Membership, RingConfig};
 pub use target::ScrapeTarget;
@@ -529,7 +569,14 @@ async fn run_target(
             Err(e) => warn!(error = e.as_str(), "scrape report series not written"),
         }
         let written = match (all, &pipeline.forward) {
-            (Output::Request(request), Some(forward)) => forward(request).await,
+            // Bounded: a Kafka that does not answer costs this target its
+            // scrapes until it does, not its stop.
+            (Output::Request(request), Some(forward)) => tokio::select! {
+                r = tokio::time::timeout(target.interval.max(Duration::from_secs(10)), forward(request)) => {
+                    r.unwrap_or_else(|_| Err("Kafka did not acknowledge in time".into()))
+                }
+                _ = stop.changed() => return,
+            },
             (Output::Tables(tables), _) => match pipeline.pipeline.admit() {
                 Ok(()) => pipeline
                     .pipeline
@@ -872,6 +919,37 @@ fn report_series(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What storage would refuse never leaves a collector: a label that would
+    /// rename the table or name a hidden column, a table's own columns, a
+    /// repeated key, a series too large for a Kafka message.
+    #[test]
+    fn forwarded_series_are_refused_as_storage_would() {
+        let point = |tags: Vec<(&'static str, String)>| Point {
+            table: Cow::Borrowed("m"),
+            tags: tags
+                .into_iter()
+                .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v)))
+                .collect(),
+            fields: vec![(Cow::Borrowed("value"), FieldValue::F64(1.0))],
+            time: 1,
+        };
+        assert_eq!(forward_refusal(&point(vec![("job", "a".into())])), None);
+        for (tags, want) in [
+            (vec![("__name__", "up".to_string())], "'__name__'"),
+            (vec![("__meta_x", "1".to_string())], "'__meta_x'"),
+            (vec![("value", "1".to_string())], "'value'"),
+            (vec![("time", "1".to_string())], "'time'"),
+            (
+                vec![("a", "1".to_string()), ("a", "2".to_string())],
+                "repeated",
+            ),
+            (vec![("a", "x".repeat(300 << 10))], "bytes of labels"),
+        ] {
+            let reason = forward_refusal(&point(tags)).expect("refused");
+            assert!(reason.contains(want), "{reason}");
+        }
+    }
 
     #[test]
     fn clashing_labels_are_kept_as_exported_in_name_order() {

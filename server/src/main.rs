@@ -315,10 +315,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             let forward: vigil_scrape::Forward = Arc::new(move |request| {
                 let forwarder = Arc::clone(&forwarder);
                 Box::pin(async move {
-                    forwarder
-                        .send(vigil_kafka::ForwardBatch::remote_write(request))
-                        .await
-                        .map_err(|e| e.to_string())
+                    // Encoding is CPU work: off the async workers.
+                    let batch = tokio::task::spawn_blocking(move || {
+                        vigil_kafka::ForwardBatch::remote_write(request)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    forwarder.send(batch).await.map_err(|e| e.to_string())
                 })
             });
             vigil_scrape::ScrapeWriter::forwarding(Arc::clone(&pipeline), forward)

@@ -432,10 +432,13 @@ fn collector_feeds_two_storage_nodes_that_split_and_take_over_partitions() {
     eventually("the collector's scrapes to be stored", 60, || {
         let ((na, sa), (nb, sb)) = (totals(&a, &up, "value"), totals(&b, &up, "value"));
         let samples = totals(&a, &scraped, "value").1 + totals(&b, &scraped, "value").1;
+        // One of node A's own metrics, scraped: not only the report series.
+        let own = ["vigil_kafka_assigned_partitions".to_string()];
+        let gauge = totals(&a, &own, "value").0 + totals(&b, &own, "value").0;
         (
-            na + nb >= 2 && sa + sb == (na + nb) as f64 && samples >= 10.0,
+            na + nb >= 2 && sa + sb == (na + nb) as f64 && samples >= 10.0 && gauge >= 1,
             format!(
-                "{} rows of up summing to {}, {samples} samples scraped",
+                "{} rows of up summing to {}, {samples} samples scraped, {gauge} rows of A's gauge",
                 na + nb,
                 sa + sb
             ),
