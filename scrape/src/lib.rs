@@ -250,7 +250,7 @@ impl ScrapeTasks {
 /// starts and stops them as discovery and the ring change.
 pub fn start(
     jobs: Vec<ScrapeJob>,
-    pipeline: Arc<ScrapeWriter>,
+    writer: Arc<ScrapeWriter>,
     metrics: ScrapeMetrics,
     ring: Option<RingConfig>,
 ) -> ScrapeTasks {
@@ -285,7 +285,7 @@ pub fn start(
         .map(|job| {
             tokio::spawn(supervise(
                 Arc::new(job),
-                Arc::clone(&pipeline),
+                Arc::clone(&writer),
                 metrics.clone(),
                 stop_rx.clone(),
                 ring_view.clone(),
@@ -329,7 +329,7 @@ impl Share {
 /// one changes or every `refresh_interval`); etcd and the ring push changes.
 async fn supervise(
     job: Arc<ScrapeJob>,
-    pipeline: Arc<ScrapeWriter>,
+    writer: Arc<ScrapeWriter>,
     metrics: ScrapeMetrics,
     mut stop: watch::Receiver<bool>,
     mut share: Option<Share>,
@@ -459,7 +459,7 @@ async fn supervise(
                 let handle = tokio::spawn(run_target(
                     Arc::clone(&job),
                     t.clone(),
-                    Arc::clone(&pipeline),
+                    Arc::clone(&writer),
                     client.clone(),
                     metrics.clone(),
                     rx,
@@ -490,7 +490,7 @@ async fn supervise(
 async fn run_target(
     job: Arc<ScrapeJob>,
     target: ScrapeTarget,
-    pipeline: Arc<ScrapeWriter>,
+    writer: Arc<ScrapeWriter>,
     client: reqwest::Client,
     metrics: ScrapeMetrics,
     mut stop: watch::Receiver<bool>,
@@ -528,10 +528,10 @@ async fn run_target(
             Ok((body, openmetrics)) => {
                 let job = Arc::clone(&job);
                 let target = target.clone();
-                let pipeline2 = Arc::clone(&pipeline);
+                let writer2 = Arc::clone(&writer);
                 let previous = last_series.clone();
                 match tokio::task::spawn_blocking(move || {
-                    store(&job, &target, &body, openmetrics, at, &pipeline2, previous)
+                    store(&job, &target, &body, openmetrics, at, &writer2, previous)
                 })
                 .await
                 {
@@ -541,7 +541,7 @@ async fn run_target(
             }
             Err(e) => Err(e),
         };
-        let empty = || match pipeline.forward {
+        let empty = || match writer.forward {
             Some(_) => Output::Request(Default::default()),
             None => Output::Tables(Vec::new()),
         };
@@ -564,11 +564,11 @@ async fn run_target(
         };
         let up = report.up;
         let mut all = output;
-        match report_series(&target, at, started.elapsed(), &report, &pipeline) {
+        match report_series(&target, at, started.elapsed(), &report, &writer) {
             Ok(t) => all.extend(t),
             Err(e) => warn!(error = e.as_str(), "scrape report series not written"),
         }
-        let written = match (all, &pipeline.forward) {
+        let written = match (all, &writer.forward) {
             // Bounded: a Kafka that does not answer costs this target its
             // scrapes until it does, not its stop.
             (Output::Request(request), Some(forward)) => tokio::select! {
@@ -577,8 +577,8 @@ async fn run_target(
                 }
                 _ = stop.changed() => return,
             },
-            (Output::Tables(tables), _) => match pipeline.pipeline.admit() {
-                Ok(()) => pipeline
+            (Output::Tables(tables), _) => match writer.pipeline.admit() {
+                Ok(()) => writer
                     .pipeline
                     .commit(tables)
                     .await
