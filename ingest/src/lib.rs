@@ -23,10 +23,10 @@ pub use pipeline::{
     WriteReport,
 };
 pub use remote_write::{
-    decode_remote_write, decode_remote_write_limited, decompress_remote_write,
-    decompress_remote_write_into, encode_remote_write, read_remote_write, remote_write_points,
-    remote_write_points_limited, split_by_metric, Label, RemoteWriteBody, RemoteWriteError, Sample,
-    SeriesRef, TimeSeries, WriteRequest,
+    decode_remote_write, decompress_remote_write, decompress_remote_write_into,
+    encode_remote_write, read_remote_write, remote_write_points, remote_write_points_limited,
+    split_by_metric, Label, RemoteWriteBody, RemoteWriteError, Sample, SeriesRef, TimeSeries,
+    WriteRequest,
 };
 
 /// The current time in nanoseconds since the Unix epoch: the timestamp of lines

@@ -16,8 +16,8 @@ use vigil_storage::Storage;
 
 use crate::line_protocol::{truncate_chars, LineLimits};
 use crate::remote_write::{
-    decode_remote_write_limited, decompress_remote_write, decompress_remote_write_into,
-    read_remote_write, RemoteWriteBody, RemoteWriteError, WriteRequest,
+    decompress_remote_write, decompress_remote_write_into, read_remote_write, RemoteWriteBody,
+    RemoteWriteError,
 };
 use crate::{parse_line_protocol_limited, remote_write_points_limited, ParsedBody, Precision};
 
@@ -278,16 +278,6 @@ impl WritePipeline {
     /// Line protocol under the line limits.
     pub fn parse_lines<'a>(&self, text: &'a str, precision: Precision, now: i64) -> ParsedBody<'a> {
         parse_line_protocol_limited(text, precision, now, &self.limits.line)
-    }
-
-    /// A remote-write body, its decoded size and series count checked first.
-    pub fn decode_remote_write(&self, body: &[u8]) -> Result<WriteRequest, WriteError> {
-        Ok(decode_remote_write_limited(
-            body,
-            self.limits.max_body_bytes,
-            self.limits.max_series_per_request,
-            self.limits.max_label_values_per_request,
-        )?)
     }
 
     /// A remote-write body's protobuf, its announced size checked first.
@@ -674,7 +664,7 @@ mod tests {
         let p = pipeline(dir.path(), WriteLimits::default()).await;
         // A varint header announcing ~4 GiB, and no data.
         let body = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00];
-        let e = p.decode_remote_write(&body).unwrap_err();
+        let e = p.decompress_remote_write(&body).unwrap_err();
         assert_eq!(e.http_status(), 413, "{e}");
         assert!(e.to_string().contains("http.max_body_bytes"), "{e}");
     }

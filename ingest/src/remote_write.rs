@@ -409,22 +409,11 @@ pub fn read_remote_write(
     Ok(body)
 }
 
-/// Snappy-decompresses and decodes a remote-write body.
+/// Snappy-decompresses and decodes a remote-write body into prost messages,
+/// without limits (for callers that keep the request: tests, tools).
 pub fn decode_remote_write(body: &[u8]) -> Result<WriteRequest, RemoteWriteError> {
-    decode_remote_write_limited(body, usize::MAX, usize::MAX, usize::MAX)
-}
-
-/// [`decode_remote_write`] under the limits of [`decompress_remote_write`] and
-/// [`read_remote_write`], into prost messages (for callers that keep the request).
-pub fn decode_remote_write_limited(
-    body: &[u8],
-    max_bytes: usize,
-    max_series: usize,
-    max_label_values: usize,
-) -> Result<WriteRequest, RemoteWriteError> {
-    let raw = decompress_remote_write(body, max_bytes)?;
-    let request = read_remote_write(&raw, max_series, max_label_values)?;
-    Ok(request.to_request(&Default::default()))
+    let raw = decompress_remote_write(body, usize::MAX)?;
+    Ok(RemoteWriteBody::decode(&raw)?.to_request(&Default::default()))
 }
 
 /// Encodes a request the way Prometheus sends it (protobuf, then snappy).

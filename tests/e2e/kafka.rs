@@ -349,17 +349,15 @@ fn collector_feeds_two_storage_nodes_that_split_and_take_over_partitions() {
     );
     let mut a = TestServer::start(dir_a.path(), &node_args);
     let mut b = TestServer::start(dir_b.path(), &node_args);
-    let mut collector = TestServer::start(
-        dir_c.path(),
-        &[
-            "--mode",
-            "collector",
-            "--kafka-brokers",
-            &broker.addr,
-            "--kafka-topic",
-            "metrics",
-        ],
-    );
+    let collector_args = [
+        "--mode",
+        "collector",
+        "--kafka-brokers",
+        &broker.addr,
+        "--kafka-topic",
+        "metrics",
+    ];
+    let mut collector = TestServer::start(dir_c.path(), &collector_args);
     // Both nodes own partitions before anything is produced.
     eventually("the group to split the 4 partitions", 60, || {
         let (pa, pb) = (
@@ -417,15 +415,10 @@ fn collector_feeds_two_storage_nodes_that_split_and_take_over_partitions() {
     let mut scraper = TestServer::start(
         &dir_s.path().join("data"),
         &[
-            "--mode",
-            "collector",
-            "--kafka-brokers",
-            &broker.addr,
-            "--kafka-topic",
-            "metrics",
-            "--scrape-config",
-            scrape_config.to_str().unwrap(),
-        ],
+            &collector_args[..],
+            &["--scrape-config", scrape_config.to_str().unwrap()],
+        ]
+        .concat(),
     );
     let up = ["up".to_string()];
     let scraped = ["scrape_samples_scraped".to_string()];
