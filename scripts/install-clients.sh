@@ -22,6 +22,17 @@ if ! command -v psql >/dev/null 2>&1; then
   fi
 fi
 
+# A real PostgreSQL server: the reference for the catalog answers Grafana, psql,
+# DBeaver and psycopg read (scripts/postgres.sh starts it).
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  echo "== installing PostgreSQL (postgresql)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq postgresql >/dev/null
+  fi
+fi
+
 if ! command -v prometheus-alertmanager >/dev/null 2>&1; then
   echo "== installing Prometheus Alertmanager (prometheus-alertmanager)"
   if [ "$(id -u)" = 0 ]; then

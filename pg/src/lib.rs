@@ -7,6 +7,8 @@
 //! connection cancellation, and the engine's shared session (every table, every
 //! time-series function) so that pgwire sees exactly what HTTP and Flight see.
 
+mod compat;
+mod functions;
 mod query;
 mod session;
 
@@ -182,6 +184,10 @@ fn install_pg_compatibility(engine: &QueryEngine) -> Result<(), Error> {
         .map_err(|e| Error::Catalog(e.to_string()))?;
     ctx.register_udf(version_udf());
     ctx.register_udf(current_setting_udf());
+    ctx.register_udf(functions::quote_ident_udf());
+    ctx.register_udf(functions::to_regtype_udf());
+    ctx.register_udf(functions::information_schema_type_udf());
+    ctx.register_udf(functions::information_schema_udt_udf());
     Ok(())
 }
 

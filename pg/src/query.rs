@@ -131,7 +131,7 @@ pub(crate) fn respond(
     format: &Format,
     options: Arc<FormatOptions>,
 ) -> PgWireResult<Response> {
-    let schema = planned.schema();
+    let schema = crate::compat::client_schema(&planned.schema());
     let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
     let batches = engine.execute(planned).map_err(engine_error)?;
     let row_fields = Arc::clone(&fields);

@@ -13,12 +13,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion_postgres::arrow_pg::datatypes::arrow_schema_to_pg_fields;
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
-use datafusion_postgres::pgwire::api::portal::Portal;
+use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use datafusion_postgres::pgwire::api::results::{QueryResponse, Response};
+use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::store::PortalStore;
+use datafusion_postgres::pgwire::api::Type;
 use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
@@ -89,6 +92,51 @@ impl CancelHandler for VigilCancel {
             signal.send_modify(|n| *n += 1);
         }
         self.planning.on_cancel_request(request).await;
+    }
+}
+
+/// `datafusion-postgres`'s parser, handed the SQL as [`crate::compat`] rewrites it.
+pub(crate) struct VigilParser {
+    inner: Arc<Parser>,
+    engine: Arc<QueryEngine>,
+}
+
+#[async_trait]
+impl QueryParser for VigilParser {
+    type Statement = <Parser as QueryParser>::Statement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let sql = crate::compat::rewrite(sql, self.engine.context());
+        self.inner.parse_sql(client, &sql, types).await
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        match stmt {
+            (_, Some((statement, plan))) if crate::query::runs_on_engine(statement) => {
+                Ok(arrow_schema_to_pg_fields(
+                    &crate::compat::client_schema(plan.schema().as_arrow()),
+                    column_format.unwrap_or(&Format::UnifiedText),
+                    None,
+                )?)
+            }
+            _ => self.inner.get_result_schema(stmt, column_format),
+        }
     }
 }
 
@@ -197,7 +245,8 @@ impl SimpleQueryHandler for VigilSession {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let responses = SimpleQueryHandler::do_query(self.inner.as_ref(), client, query).await?;
+        let query = crate::compat::rewrite(query, self.engine.context());
+        let responses = SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query).await?;
         Ok(responses
             .into_iter()
             .map(|r| self.guard(client, r))
@@ -208,10 +257,13 @@ impl SimpleQueryHandler for VigilSession {
 #[async_trait]
 impl ExtendedQueryHandler for VigilSession {
     type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
-    type QueryParser = Parser;
+    type QueryParser = VigilParser;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
-        self.inner.query_parser()
+        Arc::new(VigilParser {
+            inner: self.inner.query_parser(),
+            engine: Arc::clone(&self.engine),
+        })
     }
 
     async fn do_query<C>(

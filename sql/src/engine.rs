@@ -1,6 +1,8 @@
 //! The one query path: session configuration, read-only check, admission, memory
 //! pool, timeout, streaming and the result cache, shared by every front end.
 
+use crate::placeholders::number_placeholders;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -479,7 +481,8 @@ impl QueryEngine {
     /// The logical plan of one SQL statement, refused unless it only reads tables
     /// the client may read.
     pub async fn logical_plan(&self, query: &str, access: &TableAccess) -> Result<LogicalPlan> {
-        let logical = self.ctx.state().create_logical_plan(query).await?;
+        let query = number_placeholders(query, &GenericDialect {})?;
+        let logical = self.ctx.state().create_logical_plan(&query).await?;
         check_read_only(&logical)?;
         check_access(&logical, access)?;
         Ok(logical)
@@ -522,7 +525,8 @@ impl QueryEngine {
         let deadline = admission.deadline;
         let planning = async {
             let ctx = self.query_context()?;
-            let logical = ctx.state().create_logical_plan(query).await?;
+            let query = number_placeholders(query, &GenericDialect {})?;
+            let logical = ctx.state().create_logical_plan(&query).await?;
             check_read_only(&logical)?;
             check_access(&logical, access)?;
             self.plan_at_time(ctx, logical, params, admission, at).await
@@ -618,7 +622,7 @@ impl QueryEngine {
         })
     }
 
-    /// The parameter types of a statement with `$1`-style placeholders, in order,
+    /// The parameter types of a statement with `$1`- or `?`-style placeholders, in order,
     /// and the schema of its result.
     pub async fn describe(
         &self,

@@ -13,6 +13,7 @@ mod error;
 mod functions;
 mod last_cache;
 mod memory;
+mod placeholders;
 pub mod ranges;
 mod result_cache;
 mod rollup_selection;
@@ -26,6 +27,7 @@ pub use engine::{
     RunningQuery, CATALOG, ROLLUP_10M_SCHEMA, ROLLUP_1H_SCHEMA, SCHEMA,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use placeholders::number_placeholders;
 pub use result_cache::ResultCacheMetrics;
 pub use system::{utc_timestamp, SystemRows, SYSTEM_SCHEMA};
 pub use table::{VigilSchema, VigilTable};
