@@ -45,12 +45,17 @@ pub(crate) fn rewrite(sql: &str, ctx: &SessionContext) -> String {
         return numbered.into_owned();
     }
     let original = statements.clone();
+    let lowered = numbered.to_ascii_lowercase();
     for statement in &mut statements {
         // psql's, DBeaver's and pgcli's catalog queries are `datafusion-postgres`'s
         // to answer: some it recognises token by token and replaces whole, so
         // they only get what it lacks (search-path visibility, `user`).
         let catalog = reads_pg_catalog(statement);
-        let _ = statement.visit(&mut Rewriter { ctx, catalog });
+        let _ = statement.visit(&mut Rewriter {
+            ctx,
+            catalog,
+            sql: &lowered,
+        });
         if let (Statement::Query(query), false) = (&mut *statement, catalog) {
             name_columns_as_postgres(query);
             in_subqueries_as_arrays(query);
@@ -95,6 +100,8 @@ struct Rewriter<'a> {
     ctx: &'a SessionContext,
     /// The statement reads `pg_catalog`: only expressions are rewritten.
     catalog: bool,
+    /// The statement's text, lower-cased.
+    sql: &'a str,
 }
 
 impl VisitorMut for Rewriter<'_> {
@@ -202,7 +209,12 @@ impl VisitorMut for Rewriter<'_> {
                     // `generate_series(1, 3) AS i`: the column is `i` too.
                     let single_column = matches!(function, "generate_series" | "range");
                     if let Some(a) = alias.as_mut() {
-                        if single_column && a.columns.is_empty() {
+                        // Unless the query reads DataFusion's name for the
+                        // column (`a.value`), as vigil's own queries may.
+                        let reads_value = self
+                            .sql
+                            .contains(&format!("{}.value", a.name.value.to_ascii_lowercase()));
+                        if single_column && a.columns.is_empty() && !reads_value {
                             a.columns = vec![TableAliasColumnDef::from_name(a.name.value.clone())];
                         }
                     }
@@ -622,6 +634,15 @@ mod tests {
         );
         // The CASE column is named as Postgres names it: after its ELSE.
         assert!(sql.contains("END AS \"btrim\""), "{sql}");
+    }
+
+    #[test]
+    fn a_table_function_column_read_by_its_datafusion_name_keeps_it() {
+        let sql = "SELECT count(*) FROM generate_series(1, 3) a WHERE a.value > 1";
+        assert_eq!(
+            rewritten(sql),
+            "SELECT count(*) AS \"count\" FROM generate_series(1, 3) a WHERE a.value > 1"
+        );
     }
 
     #[test]

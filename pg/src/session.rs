@@ -28,7 +28,12 @@ use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::{DfSessionService, Parser};
-use futures::{Sink, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use datafusion_postgres::pgwire::messages::data::DataRow;
+use futures::{Sink, Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use vigil_sql::QueryEngine;
@@ -140,6 +145,52 @@ impl QueryParser for VigilParser {
     }
 }
 
+/// A result stream that ends with SQLSTATE 57014 once the connection's query is
+/// cancelled or the deadline passes, and counts as a running query until it ends.
+/// The timers are set up once per stream, not per row: a row costs two polls.
+struct Guarded<S> {
+    rows: S,
+    cancelled: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: std::time::Duration,
+    _running: vigil_sql::RunningQuery,
+    done: bool,
+}
+
+impl<S> Stream for Guarded<S>
+where
+    S: Stream<Item = PgWireResult<DataRow>> + Unpin,
+{
+    type Item = PgWireResult<DataRow>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(cancelled) = this.cancelled.as_mut() {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                this.done = true;
+                return Poll::Ready(Some(Err(PgWireError::QueryCanceled)));
+            }
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "57014".into(),
+                // Worded like the engine's own timeout error, which races this
+                // deadline and may be the one the client sees.
+                format!(
+                    "canceling statement due to statement timeout: query timed out after {:?} (query.timeout)",
+                    this.timeout
+                ),
+            ))))));
+        }
+        this.rows.poll_next_unpin(cx)
+    }
+}
+
 /// `DfSessionService` with stoppable, counted result streams.
 pub(crate) struct VigilSession {
     pub(crate) inner: Arc<DfSessionService>,
@@ -187,49 +238,27 @@ impl VigilSession {
                 rx.mark_unchanged();
                 rx
             });
-        let running = self.engine.running_query();
         let timeout = self.engine.timeout();
-        let deadline = tokio::time::Instant::now() + timeout;
         let QueryResponse {
             command_tag,
             row_schema,
             data_rows,
             ..
         } = query;
-        let rows = futures::stream::unfold(
-            (data_rows, cancelled, running, false),
-            move |(mut rows, mut cancelled, running, done)| async move {
-                if done {
-                    return None;
-                }
-                let cancel = async {
-                    match cancelled.as_mut() {
-                        Some(rx) => {
-                            if rx.changed().await.is_err() {
-                                std::future::pending::<()>().await
-                            }
-                        }
-                        None => std::future::pending::<()>().await,
+        let rows = Guarded {
+            rows: data_rows,
+            cancelled: cancelled.map(|mut rx| {
+                Box::pin(async move {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await
                     }
-                };
-                tokio::select! {
-                    row = rows.next() => row.map(|r| (r, (rows, cancelled, running, false))),
-                    _ = cancel => Some((Err(PgWireError::QueryCanceled), (rows, cancelled, running, true))),
-                    _ = tokio::time::sleep_until(deadline) => Some((
-                        Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                            "ERROR".into(),
-                            "57014".into(),
-                            // Worded like the engine's own timeout error, which
-                            // races this deadline and may be the one the client sees.
-                            format!(
-                                "canceling statement due to statement timeout: query timed out after {timeout:?} (query.timeout)"
-                            ),
-                        )))),
-                        (rows, cancelled, running, true),
-                    )),
-                }
-            },
-        );
+                }) as Pin<Box<dyn Future<Output = ()> + Send>>
+            }),
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            _running: self.engine.running_query(),
+            done: false,
+        };
         let mut query = QueryResponse::new(row_schema, rows);
         query.command_tag = command_tag;
         Response::Query(query)

@@ -97,6 +97,11 @@ def mirror(vigil, pg):
         )
         views = set(cur.fetchall())
         cur.execute(
+            "SELECT schema_name FROM information_schema.schemata "
+            "WHERE schema_name NOT IN ('information_schema', 'pg_catalog')"
+        )
+        schemas = [r[0] for r in cur.fetchall()]
+        cur.execute(
             "SELECT table_schema, table_name, column_name, data_type, is_nullable "
             "FROM information_schema.columns "
             "WHERE table_schema NOT IN ('information_schema', 'pg_catalog') "
@@ -108,7 +113,7 @@ def mirror(vigil, pg):
         tables.setdefault((schema, table), []).append((column, data_type, nullable))
     ident = lambda s: '"' + s.replace('"', '""') + '"'  # noqa: E731
     with pg.cursor() as cur:
-        for schema, table in tables:
+        for schema in schemas:
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
         for (schema, table), cols in tables.items():
             if (schema, table) in views:

@@ -298,6 +298,8 @@ fn pgx_runs_grafana_queries() {
         {"sql": GRAFANA_TABLES},
         {"sql": GRAFANA_COLUMNS.replace("TABLE", "public.cpu")},
         {"sql": "SELECT no_such_column FROM cpu"},
+        // `?` placeholders, numbered by vigil.
+        {"sql": "SELECT count(*) FROM cpu WHERE host = ? AND count > ?", "args": ["b", 4]},
     ]);
     let mut cmd = Command::new(clients_dir().join("pgx-client"));
     cmd.arg(&dsn);
@@ -334,26 +336,55 @@ fn pgx_runs_grafana_queries() {
         .iter()
         .map(|r| r[0].as_str().unwrap())
         .collect();
-    // Postgres answers "cpu" (public is on the search path); "public.cpu" works too.
-    assert!(
-        tables.contains(&"cpu") || tables.contains(&"public.cpu"),
-        "{}",
-        results[4]
-    );
+    // As Postgres answers: public is on the search path, so "cpu", not "public.cpu".
+    assert!(tables.contains(&"cpu"), "{}", results[4]);
+    assert!(!tables.contains(&"public.cpu"), "{}", results[4]);
     let columns: Vec<(&str, &str)> = rows(&results[5])
         .iter()
         .map(|r| (r[0].as_str().unwrap(), r[1].as_str().unwrap()))
         .collect();
-    for name in ["host", "region", "usage", "count", "time"] {
+    // Quoted as Postgres's quote_ident quotes them: `time` is a keyword.
+    for name in ["host", "region", "usage", "count", "\"time\""] {
         assert!(columns.iter().any(|(c, _)| *c == name), "{columns:?}");
     }
+    assert!(
+        columns.contains(&("\"time\"", "timestamp with time zone")),
+        "{columns:?}"
+    );
     let e = &results[6]["error"];
     assert!(
         e["message"].as_str().unwrap().contains("no_such_column"),
         "{e}"
     );
     assert_eq!(e["code"].as_str().map(str::len), Some(5), "{e}");
+    assert_eq!(rows(&results[7]), &vec![json!([5])], "{}", results[7]);
 }
+
+const GRAFANA_SCHEMAS: &str = r#"SELECT schema_name AS "name"
+    FROM information_schema.schemata
+    WHERE schema_name NOT IN ('information_schema',
+                              'pg_catalog',
+                              'pg_toast',
+                              '_timescaledb_cache',
+                              '_timescaledb_catalog',
+                              '_timescaledb_internal',
+                              '_timescaledb_config',
+                              'timescaledb_information',
+                              'timescaledb_experimental')
+    ORDER BY schema_name"#;
+
+/// Grafana's `buildSchemaConstraint()`: is the table's schema on the search path?
+const GRAFANA_SEARCH_PATH: &str = r#"
+          quote_ident('public') IN (
+          SELECT
+            CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+          FROM
+            generate_series(
+              array_lower(string_to_array(current_setting('search_path'),','),1),
+              array_upper(string_to_array(current_setting('search_path'),','),1)
+            ) as i,
+            string_to_array(current_setting('search_path'),',') s
+          )"#;
 
 const GRAFANA_TABLES: &str = r#"SELECT
     CASE WHEN
@@ -411,6 +442,335 @@ const GRAFANA_COLUMNS: &str = r#"SELECT quote_ident(column_name) AS "column", da
           )
       END"#;
 
+/// A real PostgreSQL server (scripts/postgres.sh) for as long as it lives.
+struct Postgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Postgres {
+    fn start() -> Self {
+        // Postgres runs as its own system user under root: its directory must be
+        // reachable by it.
+        let dir = tempfile::Builder::new()
+            .prefix("vigil-pg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let port = crate::server::free_port();
+        let out = Command::new("bash")
+            .arg(repo_dir().join("scripts/postgres.sh"))
+            .arg("start")
+            .arg(dir.path().join("pg"))
+            .arg(port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "PostgreSQL did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir, port }
+    }
+
+    fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} dbname=postgres user=postgres",
+            self.port
+        )
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_dir().join("scripts/postgres.sh"))
+            .arg("stop")
+            .arg(self.dir.path().join("pg"))
+            .output();
+    }
+}
+
+/// Grafana's PostgreSQL datasource (its query builder's catalog queries from
+/// grafana/grafana `postgresMetaQuery.ts`, Grafana 11, and its macros from
+/// `macros.go` expanded), psql's `\dt`, `\dn` and `\d`, DBeaver's navigator and
+/// psycopg's type lookup, each sent to vigil and to a real PostgreSQL holding the
+/// same tables and rows: the answers must be the same.
+#[test]
+fn catalog_and_grafana_queries_answer_as_postgresql_does() {
+    let config_dir = tempfile::tempdir().unwrap();
+    // No rollup tables appearing halfway through the comparison.
+    let config = config_dir.path().join("vigil.toml");
+    std::fs::write(&config, "[rollups]\nenabled = false\n").unwrap();
+    let (_dir, server) = start_with_data(&["--config", config.to_str().unwrap()]);
+    let mut lp = String::new();
+    for i in 0..5i64 {
+        lp.push_str(&format!(
+            "diskIO,host=a reads={i}i {}\n",
+            (T0 + 60 * i) * 1_000_000_000
+        ));
+    }
+    server.write_lp(&lp);
+    let postgres = Postgres::start();
+    let (host, port) = server.pg_addr.split_once(':').unwrap();
+    let vigil = format!("host={host} port={port} dbname=vigil user=postgres");
+    let from = "2026-01-01T00:00:00Z";
+    let to = "2026-01-01T00:09:59Z";
+    let search_path = GRAFANA_SEARCH_PATH;
+    let spec = json!({
+        "vigil": vigil,
+        "postgres": postgres.dsn(),
+        "queries": [
+            {"name": "timescaledb version", "sql": "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"},
+            {"name": "schemas", "sql": GRAFANA_SCHEMAS},
+            {"name": "tables", "sql": GRAFANA_TABLES},
+            {"name": "tables of public", "sql": "SELECT quote_ident(table_name) AS \"table\"\n      FROM information_schema.tables\n      WHERE quote_ident(table_schema) = 'public'\n      ORDER BY 1"},
+            {"name": "columns of cpu", "sql": GRAFANA_COLUMNS.replace("TABLE", "cpu"), "unordered": true},
+            {"name": "columns of public.cpu", "sql": GRAFANA_COLUMNS.replace("TABLE", "public.cpu"), "unordered": true},
+            {"name": "columns of \"diskIO\"", "sql": GRAFANA_COLUMNS.replace("TABLE", "\"diskIO\""), "unordered": true},
+            {"name": "$__timeGroupAlias + $__timeFilter", "sql": format!("SELECT floor(extract(epoch from \"time\")/300)*300 AS \"time\", avg(usage) AS \"usage\" FROM cpu WHERE \"time\" BETWEEN '{from}' AND '{to}' GROUP BY 1 ORDER BY 1")},
+            {"name": "$__time, a series per host", "sql": format!("SELECT \"time\" AS \"time\", host AS metric, usage FROM cpu WHERE \"time\" BETWEEN '{from}' AND '{to}' ORDER BY 1, 2")},
+            {"name": "$__timeEpoch", "sql": format!("SELECT extract(epoch from time) as \"time\", count FROM cpu WHERE host = 'a' AND time BETWEEN '{from}' AND '{to}' ORDER BY 1")},
+            {"name": "builder: max per minute", "sql": format!("SELECT floor(extract(epoch from \"time\")/60)*60 AS \"time\", max(usage) AS \"usage\", count(msg) FROM cpu WHERE \"time\" BETWEEN '{from}' AND '{to}' GROUP BY 1 ORDER BY 1 LIMIT 50")},
+            {"name": "$__unixEpochFilter", "sql": format!("SELECT count(*) FROM cpu WHERE epoch_s >= {T0} AND epoch_s <= {}", T0 + 240)},
+            {"name": "variable: hosts", "sql": "SELECT DISTINCT host FROM cpu ORDER BY 1"},
+            {"name": "variable: __text/__value", "sql": "SELECT DISTINCT host AS __text, region AS __value FROM cpu ORDER BY 1"},
+            {"name": "variable: filtered", "sql": "SELECT DISTINCT host FROM cpu WHERE region IN ('eu', 'us') AND host <> 'b' ORDER BY host"},
+            {"name": "unnamed result columns", "sql": "SELECT count(*), max(usage), min(time), 1, host, CASE WHEN host = 'a' THEN 1 ELSE 2 END, count(msg) FROM cpu GROUP BY host ORDER BY host"},
+            {"name": "quote_ident", "sql": "SELECT quote_ident('cpu'), quote_ident('time'), quote_ident('diskIO'), quote_ident('a\"b'), quote_ident('value'), quote_ident('user')"},
+            {"name": "parse_ident", "sql": "SELECT parse_ident('public.cpu'), parse_ident('\"diskIO\"'), array_length(parse_ident('a.b'),1)"},
+            {"name": "the search path test alone", "sql": format!("SELECT 1 AS one WHERE {search_path}"), "unordered": true},
+            {"name": "DBeaver: schemas", "sql": "SELECT n.oid,n.*,d.description FROM pg_catalog.pg_namespace n left outer join pg_catalog.pg_description d on d.objoid=n.oid and d.objsubid=0 and d.classoid='pg_namespace'::regclass ORDER BY nspname", "columns": ["nspname"], "except_rows": [["information_schema"], ["pg_toast"]]},
+            {"name": "DBeaver: tables", "sql": "select c.oid,c.*,d.description,pg_catalog.pg_get_expr(c.relpartbound, c.oid) as partition_expr,  pg_catalog.pg_get_partkeydef(c.oid) as partition_key from pg_catalog.pg_class c left outer join pg_catalog.pg_description d on d.objoid=c.oid and d.objsubid=0 and d.classoid='pg_class'::regclass where c.relnamespace=(select oid from pg_catalog.pg_namespace where nspname='public') and c.relkind not in ('i','I','c')", "columns": ["relname", "relkind"], "unordered": true},
+            {"name": "DBeaver: columns", "sql": "select c.relname,a.*,pg_catalog.pg_get_expr(ad.adbin, ad.adrelid, true) as def_value,dsc.description,dep.objid from pg_catalog.pg_attribute a inner join pg_catalog.pg_class c on (a.attrelid=c.oid) left outer join pg_catalog.pg_attrdef ad on (a.attrelid=ad.adrelid and a.attnum = ad.adnum) left outer join pg_catalog.pg_description dsc on (c.oid=dsc.objoid and a.attnum = dsc.objsubid) left outer join pg_depend dep on dep.refobjid = a.attrelid AND dep.deptype = 'i' and dep.refobjsubid = a.attnum and dep.classid = dep.refclassid where a.attnum > 0 and not a.attisdropped and c.oid=(select c.oid from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relname = 'cpu') order by a.attnum", "columns": ["relname", "attname", "attnum", "attnotnull"]},
+        ],
+        "psql": [
+            {"name": "\\dt", "command": "\\dt", "drop": ["Owner"]},
+            {"name": "\\dn", "command": "\\dn", "drop": ["Owner"]},
+            {"name": "\\d cpu", "command": "\\d cpu"},
+            {"name": "\\d \"diskIO\"", "command": "\\d \"diskIO\""},
+        ],
+        "types": ["text", "float8", "int8", "timestamptz", "bool", "numeric", "double precision"],
+    });
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_dir().join("tests/clients/compare_pg.py"));
+    let results = run_json(cmd, &spec);
+    assert_eq!(results.len(), 22 + 4 + 7, "every query answered");
+    let differences: Vec<String> = results
+        .iter()
+        .filter(|r| r["vigil"] != r["postgres"])
+        .map(|r| {
+            format!(
+                "{}:\n  vigil:    {}\n  postgres: {}",
+                r["name"], r["vigil"], r["postgres"]
+            )
+        })
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "vigil answers differently from PostgreSQL:\n{}",
+        differences.join("\n")
+    );
+    // And the answers are the ones Grafana needs (not two equal errors).
+    let by_name = |name: &str| {
+        results
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["vigil"].clone())
+            .unwrap()
+    };
+    assert!(
+        results.iter().all(|r| r["vigil"].get("error").is_none()),
+        "{results:?}"
+    );
+    assert_eq!(
+        rows(&by_name("tables of public")),
+        &vec![json!(["\"diskIO\""]), json!(["cpu"])]
+    );
+    let tables = by_name("tables");
+    assert_eq!(
+        rows(&tables)[..2],
+        [json!(["\"diskIO\""]), json!(["cpu"])],
+        "{tables}"
+    );
+    let columns = by_name("columns of cpu");
+    assert!(
+        rows(&columns).contains(&json!(["\"time\"", "timestamp with time zone"])),
+        "{columns}"
+    );
+    assert!(
+        rows(&columns).contains(&json!(["usage", "double precision"])),
+        "{columns}"
+    );
+    assert_eq!(
+        by_name("unnamed result columns")["columns"],
+        json!(["count", "max", "min", "?column?", "host", "case", "count"])
+    );
+
+    // Internal columns stay internal, also where a scan deduplicates (a rewritten
+    // point repeats a series and time in the buffer).
+    server.write_lp(&format!(
+        "cpu,host=a,region=eu usage=7.5 {}\n",
+        T0 * 1_000_000_000
+    ));
+    for sql in [
+        "SELECT * FROM cpu WHERE host = 'a' ORDER BY time LIMIT 1",
+        "SELECT nosuch FROM cpu",
+        "SELECT __seq FROM cpu",
+        "SELECT __row_number FROM cpu",
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'cpu'",
+    ] {
+        let out = psql(&server, &["-P", "tuples_only=off", "-c", sql]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The error may repeat the name asked for, never offer one.
+        let offered = text
+            .replace("No field named __seq", "")
+            .replace("No field named __row_number", "");
+        assert!(!offered.contains("__"), "{sql}: {text}");
+        if sql.starts_with("SELECT *") {
+            assert!(
+                text.starts_with("host,region,count,epoch_s,msg,ok,usage,time\n")
+                    || text
+                        .lines()
+                        .next()
+                        .is_some_and(|h| h.split(',').count() == 8),
+                "{text}"
+            );
+            assert!(text.contains(",7.5,"), "the rewritten value: {text}");
+        }
+    }
+}
+
+/// A Grafana query as its PostgreSQL datasource sends it: template variables
+/// replaced, then the macros of `macros.go` expanded (the subset the dashboard
+/// uses), over [from, to].
+fn expand_grafana_macros(sql: &str, from: &str, to: &str, vars: &[(&str, &str)]) -> String {
+    let mut sql = sql.replace("$__interval", "'60s'");
+    for (name, value) in vars {
+        sql = sql.replace(&format!("${name}"), value);
+    }
+    let seconds = |arg: &str| -> u64 {
+        let a = arg.trim().trim_matches('\'');
+        let (n, unit) = a.split_at(a.len() - 1);
+        let n: u64 = n.parse().expect("interval");
+        n * match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            other => panic!("unit {other}"),
+        }
+    };
+    while let Some(at) = sql.find("$__") {
+        let open = at + sql[at..].find('(').expect("macro arguments");
+        let close = open + sql[open..].find(')').expect("macro end");
+        let name = &sql[at + 3..open];
+        let args: Vec<&str> = sql[open + 1..close].split(',').map(str::trim).collect();
+        let expanded = match name {
+            "timeFilter" => format!("{} BETWEEN '{from}' AND '{to}'", args[0]),
+            "time" => format!("{} AS \"time\"", args[0]),
+            "timeGroupAlias" => {
+                let s = seconds(args[1]);
+                format!("floor(extract(epoch from {})/{s})*{s} AS \"time\"", args[0])
+            }
+            "timeGroup" => {
+                let s = seconds(args[1]);
+                format!("floor(extract(epoch from {})/{s})*{s}", args[0])
+            }
+            other => panic!("macro {other} is not expanded by this test"),
+        };
+        sql.replace_range(at..=close, &expanded);
+    }
+    sql
+}
+
+/// Every query of the dashboard in deploy/grafana (panels and variables) runs
+/// through pgx, the driver of Grafana's PostgreSQL datasource, and returns rows.
+#[test]
+fn grafana_dashboard_queries_run() {
+    let (_dir, server) = start_with_data(&[]);
+    let mut lp = String::new();
+    for i in 0..10i64 {
+        let t = (T0 + 60 * i) * 1_000_000_000;
+        for (h, base) in [("host_0", 10.0), ("host_1", 50.0)] {
+            lp.push_str(&format!(
+                "cpu,hostname={h},region=eu-west-1 usage_user={},usage_system={},usage_iowait={} {t}\n",
+                base + i as f64,
+                base / 2.0 + i as f64,
+                i as f64 / 10.0
+            ));
+        }
+        for metric in [
+            "vigil_rows_written_total",
+            "vigil_buffer_rows",
+            "vigil_queries_running",
+            "vigil_parquet_files",
+        ] {
+            lp.push_str(&format!(
+                "{metric},job=vigil,instance=127.0.0.1:8181 value={} {t}\n",
+                100 * i
+            ));
+        }
+    }
+    server.write_lp(&lp);
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_dir().join("deploy/grafana/dashboards/vigil.json")).unwrap(),
+    )
+    .unwrap();
+    let mut sqls: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["rawSql"].as_str().unwrap().to_string())
+        .collect();
+    sqls.extend(
+        dashboard["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["query"].as_str().unwrap().to_string()),
+    );
+    assert!(sqls.len() >= 8, "{sqls:?}");
+    let queries: Vec<Value> = sqls
+        .iter()
+        .map(|q| {
+            json!({"sql": expand_grafana_macros(
+                q,
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:09:59Z",
+                &[("hostname", "'host_0','host_1'")],
+            )})
+        })
+        .collect();
+    let (host, port) = server.pg_addr.split_once(':').unwrap();
+    let mut cmd = Command::new(clients_dir().join("pgx-client"));
+    cmd.arg(format!(
+        "postgres://postgres@{host}:{port}/vigil?sslmode=disable"
+    ));
+    let results = run_json(cmd, &json!(queries));
+    for (q, r) in queries.iter().zip(&results) {
+        assert!(r.get("error").is_none(), "{}: {r}", q["sql"]);
+        assert!(!rows(r).is_empty(), "{}: no rows", q["sql"]);
+    }
+    // The per-host panel has one series per host, by the Grafana `metric` column.
+    let per_host = results
+        .iter()
+        .zip(&sqls)
+        .find(|(_, q)| q.contains("AS metric"))
+        .map(|(r, _)| r)
+        .unwrap();
+    let hosts: std::collections::BTreeSet<&str> = rows(per_host)
+        .iter()
+        .map(|r| r[1].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts.into_iter().collect::<Vec<_>>(), ["host_0", "host_1"]);
+}
+
 #[test]
 fn adbc_reads_arrow_with_parameters_and_streams() {
     let (_dir, server) = start_with_data(&[]);
@@ -425,8 +785,11 @@ fn adbc_reads_arrow_with_parameters_and_streams() {
             {"sql": "SELECT value FROM generate_series(1, 300000) ORDER BY value"},
             {"sql": "SELECT increase(count, time) AS inc FROM cpu WHERE host = 'a'"},
             {"sql": "SELECT no_such_column FROM cpu"},
+            // qmark style, as ADBC's DB-API documents it.
+            {"sql": "SELECT count(*) AS n FROM cpu WHERE host = ? AND count > ?", "args": ["b", 4]},
         ]),
     );
+    assert_eq!(rows(&results[6]), &vec![json!([5])], "{}", results[6]);
     assert_eq!(rows(&results[0]), &vec![json!([1])]);
     let r = &results[1];
     assert_eq!(
@@ -506,6 +869,7 @@ fn jdbc_queries_and_metadata() {
         "pw",
         "SELECT host, sum(usage) AS s FROM cpu GROUP BY host ORDER BY host\n\
          ?SELECT count(*) AS n FROM cpu WHERE host = $1|a\n\
+         ?SELECT count(*) AS q FROM cpu WHERE host = ? AND region = 'us'|b\n\
          SELECT no_such_column FROM cpu\n",
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -522,6 +886,12 @@ fn jdbc_queries_and_metadata() {
     assert_eq!(lines[at + 1], "ROW\ta\t67.5", "{text}");
     assert_eq!(lines[at + 2], "ROW\tb\t1045.0", "{text}");
     assert!(lines.contains(&"ROW\t10"), "prepared statement: {text}");
+    // The `?` statement's result: its own column, 10 rows of b.
+    let q = lines
+        .iter()
+        .position(|l| l.starts_with("COLS\tq:"))
+        .unwrap_or_else(|| panic!("`?` prepared statement failed: {text}"));
+    assert_eq!(lines[q + 1], "ROW\t10", "{text}");
     assert!(
         lines
             .iter()
