@@ -215,7 +215,11 @@ impl VisitorMut for Rewriter<'_> {
                             .sql
                             .contains(&format!("{}.value", a.name.value.to_ascii_lowercase()));
                         if single_column && a.columns.is_empty() && !reads_value {
-                            a.columns = vec![TableAliasColumnDef::from_name(a.name.value.clone())];
+                            // The alias as written, quotes included.
+                            a.columns = vec![TableAliasColumnDef {
+                                name: a.name.clone(),
+                                data_type: None,
+                            }];
                         }
                     }
                     return ControlFlow::Continue(());
@@ -293,9 +297,16 @@ pub(crate) const DUPLICATE_NAME_MARK: char = '\u{E000}';
 
 /// The name a client sees for a result column.
 pub(crate) fn postgres_field_name(name: &str) -> &str {
-    match name.find(DUPLICATE_NAME_MARK) {
-        Some(at) => &name[..at],
-        None => name,
+    match name.rfind(DUPLICATE_NAME_MARK) {
+        Some(at)
+            if name[at + DUPLICATE_NAME_MARK.len_utf8()..]
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                && at + DUPLICATE_NAME_MARK.len_utf8() < name.len() =>
+        {
+            &name[..at]
+        }
+        _ => name,
     }
 }
 
@@ -387,8 +398,33 @@ fn name_columns_as_postgres(query: &mut Query) {
 /// uncorrelated `IN` is read as membership in the subquery's values gathered
 /// once: `coalesce(array_has((SELECT array_agg(v) FROM (...)), x), false)`.
 fn in_subqueries_as_arrays(query: &mut Query) {
+    /// Rewrites the `IN`s of this query level only: inside a subquery (a filter
+    /// there) DataFusion plans them itself.
+    struct TopLevelIn {
+        depth: usize,
+    }
+    impl VisitorMut for TopLevelIn {
+        type Break = ();
+        fn pre_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
+            self.depth += 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+        fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            if self.depth == 0 {
+                as_array_test(e);
+            }
+            ControlFlow::Continue(())
+        }
+    }
     fn rewrite(e: &mut Expr) {
-        let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(e, |e| {
+        let _ = e.visit(&mut TopLevelIn { depth: 0 });
+    }
+    fn as_array_test(e: &mut Expr) {
+        {
             if let Expr::InSubquery {
                 expr,
                 subquery,
@@ -407,8 +443,7 @@ fn in_subqueries_as_arrays(query: &mut Query) {
                     *e = Expr::Nested(Box::new(parsed));
                 }
             }
-            ControlFlow::<()>::Continue(())
-        });
+        }
     }
     if let SetExpr::Select(select) = query.body.as_mut() {
         for item in &mut select.projection {
@@ -461,15 +496,18 @@ fn hoist_order_by_subqueries(query: &mut Query) {
     if select.distinct.is_some() || grouped || select.having.is_some() {
         return;
     }
+    // Output names as Postgres folds them (unquoted is lower case).
+    let folded = |i: &Ident| match i.quote_style {
+        Some(_) => i.value.clone(),
+        None => i.value.to_lowercase(),
+    };
     let names: Option<Vec<String>> = select
         .projection
         .iter()
         .map(|item| match item {
-            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
-            SelectItem::UnnamedExpr(Expr::Identifier(i)) => Some(i.value.clone()),
-            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(p)) => {
-                p.last().map(|i| i.value.clone())
-            }
+            SelectItem::ExprWithAlias { alias, .. } => Some(folded(alias)),
+            SelectItem::UnnamedExpr(Expr::Identifier(i)) => Some(folded(i)),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(p)) => p.last().map(folded),
             _ => None,
         })
         .collect();
@@ -484,10 +522,18 @@ fn hoist_order_by_subqueries(query: &mut Query) {
             },
             _ => None,
         };
-        let expr = match position {
-            Some(n) if (1..=names.len()).contains(&n) => {
+        // A sort key naming an output column sorts by that column, as in Postgres.
+        let output = match &o.expr {
+            Expr::Identifier(i) => names.iter().position(|n| *n == folded(i)),
+            _ => None,
+        };
+        let expr = match (position, output) {
+            (Some(n), _) if (1..=names.len()).contains(&n) => {
                 Expr::Identifier(Ident::with_quote('"', names[n - 1].clone()))
             }
+            // Postgres refuses a position past the last column; so does DataFusion.
+            (Some(_), _) => return,
+            (None, Some(k)) => Expr::Identifier(Ident::with_quote('"', names[k].clone())),
             _ => {
                 let key = Ident::with_quote('"', format!("?order{k}"));
                 inner.projection.push(SelectItem::ExprWithAlias {
@@ -690,8 +736,10 @@ mod tests {
             rewritten("SELECT a FROM t ORDER BY b"),
             "SELECT a FROM t ORDER BY b"
         );
+        // Grouped, the sort key stays where it is (as an array test).
         let grouped = "SELECT a FROM t GROUP BY a ORDER BY a IN (SELECT 1)";
-        assert_eq!(rewritten(grouped), grouped);
+        assert!(rewritten(grouped)
+            .starts_with("SELECT a FROM t GROUP BY a ORDER BY (coalesce(array_has("));
     }
 
     #[test]
@@ -728,6 +776,30 @@ mod tests {
             rewritten("SELECT typname, oid::regtype::text AS regtype FROM pg_type"),
             "SELECT typname, format_type(oid, NULL) AS regtype FROM pg_type"
         );
+    }
+
+    #[test]
+    fn review_cases_keep_their_meaning() {
+        // A quoted alias stays quoted (no SQL from an identifier).
+        let sql = rewritten(
+            "SELECT count(*) FROM generate_series(1,3) AS \"x) CROSS JOIN cpu --\" WHERE false",
+        );
+        assert!(
+            sql.contains("AS \"x) CROSS JOIN cpu --\" (\"x) CROSS JOIN cpu --\")"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("WHERE false"), "{sql}");
+        // An output alias in ORDER BY is the output column, and names fold.
+        let sql = rewritten("SELECT -usage AS host FROM cpu ORDER BY host, (SELECT 1)");
+        assert!(sql.ends_with("ORDER BY \"host\", \"?order1\""), "{sql}");
+        let sql = rewritten("SELECT Host FROM cpu ORDER BY (SELECT 1)");
+        assert!(sql.starts_with("SELECT \"host\" FROM"), "{sql}");
+        // IN inside a subquery's filter is DataFusion's to plan.
+        let nested = "SELECT (SELECT count(*) FROM cpu WHERE usage NOT IN (SELECT 1)) AS n";
+        assert_eq!(rewritten(nested), nested);
+        // A user's own U+E000 is not a duplicate mark.
+        assert_eq!(postgres_field_name("x\u{E000}y"), "x\u{E000}y");
+        assert_eq!(postgres_field_name("x\u{E000}"), "x\u{E000}");
     }
 
     #[test]

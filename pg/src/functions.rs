@@ -296,6 +296,12 @@ pub(crate) fn information_schema_udt_udf() -> ScalarUDF {
 
 fn type_name_udf(name: &str, spell: fn(&Type) -> String) -> ScalarUDF {
     text_udf(name, move |arrow_name| {
+        // Arrow's type parser recurses once per nesting level: a type name from a
+        // query is read only when it is as short and shallow as real ones.
+        let shallow = arrow_name.len() <= 256 && arrow_name.matches('(').count() <= 8;
+        if !shallow {
+            return arrow_name.to_string();
+        }
         let arrow = match arrow_name.parse::<DataType>().ok() {
             Some(DataType::Dictionary(_, value)) => Some(*value),
             other => other,
@@ -338,6 +344,33 @@ fn text_udf(name: &str, f: impl Fn(&str) -> String + Send + Sync + 'static) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deeply_nested_type_names_are_not_parsed() {
+        let udf = information_schema_type_udf();
+        let deep = "List(".repeat(200_000);
+        let out = udf
+            .invoke_with_args(datafusion::logical_expr::ScalarFunctionArgs {
+                args: vec![ColumnarValue::Scalar(deep.clone().into())],
+                arg_fields: vec![Arc::new(datafusion::arrow::datatypes::Field::new(
+                    "t",
+                    DataType::Utf8,
+                    true,
+                ))],
+                number_rows: 1,
+                return_field: Arc::new(datafusion::arrow::datatypes::Field::new(
+                    "r",
+                    DataType::Utf8,
+                    true,
+                )),
+                config_options: Arc::new(Default::default()),
+            })
+            .unwrap();
+        let ColumnarValue::Scalar(v) = out else {
+            panic!("scalar in, scalar out")
+        };
+        assert_eq!(v.to_string().len(), deep.len());
+    }
 
     #[test]
     fn builtin_types_are_found_by_any_name() {

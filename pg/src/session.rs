@@ -16,15 +16,19 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion_postgres::arrow_pg::datatypes::arrow_schema_to_pg_fields;
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
-use datafusion_postgres::pgwire::api::portal::{Format, Portal};
+use datafusion_postgres::pgwire::api::portal::{Format, Portal, PortalExecutionState};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use datafusion_postgres::pgwire::api::results::Tag;
 use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response};
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
+use datafusion_postgres::pgwire::api::store::Entry;
 use datafusion_postgres::pgwire::api::store::PortalStore;
 use datafusion_postgres::pgwire::api::Type;
 use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore};
+use datafusion_postgres::pgwire::api::{PgWireConnectionState, DEFAULT_NAME};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
+use datafusion_postgres::pgwire::messages::extendedquery::Execute;
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::{DfSessionService, Parser};
@@ -33,7 +37,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use datafusion_postgres::pgwire::messages::data::DataRow;
-use futures::{Sink, Stream, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use vigil_sql::QueryEngine;
@@ -293,6 +297,81 @@ impl ExtendedQueryHandler for VigilSession {
             inner: self.inner.query_parser(),
             engine: Arc::clone(&self.engine),
         })
+    }
+
+    /// pgwire answers an Execute that asks for every row (max_rows 0, as pgx,
+    /// psycopg and JDBC send it) by collecting the whole result in memory first:
+    /// 1.6 GB for a 10M-row result, and nothing reaches the client until the
+    /// last row is made. A query on the engine streams instead; anything else
+    /// (a row limit, a resumed portal, session statements) runs as pgwire runs it.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal)) => Some(portal),
+            _ => None,
+        };
+        let streams = match &portal {
+            Some(portal) if message.max_rows == 0 => {
+                matches!(client.state(), PgWireConnectionState::ReadyForQuery)
+                    && matches!(&portal.statement.statement, (_, Some((statement, _))) if crate::query::runs_on_engine(statement))
+                    && matches!(*portal.state().lock().await, PortalExecutionState::Initial)
+            }
+            _ => false,
+        };
+        let (true, Some(portal)) = (streams, portal) else {
+            return self._on_execute(client, message).await;
+        };
+        let transaction_status = client.transaction_status();
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let Response::Query(query) =
+            ExtendedQueryHandler::do_query(self, client, portal.as_ref(), 0).await?
+        else {
+            return Err(PgWireError::ApiError(
+                "a query on the engine answered without rows".into(),
+            ));
+        };
+        let command_tag = query.command_tag().to_owned();
+        let mut rows = query.data_rows;
+        let mut sent = 0;
+        let timeout = self.engine.timeout();
+        // The deadline holds while the client is slow to read too: a stalled
+        // client must not keep its query (and slot) forever.
+        let streamed = tokio::time::timeout(timeout, async {
+            while let Some(row) = rows.next().await {
+                client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+                sent += 1;
+            }
+            Ok::<_, PgWireError>(())
+        })
+        .await;
+        // Executed once, whatever happened: executing it again must not resend rows.
+        *portal.state().lock().await = PortalExecutionState::Finished;
+        match streamed {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "ERROR".into(),
+                    "57014".into(),
+                    format!(
+                        "canceling statement due to statement timeout: query timed out after {timeout:?} (query.timeout)"
+                    ),
+                ))))
+            }
+        }
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new(&command_tag).with_rows(sent).into(),
+            ))
+            .await?;
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(transaction_status);
+        Ok(())
     }
 
     async fn do_query<C>(

@@ -26,8 +26,10 @@ pub fn number_placeholders<'a>(sql: &'a str, dialect: &dyn Dialect) -> Result<Co
     // (byte offset, length in bytes, replacement)
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
     let mut numbered = false;
+    let mut numbered_question = false;
+    let mut plain = false;
     let mut next = 0usize;
-    let offsets = LineOffsets::new(sql);
+    let mut offsets = LineOffsets::new(sql);
     for (i, t) in tokens.iter().enumerate() {
         let (len, replacement) = match &t.token {
             // Postgres-like dialects read `?` as an operator token, and `?1` as
@@ -47,7 +49,13 @@ pub fn number_placeholders<'a>(sql: &'a str, dialect: &dyn Dialect) -> Result<Co
                 _ => (1, None),
             },
             Token::Placeholder(p) if p == "?" => (1, None),
-            Token::Placeholder(p) if p.starts_with('?') => (p.len(), Some(format!("${}", &p[1..]))),
+            Token::Placeholder(p)
+                if p.starts_with('?')
+                    && p.len() > 1
+                    && p[1..].bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                (p.len(), Some(format!("${}", &p[1..])))
+            }
             Token::Placeholder(p) if p.starts_with('$') => {
                 numbered = true;
                 continue;
@@ -57,6 +65,10 @@ pub fn number_placeholders<'a>(sql: &'a str, dialect: &dyn Dialect) -> Result<Co
         let Some(at) = offsets.byte_offset(t.span.start) else {
             return Ok(Cow::Borrowed(sql));
         };
+        match &replacement {
+            Some(_) => numbered_question = true,
+            None => plain = true,
+        }
         let replacement = replacement.unwrap_or_else(|| {
             next += 1;
             format!("${next}")
@@ -66,9 +78,9 @@ pub fn number_placeholders<'a>(sql: &'a str, dialect: &dyn Dialect) -> Result<Co
     if edits.is_empty() {
         return Ok(Cow::Borrowed(sql));
     }
-    if numbered {
+    if numbered || (plain && numbered_question) {
         return Err(Error::DataFusion(DataFusionError::Plan(
-            "the statement mixes `?` and `$n` placeholders: use one style (`?` are numbered in order)".into(),
+            "the statement mixes `?` with `$n` or `?n` placeholders: use one style (`?` are numbered in order)".into(),
         )));
     }
     let mut out = String::with_capacity(sql.len() + edits.len() * 2);
@@ -86,27 +98,47 @@ pub fn number_placeholders<'a>(sql: &'a str, dialect: &dyn Dialect) -> Result<Co
 }
 
 /// Byte offsets of the tokenizer's (line, column) locations: both count from 1,
-/// columns in characters.
+/// columns in characters. Locations are asked for in order, so a cursor walks the
+/// text once (not once per placeholder).
 struct LineOffsets<'a> {
     sql: &'a str,
     starts: Vec<usize>,
+    /// (line, column, byte offset) of the last answer.
+    cursor: (u64, u64, usize),
 }
 
 impl<'a> LineOffsets<'a> {
     fn new(sql: &'a str) -> Self {
         let mut starts = vec![0];
         starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
-        Self { sql, starts }
+        Self {
+            sql,
+            starts,
+            cursor: (1, 1, 0),
+        }
     }
 
-    fn byte_offset(&self, at: Location) -> Option<usize> {
-        let line_start = *self.starts.get((at.line as usize).checked_sub(1)?)?;
-        let column = (at.column as usize).checked_sub(1)?;
-        let line = &self.sql[line_start..];
-        match line.char_indices().nth(column) {
-            Some((i, _)) => Some(line_start + i),
-            None => None,
+    fn byte_offset(&mut self, at: Location) -> Option<usize> {
+        let (line, column) = (at.line, at.column);
+        if line == 0 || column == 0 {
+            return None;
         }
+        let (mut col, mut byte) = if line == self.cursor.0 && column >= self.cursor.1 {
+            (self.cursor.1, self.cursor.2)
+        } else {
+            (1, *self.starts.get((line - 1) as usize)?)
+        };
+        let mut chars = self.sql.get(byte..)?.chars();
+        while col < column {
+            let c = chars.next()?;
+            if c == '\n' {
+                return None;
+            }
+            byte += c.len_utf8();
+            col += 1;
+        }
+        self.cursor = (line, column, byte);
+        Some(byte)
     }
 }
 
@@ -145,12 +177,22 @@ mod tests {
             "SELECT 'ééé' AS \"ü\", $1 AS p"
         );
         assert_eq!(numbered("SELECT 1"), "SELECT 1");
+        // Many placeholders after a long literal (offsets found by one walk).
+        let long = format!(
+            "SELECT '{}', {}",
+            "x".repeat(1 << 20),
+            vec!["?"; 2000].join(", ")
+        );
+        let out = number_placeholders(&long, &GenericDialect {}).unwrap();
+        assert!(out.ends_with("$1999, $2000"));
         assert_eq!(numbered("SELECT $1, $2"), "SELECT $1, $2");
     }
 
     #[test]
     fn mixed_styles_are_refused_and_bad_sql_is_left_to_the_parser() {
         let e = number_placeholders("SELECT ? , $1", &GenericDialect {}).unwrap_err();
+        assert!(e.to_string().contains("mixes"), "{e}");
+        let e = number_placeholders("SELECT ? AS a, ?1 AS b", &GenericDialect {}).unwrap_err();
         assert!(e.to_string().contains("mixes"), "{e}");
         let unterminated = "SELECT 'abc ? FROM t";
         assert_eq!(
