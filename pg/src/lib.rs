@@ -10,6 +10,7 @@
 mod compat;
 mod functions;
 mod query;
+mod rows;
 mod session;
 
 use std::net::SocketAddr;

@@ -138,7 +138,11 @@ pub(crate) fn respond(
     let rows = batches
         .map(move |batch| {
             let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> = match batch {
-                Ok(b) => encode_recordbatch(Arc::clone(&row_fields), b),
+                Ok(b) => match crate::rows::encode_batch(&b, &row_fields) {
+                    Some(Ok(rows)) => Box::new(rows.into_iter().map(Ok)),
+                    Some(Err(e)) => Box::new(std::iter::once(Err(e))),
+                    None => encode_recordbatch(Arc::clone(&row_fields), b),
+                },
                 Err(e) => Box::new(std::iter::once(Err(engine_error(e.into())))),
             };
             futures::stream::iter(rows)
