@@ -9,7 +9,9 @@
 
 use bytes::{BufMut, BytesMut};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type};
+use datafusion::arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
+};
 use datafusion_postgres::pgwire::api::results::{FieldFormat, FieldInfo};
 use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::data::DataRow;
@@ -48,7 +50,10 @@ fn encode(batch: &RecordBatch, fields: &[FieldInfo]) -> PgWireResult<Vec<DataRow
     let columns = batch.num_columns();
     let mut buf = BytesMut::with_capacity(rows * (columns * 16));
     let mut ends = Vec::with_capacity(rows);
-    let text: Vec<bool> = fields.iter().map(|f| f.format() == FieldFormat::Text).collect();
+    let text: Vec<bool> = fields
+        .iter()
+        .map(|f| f.format() == FieldFormat::Text)
+        .collect();
     for row in 0..rows {
         for (c, column) in batch.columns().iter().enumerate() {
             if column.is_null(row) {
@@ -61,23 +66,43 @@ fn encode(batch: &RecordBatch, fields: &[FieldInfo]) -> PgWireResult<Vec<DataRow
             match column.data_type() {
                 DataType::Int16 => {
                     let v = column.as_primitive::<Int16Type>().value(row);
-                    if text[c] { as_text(v, field, &mut buf)? } else { buf.put_i16(v) }
+                    if text[c] {
+                        as_text(v, field, &mut buf)?
+                    } else {
+                        buf.put_i16(v)
+                    }
                 }
                 DataType::Int32 => {
                     let v = column.as_primitive::<Int32Type>().value(row);
-                    if text[c] { as_text(v, field, &mut buf)? } else { buf.put_i32(v) }
+                    if text[c] {
+                        as_text(v, field, &mut buf)?
+                    } else {
+                        buf.put_i32(v)
+                    }
                 }
                 DataType::Int64 => {
                     let v = column.as_primitive::<Int64Type>().value(row);
-                    if text[c] { as_text(v, field, &mut buf)? } else { buf.put_i64(v) }
+                    if text[c] {
+                        as_text(v, field, &mut buf)?
+                    } else {
+                        buf.put_i64(v)
+                    }
                 }
                 DataType::Float32 => {
                     let v = column.as_primitive::<Float32Type>().value(row);
-                    if text[c] { as_text(v, field, &mut buf)? } else { buf.put_f32(v) }
+                    if text[c] {
+                        as_text(v, field, &mut buf)?
+                    } else {
+                        buf.put_f32(v)
+                    }
                 }
                 DataType::Float64 => {
                     let v = column.as_primitive::<Float64Type>().value(row);
-                    if text[c] { as_text(v, field, &mut buf)? } else { buf.put_f64(v) }
+                    if text[c] {
+                        as_text(v, field, &mut buf)?
+                    } else {
+                        buf.put_f64(v)
+                    }
                 }
                 // Text is its UTF-8 bytes in both formats.
                 DataType::Utf8 => buf.put_slice(column.as_string::<i32>().value(row).as_bytes()),
@@ -133,9 +158,24 @@ mod tests {
         let batch = RecordBatch::try_new(
             Arc::clone(&schema),
             vec![
-                Arc::new(Int64Array::from(vec![Some(1), None, Some(-42), Some(i64::MAX)])),
-                Arc::new(Float64Array::from(vec![Some(0.5), Some(f64::NAN), None, Some(1e300)])),
-                Arc::new(StringArray::from(vec![Some("host_1"), Some(""), Some("é"), None])),
+                Arc::new(Int64Array::from(vec![
+                    Some(1),
+                    None,
+                    Some(-42),
+                    Some(i64::MAX),
+                ])),
+                Arc::new(Float64Array::from(vec![
+                    Some(0.5),
+                    Some(f64::NAN),
+                    None,
+                    Some(1e300),
+                ])),
+                Arc::new(StringArray::from(vec![
+                    Some("host_1"),
+                    Some(""),
+                    Some("é"),
+                    None,
+                ])),
             ],
         )
         .unwrap();
