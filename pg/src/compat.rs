@@ -545,7 +545,7 @@ fn hoist_order_by_subqueries(query: &mut Query) {
         };
         outer_order.push(OrderByExpr {
             expr,
-            options: o.options.clone(),
+            options: o.options,
             with_fill: None,
         });
     }

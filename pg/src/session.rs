@@ -176,7 +176,7 @@ where
         // Rows that are ready go out with the signals looked at every 256 rows;
         // a stream that has to wait registers for both before it sleeps.
         this.polled = this.polled.wrapping_add(1);
-        if this.polled % 256 != 0 {
+        if !this.polled.is_multiple_of(256) {
             match this.rows.poll_next_unpin(cx) {
                 Poll::Pending => {}
                 ready => return ready,
