@@ -179,6 +179,50 @@ mod tests {
             ],
         )
         .unwrap();
+        let narrow_schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int16, true),
+            Field::new("b", DataType::Int32, true),
+            Field::new("c", DataType::Float32, true),
+            Field::new("d", DataType::LargeUtf8, true),
+            Field::new("e", DataType::Utf8View, true),
+        ]));
+        let narrow = RecordBatch::try_new(
+            Arc::clone(&narrow_schema),
+            vec![
+                Arc::new(datafusion::arrow::array::Int16Array::from(vec![
+                    Some(-7),
+                    None,
+                ])),
+                Arc::new(datafusion::arrow::array::Int32Array::from(vec![
+                    None,
+                    Some(70_000),
+                ])),
+                Arc::new(datafusion::arrow::array::Float32Array::from(vec![
+                    Some(1.25),
+                    Some(f32::INFINITY),
+                ])),
+                Arc::new(datafusion::arrow::array::LargeStringArray::from(vec![
+                    Some("x"),
+                    None,
+                ])),
+                Arc::new(datafusion::arrow::array::StringViewArray::from(vec![
+                    None,
+                    Some("a longer string than twelve bytes"),
+                ])),
+            ],
+        )
+        .unwrap();
+        // Text and binary column by column, as a portal may ask.
+        let mixed = Format::Individual(vec![0, 1, 0, 1, 0]);
+        for format in [Format::UnifiedText, Format::UnifiedBinary, mixed] {
+            let fields =
+                Arc::new(arrow_schema_to_pg_fields(&narrow_schema, &format, None).unwrap());
+            let ours = encode_batch(&narrow, &fields).unwrap().unwrap();
+            let theirs: Vec<DataRow> = encode_recordbatch(Arc::clone(&fields), narrow.clone())
+                .collect::<PgWireResult<_>>()
+                .unwrap();
+            assert_eq!(ours, theirs, "{format:?}");
+        }
         for format in [Format::UnifiedText, Format::UnifiedBinary] {
             let fields = Arc::new(arrow_schema_to_pg_fields(&schema, &format, None).unwrap());
             let ours = encode_batch(&batch, &fields).unwrap().unwrap();

@@ -150,14 +150,15 @@ impl QueryParser for VigilParser {
 }
 
 /// A result stream that ends with SQLSTATE 57014 once the connection's query is
-/// cancelled or the deadline passes, and counts as a running query until it ends.
+/// cancelled or the deadline passes. (A query on the engine counts as running
+/// from its admission until its stream is dropped; counting it here too counted
+/// it twice.)
 /// The timers are set up once per stream, not per row.
 struct Guarded<S> {
     rows: S,
     cancelled: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: std::time::Duration,
-    _running: vigil_sql::RunningQuery,
     done: bool,
     polled: u32,
 }
@@ -270,7 +271,6 @@ impl VigilSession {
             }),
             deadline: Box::pin(tokio::time::sleep(timeout)),
             timeout,
-            _running: self.engine.running_query(),
             done: false,
             polled: 0,
         };
@@ -340,9 +340,30 @@ impl ExtendedQueryHandler for VigilSession {
         };
         let transaction_status = client.transaction_status();
         client.set_state(PgWireConnectionState::QueryInProgress);
-        let Response::Query(query) =
-            ExtendedQueryHandler::do_query(self, client, portal.as_ref(), 0).await?
-        else {
+        // A cancel while the query waits for a slot or is planned stops it too
+        // (once rows stream, the result stream itself watches for it).
+        let cancelled = client
+            .session_extensions()
+            .get::<ConnectionCancel>()
+            .map(|c| {
+                let mut rx = c.signal.subscribe();
+                rx.mark_unchanged();
+                rx
+            });
+        let cancelled = async move {
+            let signalled = match cancelled {
+                Some(mut rx) => rx.changed().await.is_ok(),
+                None => false,
+            };
+            if !signalled {
+                std::future::pending::<()>().await
+            }
+        };
+        let planned = tokio::select! {
+            r = ExtendedQueryHandler::do_query(self, client, portal.as_ref(), 0) => r?,
+            _ = cancelled => return Err(PgWireError::QueryCanceled),
+        };
+        let Response::Query(query) = planned else {
             return Err(PgWireError::ApiError(
                 "a query on the engine answered without rows".into(),
             ));
