@@ -149,6 +149,18 @@ impl QueryParser for VigilParser {
     }
 }
 
+/// The connection's cancel signal, counting only cancels sent from now on.
+fn cancel_signal<C: ClientInfo>(client: &C) -> Option<watch::Receiver<u64>> {
+    client
+        .session_extensions()
+        .get::<ConnectionCancel>()
+        .map(|c| {
+            let mut rx = c.signal.subscribe();
+            rx.mark_unchanged();
+            rx
+        })
+}
+
 /// A result stream that ends with SQLSTATE 57014 once the connection's query is
 /// cancelled or the deadline passes. (A query on the engine counts as running
 /// from its admission until its stream is dropped; counting it here too counted
@@ -245,14 +257,7 @@ impl VigilSession {
         let Response::Query(query) = response else {
             return response;
         };
-        let cancelled = client
-            .session_extensions()
-            .get::<ConnectionCancel>()
-            .map(|c| {
-                let mut rx = c.signal.subscribe();
-                rx.mark_unchanged();
-                rx
-            });
+        let cancelled = cancel_signal(client);
         let timeout = self.engine.timeout();
         let QueryResponse {
             command_tag,
@@ -342,14 +347,7 @@ impl ExtendedQueryHandler for VigilSession {
         client.set_state(PgWireConnectionState::QueryInProgress);
         // A cancel while the query waits for a slot or is planned stops it too
         // (once rows stream, the result stream itself watches for it).
-        let cancelled = client
-            .session_extensions()
-            .get::<ConnectionCancel>()
-            .map(|c| {
-                let mut rx = c.signal.subscribe();
-                rx.mark_unchanged();
-                rx
-            });
+        let cancelled = cancel_signal(client);
         let cancelled = async move {
             let signalled = match cancelled {
                 Some(mut rx) => rx.changed().await.is_ok(),
