@@ -32,12 +32,14 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 /// `sql` as DataFusion should read it, or `sql` itself when it does not parse (the
-/// parser downstream then reports the error in its own words).
-pub(crate) fn rewrite(sql: &str, ctx: &SessionContext) -> String {
-    let numbered = match vigil_sql::number_placeholders(sql, &PostgreSqlDialect {}) {
-        Ok(s) => s,
-        Err(_) => return sql.to_string(),
-    };
+/// parser downstream then reports the error in its own words). Placeholders in
+/// two styles are refused here, with an error that says so.
+pub(crate) fn rewrite(sql: &str, ctx: &SessionContext) -> Result<String, vigil_sql::Error> {
+    let numbered = vigil_sql::number_placeholders(sql, &PostgreSqlDialect {})?;
+    Ok(rewrite_numbered(numbered, ctx))
+}
+
+fn rewrite_numbered(numbered: std::borrow::Cow<'_, str>, ctx: &SessionContext) -> String {
     let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, &numbered) else {
         return numbered.into_owned();
     };
@@ -663,7 +665,7 @@ mod tests {
     use super::*;
 
     fn rewritten(sql: &str) -> String {
-        rewrite(sql, &SessionContext::new())
+        rewrite(sql, &SessionContext::new()).unwrap()
     }
 
     #[test]
@@ -809,5 +811,7 @@ mod tests {
             "SELECT a FROM t WHERE b = $1"
         );
         assert_eq!(rewritten("SELEC oops"), "SELEC oops");
+        let mixed = rewrite("SELECT ? + $1", &SessionContext::new()).unwrap_err();
+        assert!(mixed.to_string().contains("mixes"), "{mixed}");
     }
 }

@@ -123,7 +123,8 @@ impl QueryParser for VigilParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let sql = crate::compat::rewrite(sql, self.engine.context());
+        let sql = crate::compat::rewrite(sql, self.engine.context())
+            .map_err(crate::query::engine_error)?;
         self.inner.parse_sql(client, &sql, types).await
     }
 
@@ -294,7 +295,8 @@ impl SimpleQueryHandler for VigilSession {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let query = crate::compat::rewrite(query, self.engine.context());
+        let query = crate::compat::rewrite(query, self.engine.context())
+            .map_err(crate::query::engine_error)?;
         let responses = SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query).await?;
         Ok(responses
             .into_iter()
