@@ -206,7 +206,8 @@ impl VisitorMut for Rewriter<'_> {
             }
             Some(targs) if parts.len() == 1 => {
                 let function = parts[0].as_str();
-                let is_table_function = self.ctx.state().table_functions().contains_key(function);
+                // (Looked up by name: `ctx.state()` would copy the whole session.)
+                let is_table_function = self.ctx.table_function(function).is_ok();
                 if is_table_function {
                     // `generate_series(1, 3) AS i`: the column is `i` too.
                     let single_column = matches!(function, "generate_series" | "range");

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::{create_udf, ColumnarValue, ScalarUDF, Volatility};
 use datafusion_postgres::pgwire::api::Type;
@@ -201,21 +201,10 @@ pub(crate) fn to_regtype_udf() -> ScalarUDF {
         DataType::Int32,
         Volatility::Immutable,
         Arc::new(|args: &[ColumnarValue]| {
-            let scalar = matches!(args[0], ColumnarValue::Scalar(_));
-            let input = match &args[0] {
-                ColumnarValue::Array(a) => Arc::clone(a),
-                ColumnarValue::Scalar(s) => s.to_array()?,
-            };
-            let input = datafusion::arrow::compute::cast(&input, &DataType::Utf8)?;
-            let out: datafusion::arrow::array::Int32Array =
-                datafusion::common::cast::as_string_array(&input)?
-                    .iter()
-                    .map(|v| v.and_then(builtin_type_oid))
-                    .collect();
-            Ok(if scalar && !out.is_empty() {
-                ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&out, 0)?)
-            } else {
-                ColumnarValue::Array(Arc::new(out))
+            over_text(&args[0], |names| {
+                let oids: datafusion::arrow::array::Int32Array =
+                    names.iter().map(|v| v.and_then(builtin_type_oid)).collect();
+                Ok(Arc::new(oids))
             })
         }),
     )
@@ -322,23 +311,32 @@ fn text_udf(name: &str, f: impl Fn(&str) -> String + Send + Sync + 'static) -> S
         DataType::Utf8,
         Volatility::Immutable,
         Arc::new(move |args: &[ColumnarValue]| {
-            let scalar = matches!(args[0], ColumnarValue::Scalar(_));
-            let input = match &args[0] {
-                ColumnarValue::Array(a) => Arc::clone(a),
-                ColumnarValue::Scalar(s) => s.to_array()?,
-            };
-            let input = datafusion::arrow::compute::cast(&input, &DataType::Utf8)?;
-            let out: StringArray = datafusion::common::cast::as_string_array(&input)?
-                .iter()
-                .map(|v| v.map(&f))
-                .collect();
-            Ok(if scalar && !out.is_empty() {
-                ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&out, 0)?)
-            } else {
-                ColumnarValue::Array(Arc::new(out))
+            over_text(&args[0], |values| {
+                let out: StringArray = values.iter().map(|v| v.map(&f)).collect();
+                Ok(Arc::new(out))
             })
         }),
     )
+}
+
+/// Runs `f` over a text argument's values (cast to `Utf8`): a scalar in gives a
+/// scalar out, as DataFusion expects of a function over constants.
+pub(crate) fn over_text(
+    arg: &ColumnarValue,
+    f: impl FnOnce(&StringArray) -> datafusion::error::Result<ArrayRef>,
+) -> datafusion::error::Result<ColumnarValue> {
+    let input = match arg {
+        ColumnarValue::Array(a) => Arc::clone(a),
+        ColumnarValue::Scalar(s) => s.to_array()?,
+    };
+    let input = datafusion::arrow::compute::cast(&input, &DataType::Utf8)?;
+    let out = f(datafusion::common::cast::as_string_array(&input)?)?;
+    Ok(match arg {
+        ColumnarValue::Scalar(_) if !out.is_empty() => {
+            ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&out, 0)?)
+        }
+        _ => ColumnarValue::Array(out),
+    })
 }
 
 #[cfg(test)]

@@ -220,27 +220,19 @@ fn current_setting_udf() -> datafusion::logical_expr::ScalarUDF {
         DataType::Utf8,
         Volatility::Stable,
         Arc::new(|args: &[ColumnarValue]| {
-            let names = match &args[0] {
-                ColumnarValue::Array(a) => Arc::clone(a),
-                ColumnarValue::Scalar(s) => s.to_array()?,
-            };
-            let names = datafusion::common::cast::as_string_array(&names)?;
-            let values = names
-                .iter()
-                .map(|n| match n {
-                    None => Ok(None),
-                    Some(n) => setting(n).map(Some).ok_or_else(|| {
-                        datafusion::error::DataFusionError::Plan(format!(
-                            "unrecognized configuration parameter \"{n}\""
-                        ))
-                    }),
-                })
-                .collect::<datafusion::error::Result<StringArray>>()?;
-            let scalar_input = matches!(args[0], ColumnarValue::Scalar(_));
-            Ok(if scalar_input {
-                ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&values, 0)?)
-            } else {
-                ColumnarValue::Array(Arc::new(values))
+            functions::over_text(&args[0], |names| {
+                let values = names
+                    .iter()
+                    .map(|n| match n {
+                        None => Ok(None),
+                        Some(n) => setting(n).map(Some).ok_or_else(|| {
+                            datafusion::error::DataFusionError::Plan(format!(
+                                "unrecognized configuration parameter \"{n}\""
+                            ))
+                        }),
+                    })
+                    .collect::<datafusion::error::Result<StringArray>>()?;
+                Ok(Arc::new(values))
             })
         }),
     )
