@@ -4,13 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# What the tests need beyond a Rust toolchain: rustfmt and cargo-fuzz (and the
-# clients below).
+# What the tests need beyond a Rust toolchain: rustfmt (and the clients below).
 if ! cargo fmt --version >/dev/null 2>&1; then
   rustup component add rustfmt
-fi
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  cargo install cargo-fuzz --locked
 fi
 
 bash scripts/build-deps.sh

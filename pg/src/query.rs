@@ -9,8 +9,11 @@
 //! settings, `SHOW`, `BEGIN`/`COMMIT`, cursors over read-only queries) are left to
 //! `datafusion-postgres`'s own hooks.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use crate::rows::EncodedRows;
 use async_trait::async_trait;
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
@@ -19,13 +22,13 @@ use datafusion::sql::sqlparser::ast::{Set, Statement};
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::pgwire::api::portal::Format;
-use datafusion_postgres::pgwire::api::results::{QueryResponse, Response};
+use datafusion_postgres::pgwire::api::results::{FieldInfo, QueryResponse, Response};
 use datafusion_postgres::pgwire::api::ClientInfo;
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::data::DataRow;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::QueryHook;
-use futures::StreamExt;
+use futures::{ready, Stream, StreamExt};
 use vigil_auth::Principal;
 use vigil_model::TableAccess;
 use vigil_sql::{ErrorKind, PlannedQuery, QueryEngine};
@@ -123,32 +126,97 @@ pub(crate) fn engine_error(e: vigil_sql::Error) -> PgWireError {
     user_error(code, e.to_string())
 }
 
+/// A result's rows, a record batch at a time.
+pub(crate) type RowBatches = Pin<Box<dyn Stream<Item = PgWireResult<BatchRows>> + Send>>;
+
+/// One record batch's rows: vigil's own encoding, or arrow-pg's for the types
+/// it leaves to arrow-pg.
+pub(crate) enum BatchRows {
+    Encoded(EncodedRows),
+    ArrowPg(std::vec::IntoIter<DataRow>),
+}
+
+impl Iterator for BatchRows {
+    type Item = DataRow;
+
+    fn next(&mut self) -> Option<DataRow> {
+        match self {
+            BatchRows::Encoded(rows) => rows.next(),
+            BatchRows::ArrowPg(rows) => rows.next(),
+        }
+    }
+}
+
+/// A planned query's columns and its rows, encoded as they are made.
+pub(crate) struct EncodedResult {
+    pub(crate) fields: Arc<Vec<FieldInfo>>,
+    pub(crate) batches: RowBatches,
+}
+
 /// Streams a planned query as pgwire rows in the given format (text for the simple
 /// protocol, what the portal asks for in the extended one).
+pub(crate) fn encode(
+    engine: &QueryEngine,
+    planned: PlannedQuery,
+    format: &Format,
+    options: Arc<FormatOptions>,
+) -> PgWireResult<EncodedResult> {
+    let schema = crate::compat::client_schema(&planned.schema());
+    let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
+    let stream = engine.execute(planned).map_err(engine_error)?;
+    let row_fields = Arc::clone(&fields);
+    let batches = stream.map(move |batch| {
+        let batch = batch.map_err(|e| engine_error(e.into()))?;
+        match crate::rows::encode_batch(&batch, &row_fields) {
+            Some(rows) => rows.map(BatchRows::Encoded),
+            None => encode_recordbatch(Arc::clone(&row_fields), batch)
+                .collect::<PgWireResult<Vec<_>>>()
+                .map(|rows| BatchRows::ArrowPg(rows.into_iter())),
+        }
+    });
+    Ok(EncodedResult {
+        fields,
+        batches: Box::pin(batches),
+    })
+}
+
+/// [`encode`] as the row stream pgwire sends.
 pub(crate) fn respond(
     engine: &QueryEngine,
     planned: PlannedQuery,
     format: &Format,
     options: Arc<FormatOptions>,
 ) -> PgWireResult<Response> {
-    let schema = crate::compat::client_schema(&planned.schema());
-    let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
-    let batches = engine.execute(planned).map_err(engine_error)?;
-    let row_fields = Arc::clone(&fields);
-    let rows = batches
-        .map(move |batch| {
-            let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> = match batch {
-                Ok(b) => match crate::rows::encode_batch(&b, &row_fields) {
-                    Some(Ok(rows)) => Box::new(rows.into_iter().map(Ok)),
-                    Some(Err(e)) => Box::new(std::iter::once(Err(e))),
-                    None => encode_recordbatch(Arc::clone(&row_fields), b),
-                },
-                Err(e) => Box::new(std::iter::once(Err(engine_error(e.into())))),
-            };
-            futures::stream::iter(rows)
-        })
-        .flatten();
-    Ok(Response::Query(QueryResponse::new(fields, rows)))
+    let encoded = encode(engine, planned, format, options)?;
+    let rows = Rows {
+        batches: encoded.batches,
+        rows: None,
+    };
+    Ok(Response::Query(QueryResponse::new(encoded.fields, rows)))
+}
+
+/// Rows out of their batches, without a boxed iterator per batch and a dynamic
+/// call per row.
+struct Rows {
+    batches: RowBatches,
+    rows: Option<BatchRows>,
+}
+
+impl Stream for Rows {
+    type Item = PgWireResult<DataRow>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(row) = self.rows.as_mut().and_then(Iterator::next) {
+                return Poll::Ready(Some(Ok(row)));
+            }
+            match ready!(self.batches.poll_next_unpin(cx)) {
+                Some(Ok(rows)) => self.rows = Some(rows),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
 }
 
 /// A DataFusion error met while streaming, with vigil's own (timeout) unwrapped.

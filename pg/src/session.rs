@@ -40,7 +40,7 @@ use datafusion_postgres::pgwire::messages::data::DataRow;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::watch;
-use vigil_sql::QueryEngine;
+use vigil_sql::{PlannedQuery, QueryEngine};
 
 type Key = (i32, Bytes);
 
@@ -162,6 +162,16 @@ fn cancel_signal<C: ClientInfo>(client: &C) -> Option<watch::Receiver<u64>> {
         })
 }
 
+/// Resolves once the connection's query is cancelled (never without a signal).
+async fn cancelled(signal: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = signal {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
 /// A result stream that ends with SQLSTATE 57014 once the connection's query is
 /// cancelled or the deadline passes. (A query on the engine counts as running
 /// from its admission until its stream is dropped; counting it here too counted
@@ -234,6 +244,17 @@ impl VigilSession {
         portal: &Portal<<DfSessionService as ExtendedQueryHandler>::Statement>,
         plan: &LogicalPlan,
     ) -> PgWireResult<Response> {
+        let (planned, options) = self.plan_portal(client, portal, plan).await?;
+        crate::query::respond(&self.engine, planned, &portal.result_column_format, options)
+    }
+
+    /// Plans a prepared query with the portal's parameters.
+    async fn plan_portal<C: ClientInfo>(
+        &self,
+        client: &C,
+        portal: &Portal<<DfSessionService as ExtendedQueryHandler>::Statement>,
+        plan: &LogicalPlan,
+    ) -> PgWireResult<(PlannedQuery, Arc<FormatOptions>)> {
         let ordered: Vec<Option<DataType>> = vigil_sql::parameter_types(plan)
             .map_err(crate::query::engine_error)?
             .into_iter()
@@ -251,7 +272,7 @@ impl VigilSession {
             .await
             .map_err(crate::query::engine_error)?;
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-        crate::query::respond(&self.engine, planned, &portal.result_column_format, options)
+        Ok((planned, options))
     }
 
     fn guard<C: ClientInfo>(&self, client: &C, response: Response) -> Response {
@@ -268,12 +289,9 @@ impl VigilSession {
         } = query;
         let rows = Guarded {
             rows: data_rows,
-            cancelled: cancelled.map(|mut rx| {
-                Box::pin(async move {
-                    if rx.changed().await.is_err() {
-                        std::future::pending::<()>().await
-                    }
-                }) as Pin<Box<dyn Future<Output = ()> + Send>>
+            cancelled: cancelled.map(|rx| {
+                Box::pin(async move { self::cancelled(&mut Some(rx)).await })
+                    as Pin<Box<dyn Future<Output = ()> + Send>>
             }),
             deadline: Box::pin(tokio::time::sleep(timeout)),
             timeout,
@@ -345,41 +363,51 @@ impl ExtendedQueryHandler for VigilSession {
         let (true, Some(portal)) = (streams, portal) else {
             return self._on_execute(client, message).await;
         };
+        let (_, Some((_, plan))) = &portal.statement.statement else {
+            return self._on_execute(client, message).await;
+        };
         let transaction_status = client.transaction_status();
         client.set_state(PgWireConnectionState::QueryInProgress);
-        // A cancel while the query waits for a slot or is planned stops it too
-        // (once rows stream, the result stream itself watches for it).
-        let cancelled = cancel_signal(client);
-        let cancelled = async move {
-            let signalled = match cancelled {
-                Some(mut rx) => rx.changed().await.is_ok(),
-                None => false,
-            };
-            if !signalled {
-                std::future::pending::<()>().await
+        // A cancel while the query waits for a slot or is planned stops it, and so
+        // does one between record batches.
+        let mut cancel = cancel_signal(client);
+        let planned = tokio::select! {
+            r = self.plan_portal(client, portal.as_ref(), plan) => r,
+            _ = cancelled(&mut cancel) => Err(PgWireError::QueryCanceled),
+        };
+        let encoded = match planned {
+            Ok((planned, options)) => {
+                crate::query::encode(&self.engine, planned, &portal.result_column_format, options)
+            }
+            Err(e) => Err(e),
+        };
+        let mut batches = match encoded {
+            Ok(encoded) => encoded.batches,
+            Err(e) => {
+                *portal.state().lock().await = PortalExecutionState::Finished;
+                return Err(e);
             }
         };
-        let planned = tokio::select! {
-            r = ExtendedQueryHandler::do_query(self, client, portal.as_ref(), 0) => r?,
-            _ = cancelled => return Err(PgWireError::QueryCanceled),
-        };
-        let Response::Query(query) = planned else {
-            return Err(PgWireError::ApiError(
-                "a query on the engine answered without rows".into(),
-            ));
-        };
-        let command_tag = query.command_tag().to_owned();
-        let mut rows = query.data_rows;
         let mut sent = 0;
         let timeout = self.engine.timeout();
         // The deadline holds while the client is slow to read too: a stalled
-        // client must not keep its query (and slot) forever.
+        // client must not keep its query (and slot) forever. The rows of a batch
+        // are fed one after another, with no stream or timer between them.
         let streamed = tokio::time::timeout(timeout, async {
-            while let Some(row) = rows.next().await {
-                client.feed(PgWireBackendMessage::DataRow(row?)).await?;
-                sent += 1;
+            loop {
+                let rows = tokio::select! {
+                    biased;
+                    _ = cancelled(&mut cancel) => return Err(PgWireError::QueryCanceled),
+                    rows = batches.next() => rows,
+                };
+                let Some(rows) = rows else {
+                    return Ok(());
+                };
+                for row in rows? {
+                    client.feed(PgWireBackendMessage::DataRow(row)).await?;
+                    sent += 1;
+                }
             }
-            Ok::<_, PgWireError>(())
         })
         .await;
         // Executed once, whatever happened: executing it again must not resend rows.
@@ -398,7 +426,8 @@ impl ExtendedQueryHandler for VigilSession {
         }
         client
             .send(PgWireBackendMessage::CommandComplete(
-                Tag::new(&command_tag).with_rows(sent).into(),
+                // What pgwire tags every query result with.
+                Tag::new("SELECT").with_rows(sent).into(),
             ))
             .await?;
         client.set_state(PgWireConnectionState::ReadyForQuery);

@@ -2,7 +2,7 @@
 // Grafana's PostgreSQL datasource uses, and prints each result as JSON so that the
 // Rust end-to-end tests can check the values.
 //
-// Usage: pgx-client DSN < queries.json
+// Usage: pgx-client [--count|--count-values] DSN < queries.json
 // where queries.json is a list of {"sql": "...", "args": [...]}. Output: a JSON list
 // with, per query, {"columns": [...], "types": [OIDs], "rows": [[...]]} or {"error": {...}}.
 package main
@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 type query struct {
@@ -75,16 +76,42 @@ func errResult(err error) result {
 }
 
 // countRows runs one query and prints only the number of rows it returned, decoding
-// every value (the streaming benchmark).
-func countRows(ctx context.Context, conn *pgx.Conn, q query) {
+// every value (the streaming benchmark). Values are scanned into typed variables
+// chosen from the result's column types, as Grafana's SQL data frames and most Go
+// programs read them; with --values they go through rows.Values() instead (a new
+// interface value per column per row).
+func countRows(ctx context.Context, conn *pgx.Conn, q query, generic bool) {
 	rows, err := conn.Query(ctx, q.SQL, q.Args...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	fields := rows.FieldDescriptions()
+	dest := make([]any, len(fields))
+	for i, f := range fields {
+		switch f.DataTypeOID {
+		case pgtype.Int8OID:
+			dest[i] = new(pgtype.Int8)
+		case pgtype.Int4OID:
+			dest[i] = new(pgtype.Int4)
+		case pgtype.Float8OID:
+			dest[i] = new(pgtype.Float8)
+		case pgtype.TextOID, pgtype.VarcharOID:
+			dest[i] = new(pgtype.Text)
+		case pgtype.TimestamptzOID:
+			dest[i] = new(pgtype.Timestamptz)
+		default:
+			dest[i] = new(any)
+		}
+	}
 	n := 0
 	for rows.Next() {
-		if _, err := rows.Values(); err != nil {
+		if generic {
+			_, err = rows.Values()
+		} else {
+			err = rows.Scan(dest...)
+		}
+		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -98,12 +125,13 @@ func countRows(ctx context.Context, conn *pgx.Conn, q query) {
 }
 
 func main() {
-	count := len(os.Args) == 3 && os.Args[1] == "--count"
+	count := len(os.Args) == 3 && (os.Args[1] == "--count" || os.Args[1] == "--count-values")
+	generic := count && os.Args[1] == "--count-values"
 	if count {
 		os.Args = append(os.Args[:1], os.Args[2:]...)
 	}
 	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: pgx-client [--count] DSN < queries.json")
+		fmt.Fprintln(os.Stderr, "usage: pgx-client [--count|--count-values] DSN < queries.json")
 		os.Exit(2)
 	}
 	var queries []query
@@ -121,7 +149,7 @@ func main() {
 	}
 	defer conn.Close(ctx)
 	if count {
-		countRows(ctx, conn, queries[0])
+		countRows(ctx, conn, queries[0], generic)
 		return
 	}
 	results := make([]result, 0, len(queries))
