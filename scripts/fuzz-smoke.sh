@@ -3,7 +3,8 @@
 # guided, built with the stable toolchain and the instrumentation flags cargo-fuzz
 # passes with `--sanitizer none`. No nightly toolchain and no cargo-fuzz install
 # (about 3 minutes of CI): Rust code is memory-safe without AddressSanitizer, and
-# what a smoke run finds is panics, overflows and hangs. `cargo fuzz run TARGET`
+# what a smoke run finds is panics, overflows and hangs (an input that runs
+# over 10 s fails it). `cargo fuzz run TARGET`
 # (cargo-fuzz, nightly) works on the same crate for longer sessions with ASan.
 #   FUZZ_SECONDS=10 (per target)   FUZZ_PROFILE=dev|release
 set -euo pipefail
@@ -33,5 +34,5 @@ for target in $targets; do
   echo "-- fuzzing $target for ${secs}s"
   mkdir -p "corpus/$target" "artifacts/$target"
   "target/$triple/$profile/$target" "corpus/$target" -artifact_prefix="artifacts/$target/" \
-    -max_total_time="$secs" -rss_limit_mb=4096
+    -max_total_time="$secs" -rss_limit_mb=4096 -timeout=10
 done

@@ -126,6 +126,22 @@ pub(crate) fn engine_error(e: vigil_sql::Error) -> PgWireError {
     user_error(code, e.to_string())
 }
 
+/// Refuses a Bind whose result formats do not fit the columns, as PostgreSQL
+/// does: none, one for all, or one per column (pgwire indexes the list by
+/// column and panicked on a short one).
+pub(crate) fn check_result_formats(format: &Format, columns: usize) -> PgWireResult<()> {
+    match format {
+        Format::Individual(codes) if codes.len() != columns => Err(user_error(
+            "08P01",
+            format!(
+                "bind message has {} result formats but query has {columns} columns",
+                codes.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A result's rows, a record batch at a time.
 pub(crate) type RowBatches = Pin<Box<dyn Stream<Item = PgWireResult<BatchRows>> + Send>>;
 
@@ -162,6 +178,7 @@ pub(crate) fn encode(
     options: Arc<FormatOptions>,
 ) -> PgWireResult<EncodedResult> {
     let schema = crate::compat::client_schema(&planned.schema());
+    check_result_formats(format, schema.fields().len())?;
     let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
     let stream = engine.execute(planned).map_err(engine_error)?;
     let row_fields = Arc::clone(&fields);

@@ -10,7 +10,7 @@
 use std::str::FromStr;
 
 use bytes::{BufMut, BytesMut};
-use chrono::{NaiveDateTime, TimeZone, Utc};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 use datafusion::arrow::array::timezone::Tz;
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, LargeStringArray, RecordBatch, StringArray, StringViewArray,
@@ -49,6 +49,10 @@ struct Column<'a> {
     values: Values<'a>,
     nulls: Option<&'a NullBuffer>,
     text: bool,
+    /// Dates and times in text as PostgreSQL writes them with `DateStyle` ISO
+    /// (its default, and what every client here asks for); other styles go
+    /// through pgwire.
+    iso: bool,
     field: &'a FieldInfo,
 }
 
@@ -127,6 +131,7 @@ pub(crate) fn encode_batch(
                 values,
                 nulls: array.nulls().filter(|n| n.null_count() > 0),
                 text: field.format() == FieldFormat::Text,
+                iso: iso_date_style(&field.format_options().date_style),
                 field,
             })
         })
@@ -161,13 +166,32 @@ fn encode(rows: usize, columns: &[Column<'_>]) -> PgWireResult<EncodedRows> {
                 Values::Boolean(a) => value(&a.value(row), column, &mut buf)?,
                 Values::Date32(v) => {
                     let date = date32_to_datetime(v[row]).map(|d| d.date());
-                    value(&date, column, &mut buf)?
+                    match date {
+                        Some(date) if column.text && column.iso => {
+                            iso_date(date, &mut buf);
+                            IsNull::No
+                        }
+                        _ => value(&date, column, &mut buf)?,
+                    }
                 }
-                Values::Timestamp(v, unit) => value(&naive(v[row], *unit), column, &mut buf)?,
+                Values::Timestamp(v, unit) => match naive(v[row], *unit) {
+                    Some(t) if column.text && column.iso => {
+                        iso_timestamp(t, None, &mut buf);
+                        IsNull::No
+                    }
+                    t => value(&t, column, &mut buf)?,
+                },
                 Values::TimestampTz(v, unit, zone) => {
                     let zoned = naive(v[row], *unit)
                         .map(|n| Utc.from_utc_datetime(&n).with_timezone(zone).fixed_offset());
-                    value(&zoned, column, &mut buf)?
+                    match zoned {
+                        Some(t) if column.text && column.iso => {
+                            let offset = t.offset().local_minus_utc();
+                            iso_timestamp(t.naive_local(), Some(offset), &mut buf);
+                            IsNull::No
+                        }
+                        t => value(&t, column, &mut buf)?,
+                    }
                 }
             };
             match written {
@@ -260,6 +284,98 @@ fn value<T: ToSql + ToSqlText>(
         v.to_sql(field.datatype(), buf)
     }
     .map_err(PgWireError::ApiError)
+}
+
+/// Whether a `DateStyle` setting is ISO, read as pgwire reads it (an unknown
+/// style is ISO).
+fn iso_date_style(setting: &str) -> bool {
+    let style = setting.split_once(", ").map_or(setting, |(style, _)| style);
+    !matches!(
+        style.trim().to_ascii_lowercase().as_str(),
+        "sql" | "german" | "postgres"
+    )
+}
+
+/// A date as PostgreSQL writes it in ISO style: the year with at least four
+/// digits, and ` BC` after a year before 1 (pgwire wrote chrono's `%Y`: `+10000`,
+/// `-0043`).
+fn iso_date(date: NaiveDate, buf: &mut BytesMut) {
+    let (year, bc) = era_year(date.year());
+    write_padded(year, 4, buf);
+    buf.put_u8(b'-');
+    write_padded(date.month(), 2, buf);
+    buf.put_u8(b'-');
+    write_padded(date.day(), 2, buf);
+    if bc {
+        buf.put_slice(b" BC");
+    }
+}
+
+/// A timestamp as PostgreSQL writes it in ISO style: fractional seconds only
+/// when there are some, without trailing zeros; the offset as `+HH`, with
+/// `:MM` (and `:SS`) only when not whole (pgwire wrote six zeros for a whole
+/// second and `+05` for India's `+05:30`).
+fn iso_timestamp(t: NaiveDateTime, offset_seconds: Option<i32>, buf: &mut BytesMut) {
+    let (year, bc) = era_year(t.year());
+    write_padded(year, 4, buf);
+    buf.put_u8(b'-');
+    write_padded(t.month(), 2, buf);
+    buf.put_u8(b'-');
+    write_padded(t.day(), 2, buf);
+    buf.put_u8(b' ');
+    write_padded(t.hour(), 2, buf);
+    buf.put_u8(b':');
+    write_padded(t.minute(), 2, buf);
+    buf.put_u8(b':');
+    // A leap second (nanoseconds past 1e9) is written as second 60.
+    let nanos = t.nanosecond();
+    write_padded(t.second() + nanos / 1_000_000_000, 2, buf);
+    let mut micros = (nanos % 1_000_000_000) / 1_000;
+    if micros > 0 {
+        let mut digits = 6;
+        while micros.is_multiple_of(10) {
+            micros /= 10;
+            digits -= 1;
+        }
+        buf.put_u8(b'.');
+        write_padded(micros, digits, buf);
+    }
+    if let Some(offset) = offset_seconds {
+        buf.put_u8(if offset < 0 { b'-' } else { b'+' });
+        let offset = offset.unsigned_abs();
+        write_padded(offset / 3600, 2, buf);
+        let (minutes, seconds) = ((offset % 3600) / 60, offset % 60);
+        if minutes != 0 || seconds != 0 {
+            buf.put_u8(b':');
+            write_padded(minutes, 2, buf);
+        }
+        if seconds != 0 {
+            buf.put_u8(b':');
+            write_padded(seconds, 2, buf);
+        }
+    }
+    if bc {
+        buf.put_slice(b" BC");
+    }
+}
+
+/// A year as PostgreSQL counts it: no year 0, 1 BC before 1 AD.
+fn era_year(year: i32) -> (u32, bool) {
+    if year <= 0 {
+        ((1 - year as i64) as u32, true)
+    } else {
+        (year as u32, false)
+    }
+}
+
+/// `n` in decimal with at least `width` digits.
+fn write_padded(n: u32, width: usize, buf: &mut BytesMut) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    for _ in digits.len()..width {
+        buf.put_u8(b'0');
+    }
+    buf.put_slice(digits.as_bytes());
 }
 
 fn naive(v: i64, unit: TimeUnit) -> Option<NaiveDateTime> {
@@ -414,11 +530,11 @@ mod tests {
         }
     }
 
-    /// Booleans, dates and timestamps (with and without a zone, every unit) as
-    /// arrow-pg writes them, in text and binary, nulls and out-of-range values
-    /// included.
+    /// Booleans, dates and timestamps (with and without a zone, every unit): in
+    /// binary the bytes arrow-pg makes, in text what PostgreSQL writes; nulls and
+    /// out-of-range values included.
     #[test]
-    fn times_and_booleans_are_the_bytes_arrow_pg_makes() {
+    fn times_and_booleans_are_written_as_postgres_writes_them() {
         use datafusion::arrow::array::{
             BooleanArray, Date32Array, TimestampMicrosecondArray, TimestampMillisecondArray,
             TimestampNanosecondArray, TimestampSecondArray,
@@ -476,13 +592,102 @@ mod tests {
             ],
         )
         .unwrap();
-        for format in [Format::UnifiedText, Format::UnifiedBinary] {
-            let fields = Arc::new(arrow_schema_to_pg_fields(&schema, &format, None).unwrap());
-            let ours: Vec<DataRow> = encode_batch(&batch, &fields).unwrap().unwrap().collect();
-            let theirs: Vec<DataRow> = encode_recordbatch(Arc::clone(&fields), batch.clone())
-                .collect::<PgWireResult<_>>()
-                .unwrap();
-            assert_eq!(ours, theirs, "{format:?}");
-        }
+        let binary =
+            Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedBinary, None).unwrap());
+        let ours: Vec<DataRow> = encode_batch(&batch, &binary).unwrap().unwrap().collect();
+        let theirs: Vec<DataRow> = encode_recordbatch(Arc::clone(&binary), batch.clone())
+            .collect::<PgWireResult<_>>()
+            .unwrap();
+        assert_eq!(ours, theirs);
+
+        // In text, what PostgreSQL 15 writes (checked with psql against a real
+        // server): arrow-pg wrote `.000000` on whole seconds and `+05` for `+05:30`.
+        let text =
+            Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None).unwrap());
+        let rows: Vec<Vec<Option<String>>> = encode_batch(&batch, &text)
+            .unwrap()
+            .unwrap()
+            .map(|row| text_values(&row))
+            .collect();
+        let want = [
+            [
+                Some("t"),
+                Some("1970-01-01"),
+                Some("2023-11-14 22:13:20.123456+00"),
+                None,
+                Some("2023-11-15 03:43:20.123+05:30"),
+                Some("2023-11-14 17:13:20-05"),
+            ],
+            [
+                Some("f"),
+                None,
+                None,
+                Some("2023-11-14 22:13:20.123456"),
+                Some("1970-01-01 05:30:00+05:30"),
+                None,
+            ],
+            [
+                None,
+                Some("2024-10-04"),
+                Some("1969-12-31 23:59:59.999999+00"),
+                Some("1970-01-01 00:00:00"),
+                None,
+                // Beyond chrono's range: NULL, as arrow-pg sends it.
+                None,
+            ],
+        ];
+        let want: Vec<Vec<Option<String>>> = want
+            .iter()
+            .map(|row| row.iter().map(|v| v.map(str::to_owned)).collect())
+            .collect();
+        assert_eq!(rows, want);
+    }
+
+    /// Years past 9999 and before 1 AD, and offsets with minutes and seconds, as
+    /// PostgreSQL writes them.
+    #[test]
+    fn dates_and_times_at_the_edges_read_as_postgres_writes_them() {
+        let at = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        let mut buf = BytesMut::new();
+        iso_date(at(10000, 1, 1), &mut buf);
+        buf.put_u8(b'|');
+        iso_date(at(-43, 3, 15), &mut buf);
+        buf.put_u8(b'|');
+        iso_date(at(1, 1, 1), &mut buf);
+        buf.put_u8(b'|');
+        iso_timestamp(
+            at(-43, 3, 15).and_hms_opt(0, 0, 0).unwrap(),
+            Some(0),
+            &mut buf,
+        );
+        buf.put_u8(b'|');
+        let monrovia = at(1959, 12, 31).and_hms_micro_opt(23, 15, 30, 10).unwrap();
+        iso_timestamp(monrovia, Some(-(44 * 60 + 30)), &mut buf);
+        buf.put_u8(b'|');
+        let st_johns = at(2023, 11, 14).and_hms_opt(18, 43, 20).unwrap();
+        iso_timestamp(st_johns, Some(-(3 * 3600 + 30 * 60)), &mut buf);
+        assert_eq!(
+            std::str::from_utf8(&buf).unwrap(),
+            "10000-01-01|0044-03-15 BC|0001-01-01|0044-03-15 00:00:00+00 BC\
+             |1959-12-31 23:15:30.00001-00:44:30|2023-11-14 18:43:20-03:30"
+        );
+        assert!(iso_date_style("ISO, MDY") && iso_date_style("iso") && iso_date_style("odd"));
+        assert!(!iso_date_style("SQL, DMY") && !iso_date_style("Postgres"));
+    }
+
+    /// A text row's values.
+    fn text_values(row: &DataRow) -> Vec<Option<String>> {
+        let mut data = &row.data[..];
+        (0..row.field_count)
+            .map(|_| {
+                let len = i32::from_be_bytes(data[..4].try_into().unwrap());
+                data = &data[4..];
+                (len >= 0).then(|| {
+                    let (value, rest) = data.split_at(len as usize);
+                    data = rest;
+                    String::from_utf8(value.to_vec()).unwrap()
+                })
+            })
+            .collect()
     }
 }

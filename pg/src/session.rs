@@ -28,7 +28,8 @@ use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore};
 use datafusion_postgres::pgwire::api::{PgWireConnectionState, DEFAULT_NAME};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
-use datafusion_postgres::pgwire::messages::extendedquery::Execute;
+use datafusion_postgres::pgwire::messages::extendedquery::{Execute, Sync as PgSync};
+use datafusion_postgres::pgwire::messages::response::{ReadyForQuery, TransactionStatus};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::{DfSessionService, Parser};
@@ -137,15 +138,20 @@ impl QueryParser for VigilParser {
         stmt: &Self::Statement,
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
+        let format = column_format.unwrap_or(&Format::UnifiedText);
         match stmt {
             (_, Some((statement, plan))) if crate::query::runs_on_engine(statement) => {
-                Ok(arrow_schema_to_pg_fields(
-                    &crate::compat::client_schema(plan.schema().as_arrow()),
-                    column_format.unwrap_or(&Format::UnifiedText),
-                    None,
-                )?)
+                let schema = crate::compat::client_schema(plan.schema().as_arrow());
+                crate::query::check_result_formats(format, schema.fields().len())?;
+                Ok(arrow_schema_to_pg_fields(&schema, format, None)?)
             }
-            _ => self.inner.get_result_schema(stmt, column_format),
+            _ => {
+                // The columns in text first: asked with too few formats, the
+                // schema would be built by indexing past their end.
+                let columns = self.inner.get_result_schema(stmt, None)?.len();
+                crate::query::check_result_formats(format, columns)?;
+                self.inner.get_result_schema(stmt, column_format)
+            }
         }
     }
 }
@@ -381,13 +387,9 @@ impl ExtendedQueryHandler for VigilSession {
             }
             Err(e) => Err(e),
         };
-        let mut batches = match encoded {
-            Ok(encoded) => encoded.batches,
-            Err(e) => {
-                *portal.state().lock().await = PortalExecutionState::Finished;
-                return Err(e);
-            }
-        };
+        // A portal that failed before any row was made can be executed again
+        // (a retry after a "busy" refusal plans it again).
+        let mut batches = encoded?.batches;
         let mut sent = 0;
         let timeout = self.engine.timeout();
         // The deadline holds while the client is slow to read too: a stalled
@@ -435,6 +437,31 @@ impl ExtendedQueryHandler for VigilSession {
         Ok(())
     }
 
+    /// PostgreSQL closes every portal when Sync ends the implicit transaction of
+    /// an extended-query series. pgwire drops only the unnamed one, so a named
+    /// portal suspended by a row limit kept its query, and its query slot,
+    /// until the connection closed: a client could hold every slot.
+    async fn on_sync<C>(&self, client: &mut C, _message: PgSync) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if matches!(client.transaction_status(), TransactionStatus::Idle) {
+            client.portal_store().clear_portals();
+        } else {
+            client.portal_store().rm_portal(DEFAULT_NAME);
+        }
+        client
+            .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                client.transaction_status(),
+            )))
+            .await?;
+        client.flush().await?;
+        Ok(())
+    }
+
     async fn do_query<C>(
         &self,
         client: &mut C,
@@ -453,6 +480,12 @@ impl ExtendedQueryHandler for VigilSession {
                 return Ok(self.guard(client, response));
             }
         }
+        let columns = self
+            .inner
+            .query_parser()
+            .get_result_schema(&portal.statement.statement, None)?
+            .len();
+        crate::query::check_result_formats(&portal.result_column_format, columns)?;
         let response =
             ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows).await?;
         Ok(self.guard(client, response))

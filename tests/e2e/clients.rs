@@ -1121,6 +1121,46 @@ print(conn.execute("SELECT count(*) FROM cpu").fetchone()[0])
     assert_eq!(rows(&r[1]), &vec![json!([20])]);
 }
 
+/// A careless extended-protocol client, message by message: a Bind with fewer
+/// result formats than columns gets PostgreSQL's protocol error (it closed the
+/// connection with a panic), named portals suspended by a row limit give their
+/// queries back at Sync (they held them, and their slots, until the connection
+/// closed), and a zoned timestamp reads in text as PostgreSQL writes it.
+#[test]
+fn careless_extended_protocol_clients_get_errors_and_release_their_queries() {
+    let (_dir, server) = start_with_data(&[]);
+    let (host, port) = server.pg_addr.split_once(':').unwrap();
+    let out = Command::new("python3")
+        .arg(repo_dir().join("tests/clients/pg_extended.py"))
+        .args([host, port, &format!("{}/metrics", server.url)])
+        .output()
+        .unwrap();
+    let text = succeeded(&out);
+    let seen: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(
+        seen["short_formats"],
+        json!([{"code": "08P01", "message": "bind message has 2 result formats but query has 3 columns"}]),
+        "{seen}"
+    );
+    assert_eq!(seen["after_short_formats"], json!(["42"]), "{seen}");
+    assert!(seen.get("suspend_error").is_none(), "{seen}");
+    assert_eq!(seen["running_while_suspended"], json!(3.0), "{seen}");
+    assert_eq!(seen["running_after_sync"], json!(0.0), "{seen}");
+    assert_eq!(
+        seen["closed_portal"].as_array().map(Vec::len),
+        Some(1),
+        "executing a portal closed at Sync is an error: {seen}"
+    );
+    // 22:13:20 read as local time in Kolkata (as Postgres reads a timestamp
+    // without zone AT TIME ZONE), shown in that zone: arrow-pg wrote `+05`.
+    assert_eq!(
+        seen["kolkata"],
+        json!(["2023-11-14 22:13:20+05:30"]),
+        "{seen}"
+    );
+    assert_eq!(running_queries(&server), 0);
+}
+
 /// With a certificate and key configured both front ends speak TLS only.
 #[test]
 fn tls_on_both_front_ends() {
