@@ -5,23 +5,26 @@
 //! with a time zone a parse of the zone's name per value. Here each column is
 //! downcast once per batch, and the batch is written into one buffer (values
 //! through pgwire's own `ToSql`/`ToSqlText`, or byte for byte what they write) and
-//! cut into `DataRow`s that share it. Other types go through arrow-pg.
+//! cut into `DataRow`s that share it. Columns of other types are written value
+//! by value by arrow-pg's encoder into the same rows.
 
 use std::str::FromStr;
 
 use bytes::{BufMut, BytesMut};
-use chrono::{Datelike, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Timelike, Utc};
 use datafusion::arrow::array::timezone::Tz;
 use datafusion::arrow::array::{
-    Array, AsArray, BooleanArray, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+    Array, ArrayRef, AsArray, BooleanArray, LargeStringArray, RecordBatch, StringArray,
+    StringViewArray,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, TimeUnit,
-    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    DataType, Date32Type, Field, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
+    TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
     TimestampSecondType,
 };
 use datafusion::arrow::temporal_conversions::{as_datetime, date32_to_datetime};
+use datafusion_postgres::arrow_pg::encoder::{encode_value, Encoder};
 use datafusion_postgres::pgwire::api::results::{FieldFormat, FieldInfo};
 use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::data::DataRow;
@@ -43,6 +46,8 @@ enum Values<'a> {
     Timestamp(&'a [i64], TimeUnit),
     /// arrow-pg sends a zoned timestamp as a `DateTime` at the zone's offset.
     TimestampTz(&'a [i64], TimeUnit, Tz),
+    /// Any other type, value by value through arrow-pg's encoder.
+    Other(&'a ArrayRef, &'a Field),
 }
 
 struct Column<'a> {
@@ -81,8 +86,7 @@ impl Iterator for EncodedRows {
 
 impl ExactSizeIterator for EncodedRows {}
 
-/// The rows of `batch`, or `None` when a column has a type this encoder leaves to
-/// arrow-pg.
+/// The rows of `batch`, or `None` when its columns do not match `fields`.
 pub(crate) fn encode_batch(
     batch: &RecordBatch,
     fields: &[FieldInfo],
@@ -90,11 +94,13 @@ pub(crate) fn encode_batch(
     if batch.num_columns() != fields.len() || batch.num_columns() > i16::MAX as usize {
         return None;
     }
+    let schema = batch.schema_ref();
     let columns = batch
         .columns()
         .iter()
         .zip(fields)
-        .map(|(array, field)| {
+        .zip(schema.fields().iter())
+        .map(|((array, field), arrow_field)| {
             let values = match array.data_type() {
                 DataType::Int16 => Values::Int16(array.as_primitive::<Int16Type>().values()),
                 DataType::Int32 => Values::Int32(array.as_primitive::<Int32Type>().values()),
@@ -119,17 +125,23 @@ pub(crate) fn encode_batch(
                             array.as_primitive::<TimestampNanosecondType>().values()
                         }
                     };
-                    match zone {
+                    match zone.as_deref().map(Tz::from_str) {
                         None => Values::Timestamp(values, *unit),
+                        Some(Ok(zone)) => Values::TimestampTz(values, *unit, zone),
                         // A zone arrow cannot read: arrow-pg reports it.
-                        Some(zone) => Values::TimestampTz(values, *unit, Tz::from_str(zone).ok()?),
+                        Some(Err(_)) => Values::Other(array, arrow_field),
                     }
                 }
-                _ => return None,
+                _ => Values::Other(array, arrow_field),
+            };
+            let nulls = match values {
+                // arrow-pg writes the NULLs of the types it encodes itself.
+                Values::Other(..) => None,
+                _ => array.nulls().filter(|n| n.null_count() > 0),
             };
             Some(Column {
                 values,
-                nulls: array.nulls().filter(|n| n.null_count() > 0),
+                nulls,
                 text: field.format() == FieldFormat::Text,
                 iso: iso_date_style(&field.format_options().date_style),
                 field,
@@ -147,6 +159,11 @@ fn encode(rows: usize, columns: &[Column<'_>]) -> PgWireResult<EncodedRows> {
         for column in columns {
             if column.nulls.is_some_and(|n| n.is_null(row)) {
                 buf.put_i32(-1);
+                continue;
+            }
+            if let Values::Other(array, arrow_field) = &column.values {
+                let mut value = ValueWriter { buf: &mut buf };
+                encode_value(&mut value, array, row, arrow_field, column.field)?;
                 continue;
             }
             let at = buf.len();
@@ -184,15 +201,24 @@ fn encode(rows: usize, columns: &[Column<'_>]) -> PgWireResult<EncodedRows> {
                 Values::TimestampTz(v, unit, zone) => {
                     let zoned = naive(v[row], *unit)
                         .map(|n| Utc.from_utc_datetime(&n).with_timezone(zone).fixed_offset());
-                    match zoned {
-                        Some(t) if column.text && column.iso => {
-                            let offset = t.offset().local_minus_utc();
-                            iso_timestamp(t.naive_local(), Some(offset), &mut buf);
+                    // Local time can be past chrono's range where UTC is not
+                    // (its last day at a positive offset): pgwire writes those.
+                    let local = zoned.and_then(|t| {
+                        let offset = t.offset().local_minus_utc();
+                        let local = t
+                            .naive_utc()
+                            .checked_add_signed(TimeDelta::seconds(offset.into()))?;
+                        Some((local, offset))
+                    });
+                    match (zoned, local) {
+                        (Some(_), Some((local, offset))) if column.text && column.iso => {
+                            iso_timestamp(local, Some(offset), &mut buf);
                             IsNull::No
                         }
-                        t => value(&t, column, &mut buf)?,
+                        (t, _) => value(&t, column, &mut buf)?,
                     }
                 }
+                Values::Other(..) => continue,
             };
             match written {
                 IsNull::No => {
@@ -212,6 +238,37 @@ fn encode(rows: usize, columns: &[Column<'_>]) -> PgWireResult<EncodedRows> {
         lens: lens.into_iter(),
         columns: columns.len() as i16,
     })
+}
+
+/// arrow-pg's encoder writing one value, length first, into the row being built
+/// (as pgwire's `DataRowEncoder` writes it).
+struct ValueWriter<'b> {
+    buf: &'b mut BytesMut,
+}
+
+impl Encoder for ValueWriter<'_> {
+    type Item = ();
+
+    fn encode_field<T>(&mut self, value: &T, field: &FieldInfo) -> PgWireResult<()>
+    where
+        T: ToSql + ToSqlText + Sized,
+    {
+        let at = self.buf.len();
+        self.buf.put_i32(-1);
+        let written = if field.format() == FieldFormat::Text {
+            value.to_sql_text(field.datatype(), self.buf, field.format_options())
+        } else {
+            value.to_sql(field.datatype(), self.buf)
+        }
+        .map_err(PgWireError::ApiError)?;
+        if let IsNull::No = written {
+            let len = (self.buf.len() - at - 4) as i32;
+            self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        Ok(())
+    }
+
+    fn take_row(&mut self) {}
 }
 
 fn put(bytes: &[u8], buf: &mut BytesMut) -> IsNull {
@@ -673,6 +730,69 @@ mod tests {
         );
         assert!(iso_date_style("ISO, MDY") && iso_date_style("iso") && iso_date_style("odd"));
         assert!(!iso_date_style("SQL, DMY") && !iso_date_style("Postgres"));
+    }
+
+    /// A column of a type arrow-pg encodes (here a decimal) next to ones vigil
+    /// encodes: the decimal as arrow-pg writes it, the timestamp still as
+    /// PostgreSQL does. A zoned time whose local time is past chrono's range is
+    /// written as pgwire writes it, without a panic.
+    #[test]
+    fn other_types_are_encoded_by_arrow_pg_beside_the_rest() {
+        use datafusion::arrow::array::{Decimal128Array, TimestampSecondArray};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "t",
+                DataType::Timestamp(TimeUnit::Second, Some("+05:30".into())),
+                true,
+            ),
+            Field::new("d", DataType::Decimal128(10, 2), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(
+                    TimestampSecondArray::from(vec![
+                        Some(1_700_000_000),
+                        None,
+                        Some(8_210_266_876_799),
+                    ])
+                    .with_timezone("+05:30"),
+                ),
+                Arc::new(
+                    Decimal128Array::from(vec![Some(150), Some(-1), None])
+                        .with_precision_and_scale(10, 2)
+                        .unwrap(),
+                ),
+            ],
+        )
+        .unwrap();
+        let binary =
+            Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedBinary, None).unwrap());
+        let ours: Vec<DataRow> = encode_batch(&batch, &binary).unwrap().unwrap().collect();
+        let theirs: Vec<DataRow> = encode_recordbatch(Arc::clone(&binary), batch.clone())
+            .collect::<PgWireResult<_>>()
+            .unwrap();
+        assert_eq!(ours, theirs);
+
+        let text =
+            Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None).unwrap());
+        let ours: Vec<Vec<Option<String>>> = encode_batch(&batch, &text)
+            .unwrap()
+            .unwrap()
+            .map(|row| text_values(&row))
+            .collect();
+        let theirs: Vec<Vec<Option<String>>> = encode_recordbatch(Arc::clone(&text), batch.clone())
+            .map(|row| text_values(&row.unwrap()))
+            .collect();
+        assert_eq!(ours[0][0].as_deref(), Some("2023-11-15 03:43:20+05:30"));
+        assert_eq!(ours[1][0], None);
+        // The last second chrono knows, at +05:30: pgwire's text.
+        assert_eq!(ours[2][0], theirs[2][0]);
+        assert!(ours[2][0].is_some());
+        let decimals: Vec<_> = ours.iter().map(|r| r[1].clone()).collect();
+        let want: Vec<_> = theirs.iter().map(|r| r[1].clone()).collect();
+        assert_eq!(decimals, want);
+        assert_eq!(decimals[0].as_deref(), Some("1.50"));
     }
 
     /// A text row's values.

@@ -5,7 +5,7 @@
 //! query. Each result stream here ends with SQLSTATE 57014 when either fires, and
 //! counts as a running query until it ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -86,6 +86,39 @@ impl Connections {
     }
 }
 
+/// The portals a connection's Executes with a row limit may have left suspended,
+/// each holding its query (and query slot). PostgreSQL closes them when their
+/// transaction ends; pgwire closes only the unnamed portal at Sync. Cursors
+/// (`DECLARE`, which datafusion-postgres keeps as portals too) are not listed:
+/// `WITH HOLD` ones outlive the transaction.
+#[derive(Default)]
+struct SuspendedPortals(Mutex<HashSet<String>>);
+
+impl SuspendedPortals {
+    fn of<C: ClientInfo>(client: &C) -> Arc<SuspendedPortals> {
+        let extensions = client.session_extensions();
+        if let Some(listed) = extensions.get::<SuspendedPortals>() {
+            return listed;
+        }
+        extensions.insert(SuspendedPortals::default());
+        extensions.get::<SuspendedPortals>().unwrap_or_default()
+    }
+
+    /// Closes the listed portals: their transaction has ended.
+    fn close<C>(client: &C)
+    where
+        C: ClientInfo + ClientPortalStore,
+        C::PortalStore: PortalStore,
+    {
+        let Some(listed) = client.session_extensions().get::<SuspendedPortals>() else {
+            return;
+        };
+        for name in listed.0.lock().drain() {
+            client.portal_store().rm_portal(&name);
+        }
+    }
+}
+
 /// Cancel requests arrive on a connection of their own; they stop the query running
 /// on the connection they name (both while it is planned and while rows stream).
 pub(crate) struct VigilCancel {
@@ -148,8 +181,12 @@ impl QueryParser for VigilParser {
             _ => {
                 // The columns in text first: asked with too few formats, the
                 // schema would be built by indexing past their end.
+                // Statements without columns here (FETCH sends rows it encoded
+                // itself, as text) take any formats.
                 let columns = self.inner.get_result_schema(stmt, None)?.len();
-                crate::query::check_result_formats(format, columns)?;
+                if columns > 0 {
+                    crate::query::check_result_formats(format, columns)?;
+                }
                 self.inner.get_result_schema(stmt, column_format)
             }
         }
@@ -322,6 +359,12 @@ impl SimpleQueryHandler for VigilSession {
         let query = crate::compat::rewrite(query, self.engine.context())
             .map_err(crate::query::engine_error)?;
         let responses = SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query).await?;
+        if responses
+            .iter()
+            .any(|r| matches!(r, Response::TransactionEnd(_)))
+        {
+            SuspendedPortals::close(client);
+        }
         Ok(responses
             .into_iter()
             .map(|r| self.guard(client, r))
@@ -367,6 +410,12 @@ impl ExtendedQueryHandler for VigilSession {
             _ => false,
         };
         let (true, Some(portal)) = (streams, portal) else {
+            if message.max_rows > 0 {
+                SuspendedPortals::of(client)
+                    .0
+                    .lock()
+                    .insert(name.to_owned());
+            }
             return self._on_execute(client, message).await;
         };
         let (_, Some((_, plan))) = &portal.statement.statement else {
@@ -437,10 +486,11 @@ impl ExtendedQueryHandler for VigilSession {
         Ok(())
     }
 
-    /// PostgreSQL closes every portal when Sync ends the implicit transaction of
-    /// an extended-query series. pgwire drops only the unnamed one, so a named
-    /// portal suspended by a row limit kept its query, and its query slot,
-    /// until the connection closed: a client could hold every slot.
+    /// PostgreSQL closes a transaction's portals when it ends, at Sync for the
+    /// implicit transaction of an extended-query series. pgwire drops only the
+    /// unnamed one, so a named portal suspended by a row limit kept its query,
+    /// and its query slot, until the connection closed: a client could hold
+    /// every slot.
     async fn on_sync<C>(&self, client: &mut C, _message: PgSync) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -448,10 +498,9 @@ impl ExtendedQueryHandler for VigilSession {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        client.portal_store().rm_portal(DEFAULT_NAME);
         if matches!(client.transaction_status(), TransactionStatus::Idle) {
-            client.portal_store().clear_portals();
-        } else {
-            client.portal_store().rm_portal(DEFAULT_NAME);
+            SuspendedPortals::close(client);
         }
         client
             .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
@@ -485,7 +534,9 @@ impl ExtendedQueryHandler for VigilSession {
             .query_parser()
             .get_result_schema(&portal.statement.statement, None)?
             .len();
-        crate::query::check_result_formats(&portal.result_column_format, columns)?;
+        if columns > 0 {
+            crate::query::check_result_formats(&portal.result_column_format, columns)?;
+        }
         let response =
             ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows).await?;
         Ok(self.guard(client, response))

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A careless Postgres extended-protocol client, message by message (no driver
 hides these): a Bind with fewer result formats than columns, named portals left
-suspended by a row limit, a portal executed after the Sync that closed it, and
-a zoned timestamp read in text. Prints one JSON object of what it saw.
+suspended by a row limit (outside and inside BEGIN), a portal executed after the
+Sync that closed it, a WITH HOLD cursor across Sync, FETCH bound with a format
+per column, and a zoned timestamp read in text. Prints one JSON object of what it saw.
 
     pg_extended.py HOST PORT METRICS_URL
 """
@@ -118,6 +119,46 @@ execute("p0", 1)
 send(b"S")
 seen = until(b"Z")
 out["closed_portal"] = [error_fields(b) for k, b in seen if k == b"E"]
+
+# A WITH HOLD cursor declared over the extended protocol outlives its Sync.
+send(b"P", cstr("") + cstr("DECLARE c1 CURSOR WITH HOLD FOR SELECT value FROM generate_series(1, 10) AS value") + struct.pack("!h", 0))
+bind("", "", [])
+execute("", 0)
+send(b"S")
+out["declare_errors"] = [error_fields(b) for k, b in until(b"Z") if k == b"E"]
+send(b"Q", cstr("FETCH 2 FROM c1"))
+seen = until(b"Z")
+out["held_cursor"] = {"rows": sum(1 for k, _ in seen if k == b"D"),
+                      "errors": [error_fields(b) for k, b in seen if k == b"E"]}
+
+# Portals suspended inside BEGIN stay open across Sync and close at COMMIT.
+send(b"Q", cstr("BEGIN"))
+until(b"Z")
+for i in range(2):
+    bind(f"t{i}", "s2", [])
+    execute(f"t{i}", 1)
+send(b"S")
+until(b"Z")
+out["running_in_transaction"] = running()
+send(b"Q", cstr("COMMIT"))
+until(b"Z")
+deadline = time.time() + 5
+while running() and time.time() < deadline:
+    time.sleep(0.1)
+out["running_after_commit"] = running()
+
+# FETCH from a cursor, bound with a result format per column.
+send(b"Q", cstr("BEGIN; DECLARE c2 CURSOR FOR SELECT value AS v, value * 2 AS w FROM generate_series(1, 10) AS value"))
+until(b"Z")
+send(b"P", cstr("") + cstr("FETCH 2 FROM c2") + struct.pack("!h", 0))
+bind("", "", [0, 0])
+execute("", 0)
+send(b"S")
+seen = until(b"Z")
+out["fetch_with_formats"] = {"rows": sum(1 for k, _ in seen if k == b"D"),
+                             "errors": [error_fields(b) for k, b in seen if k == b"E"]}
+send(b"Q", cstr("COMMIT"))
+until(b"Z")
 
 # A timestamp in a zone with a half-hour offset, in text.
 send(b"Q", cstr("SELECT to_timestamp(1700000000) AT TIME ZONE 'Asia/Kolkata' AS t"))

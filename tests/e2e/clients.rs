@@ -1124,8 +1124,10 @@ print(conn.execute("SELECT count(*) FROM cpu").fetchone()[0])
 /// A careless extended-protocol client, message by message: a Bind with fewer
 /// result formats than columns gets PostgreSQL's protocol error (it closed the
 /// connection with a panic), named portals suspended by a row limit give their
-/// queries back at Sync (they held them, and their slots, until the connection
-/// closed), and a zoned timestamp reads in text as PostgreSQL writes it.
+/// queries back when their transaction ends, at Sync or COMMIT (they held them,
+/// and their slots, until the connection closed), while a WITH HOLD cursor
+/// outlives it and FETCH takes a format per column; a zoned timestamp reads in
+/// text as PostgreSQL writes it.
 #[test]
 fn careless_extended_protocol_clients_get_errors_and_release_their_queries() {
     let (_dir, server) = start_with_data(&[]);
@@ -1151,8 +1153,21 @@ fn careless_extended_protocol_clients_get_errors_and_release_their_queries() {
         Some(1),
         "executing a portal closed at Sync is an error: {seen}"
     );
-    // 22:13:20 read as local time in Kolkata (as Postgres reads a timestamp
-    // without zone AT TIME ZONE), shown in that zone: arrow-pg wrote `+05`.
+    assert_eq!(seen["declare_errors"], json!([]), "{seen}");
+    assert_eq!(
+        seen["held_cursor"],
+        json!({"rows": 2, "errors": []}),
+        "a WITH HOLD cursor outlives Sync: {seen}"
+    );
+    assert_eq!(seen["running_in_transaction"], json!(2.0), "{seen}");
+    assert_eq!(seen["running_after_commit"], json!(0.0), "{seen}");
+    assert_eq!(
+        seen["fetch_with_formats"],
+        json!({"rows": 2, "errors": []}),
+        "{seen}"
+    );
+    // DataFusion reads `to_timestamp` as a timestamp without zone and AT TIME
+    // ZONE as the local time there, shown in that zone: arrow-pg wrote `+05`.
     assert_eq!(
         seen["kolkata"],
         json!(["2023-11-14 22:13:20+05:30"]),
