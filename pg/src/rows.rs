@@ -525,18 +525,12 @@ mod tests {
         for format in [Format::UnifiedText, Format::UnifiedBinary, mixed] {
             let fields =
                 Arc::new(arrow_schema_to_pg_fields(&narrow_schema, &format, None).unwrap());
-            let ours: Vec<DataRow> = encode_batch(&narrow, &fields).unwrap().unwrap().collect();
-            let theirs: Vec<DataRow> = encode_recordbatch(Arc::clone(&fields), narrow.clone())
-                .collect::<PgWireResult<_>>()
-                .unwrap();
+            let (ours, theirs) = ours_and_arrow_pgs(&narrow, &fields);
             assert_eq!(ours, theirs, "{format:?}");
         }
         for format in [Format::UnifiedText, Format::UnifiedBinary] {
             let fields = Arc::new(arrow_schema_to_pg_fields(&schema, &format, None).unwrap());
-            let ours: Vec<DataRow> = encode_batch(&batch, &fields).unwrap().unwrap().collect();
-            let theirs: Vec<DataRow> = encode_recordbatch(Arc::clone(&fields), batch.clone())
-                .collect::<PgWireResult<_>>()
-                .unwrap();
+            let (ours, theirs) = ours_and_arrow_pgs(&batch, &fields);
             assert_eq!(ours, theirs, "{format:?}");
         }
     }
@@ -579,10 +573,7 @@ mod tests {
                 arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, Some(Arc::new(options)))
                     .unwrap(),
             );
-            let ours: Vec<DataRow> = encode_batch(&batch, &fields).unwrap().unwrap().collect();
-            let theirs: Vec<DataRow> = encode_recordbatch(Arc::clone(&fields), batch.clone())
-                .collect::<PgWireResult<_>>()
-                .unwrap();
+            let (ours, theirs) = ours_and_arrow_pgs(&batch, &fields);
             assert_eq!(ours, theirs, "extra_float_digits {digits}");
         }
     }
@@ -651,10 +642,7 @@ mod tests {
         .unwrap();
         let binary =
             Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedBinary, None).unwrap());
-        let ours: Vec<DataRow> = encode_batch(&batch, &binary).unwrap().unwrap().collect();
-        let theirs: Vec<DataRow> = encode_recordbatch(Arc::clone(&binary), batch.clone())
-            .collect::<PgWireResult<_>>()
-            .unwrap();
+        let (ours, theirs) = ours_and_arrow_pgs(&batch, &binary);
         assert_eq!(ours, theirs);
 
         // In text, what PostgreSQL 15 writes (checked with psql against a real
@@ -768,10 +756,7 @@ mod tests {
         .unwrap();
         let binary =
             Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedBinary, None).unwrap());
-        let ours: Vec<DataRow> = encode_batch(&batch, &binary).unwrap().unwrap().collect();
-        let theirs: Vec<DataRow> = encode_recordbatch(Arc::clone(&binary), batch.clone())
-            .collect::<PgWireResult<_>>()
-            .unwrap();
+        let (ours, theirs) = ours_and_arrow_pgs(&batch, &binary);
         assert_eq!(ours, theirs);
 
         let text =
@@ -793,6 +778,18 @@ mod tests {
         let want: Vec<_> = theirs.iter().map(|r| r[1].clone()).collect();
         assert_eq!(decimals, want);
         assert_eq!(decimals[0].as_deref(), Some("1.50"));
+    }
+
+    /// The rows of `batch` from vigil's encoder and from arrow-pg's.
+    fn ours_and_arrow_pgs(
+        batch: &RecordBatch,
+        fields: &Arc<Vec<FieldInfo>>,
+    ) -> (Vec<DataRow>, Vec<DataRow>) {
+        let ours = encode_batch(batch, fields).unwrap().unwrap().collect();
+        let theirs = encode_recordbatch(Arc::clone(fields), batch.clone())
+            .collect::<PgWireResult<_>>()
+            .unwrap();
+        (ours, theirs)
     }
 
     /// A text row's values.
