@@ -291,19 +291,92 @@ fn integer<T: itoa::Integer + ToBigEndian>(
     IsNull::No
 }
 
-/// A float in text. With `extra_float_digits` at 1 or more (Postgres's default,
-/// so what psql, pgx and psycopg get) pgwire writes ryu's shortest form through a
-/// `SmolStr`; here ryu writes it straight into the row. Fewer digits, asked for
-/// with a lower setting, go through pgwire.
+/// A float in text as PostgreSQL writes it. pgwire wrote `inf` (which JDBC's
+/// `Double.parseDouble` refuses), `1.0` for 1, `0` for -0 and `1e300` where
+/// PostgreSQL writes `Infinity`, `1`, `-0` and `1e+300`. With
+/// `extra_float_digits` at 1 or more (PostgreSQL's default, so what psql, pgx
+/// and psycopg get) the shortest digits that read back exactly, from ryu;
+/// fewer digits, asked for with a lower setting, come rounded from pgwire.
 fn float<T>(v: T, column: &Column<'_>, buf: &mut BytesMut) -> PgWireResult<IsNull>
 where
     T: ryu::Float + num_traits::Float + ToSql + ToSqlText,
 {
-    if column.field.format_options().extra_float_digits < 1 || !v.is_finite() || v.is_zero() {
+    if v.is_nan() {
+        buf.put_slice(b"NaN");
+    } else if v.is_infinite() {
+        buf.put_slice(if v.is_sign_negative() {
+            b"-Infinity"
+        } else {
+            b"Infinity"
+        });
+    } else if v.is_zero() {
+        buf.put_slice(if v.is_sign_negative() { b"-0" } else { b"0" });
+    } else if column.field.format_options().extra_float_digits < 1 {
         return value(&v, column, buf);
+    } else {
+        // PostgreSQL switches to exponents as printf's %g does at its
+        // precision: 15 digits for float8, 6 for float4.
+        let fixed_below = if std::mem::size_of::<T>() == 8 { 15 } else { 6 };
+        shortest_as_postgres(ryu::Buffer::new().format_finite(v), fixed_below, buf);
     }
-    buf.put_slice(ryu::Buffer::new().format_finite(v).as_bytes());
     Ok(IsNull::No)
+}
+
+/// Rewrites ryu's shortest form (`-1.5e-5`, `123.45`, `1e300`, `100.0`) the way
+/// PostgreSQL lays out the same digits: fixed notation for decimal exponents from
+/// -4 up to `fixed_below`, without a trailing `.0`; otherwise one digit, the
+/// rest after a point, and a signed exponent of at least two digits.
+fn shortest_as_postgres(ryu: &str, fixed_below: i32, buf: &mut BytesMut) {
+    let (negative, ryu) = match ryu.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, ryu),
+    };
+    let (mantissa, exponent) = match ryu.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i32>().unwrap_or(0)),
+        None => (ryu, 0),
+    };
+    let point = mantissa.find('.').unwrap_or(mantissa.len()) as i32;
+    let all: Vec<u8> = mantissa.bytes().filter(|b| *b != b'.').collect();
+    let leading = all.iter().take_while(|b| **b == b'0').count();
+    let digits = &all[leading..];
+    let digits = &digits[..digits.len() - digits.iter().rev().take_while(|b| **b == b'0').count()];
+    if digits.is_empty() {
+        buf.put_u8(b'0');
+        return;
+    }
+    let sci = exponent + point - 1 - leading as i32;
+    if negative {
+        buf.put_u8(b'-');
+    }
+    let len = digits.len() as i32;
+    if (-4..fixed_below).contains(&sci) {
+        if sci < 0 {
+            buf.put_slice(b"0.");
+            for _ in 0..(-sci - 1) {
+                buf.put_u8(b'0');
+            }
+            buf.put_slice(digits);
+        } else if len <= sci + 1 {
+            buf.put_slice(digits);
+            for _ in 0..(sci + 1 - len) {
+                buf.put_u8(b'0');
+            }
+        } else {
+            let (int, frac) = digits.split_at(sci as usize + 1);
+            buf.put_slice(int);
+            buf.put_u8(b'.');
+            buf.put_slice(frac);
+        }
+    } else {
+        buf.put_u8(digits[0]);
+        if len > 1 {
+            buf.put_u8(b'.');
+            buf.put_slice(&digits[1..]);
+        }
+        buf.put_u8(b'e');
+        buf.put_u8(if sci < 0 { b'-' } else { b'+' });
+        write_padded(sci.unsigned_abs(), 2, buf);
+    }
 }
 
 trait ToBigEndian {
@@ -455,7 +528,8 @@ mod tests {
     use datafusion_postgres::pgwire::api::portal::Format;
     use datafusion_postgres::pgwire::types::format::FormatOptions;
 
-    /// The same bytes as arrow-pg's encoder, in text and in binary, nulls included.
+    /// The same bytes as arrow-pg's encoder, in text and in binary, nulls included
+    /// (with floats both write alike; where they differ, the test below).
     #[test]
     fn rows_are_the_bytes_arrow_pg_makes() {
         let schema = Arc::new(Schema::new(vec![
@@ -476,7 +550,7 @@ mod tests {
                     Some(0.5),
                     Some(f64::NAN),
                     None,
-                    Some(1e300),
+                    Some(12.75),
                 ])),
                 Arc::new(StringArray::from(vec![
                     Some("host_1"),
@@ -507,7 +581,7 @@ mod tests {
                 ])),
                 Arc::new(datafusion::arrow::array::Float32Array::from(vec![
                     Some(1.25),
-                    Some(f32::INFINITY),
+                    Some(0.0025),
                 ])),
                 Arc::new(datafusion::arrow::array::LargeStringArray::from(vec![
                     Some("x"),
@@ -535,38 +609,81 @@ mod tests {
         }
     }
 
-    /// Floats in text as pgwire writes them: shortest form, specials, zeros,
-    /// subnormals, and the rounded form a lower `extra_float_digits` asks for.
+    /// Floats in text as PostgreSQL 15 writes them (checked with psql against a
+    /// real server), and the rounded form a lower `extra_float_digits` asks for
+    /// as pgwire writes it.
     #[test]
-    fn floats_are_the_text_arrow_pg_makes() {
+    fn floats_are_the_text_postgres_writes() {
         use datafusion::arrow::array::Float32Array;
-        let values = [
-            1.0,
-            -0.0,
-            0.1,
-            1e-7,
-            123_456_789.125,
-            -2.5e300,
-            f64::MIN_POSITIVE,
-            5e-324,
-            f64::MAX,
-            f64::NEG_INFINITY,
+        let cases: [(f64, &str); 18] = [
+            (1.0, "1"),
+            (-0.0, "-0"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1e14, "100000000000000"),
+            (1e15, "1e+15"),
+            (123.45, "123.45"),
+            (1.5e-5, "1.5e-05"),
+            (f64::INFINITY, "Infinity"),
+            (f64::NEG_INFINITY, "-Infinity"),
+            (f64::NAN, "NaN"),
+            (1e300, "1e+300"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e+308"),
+            (0.1, "0.1"),
+            (100.0, "100"),
+            (123_456_789_012_345.6, "123456789012345.6"),
+            (-2.5e-7, "-2.5e-07"),
         ];
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("d", DataType::Float64, false),
-            Field::new("f", DataType::Float32, false),
-        ]));
+        let floats: [(f32, &str); 9] = [
+            (1e5, "100000"),
+            (1e6, "1e+06"),
+            (123_456.0, "123456"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1.5, "1.5"),
+            (f32::INFINITY, "Infinity"),
+            (-0.0, "-0"),
+            (f32::MAX, "3.4028235e+38"),
+        ];
+        let schema = Arc::new(Schema::new(vec![Field::new("d", DataType::Float64, false)]));
         let batch = RecordBatch::try_new(
             Arc::clone(&schema),
-            vec![
-                Arc::new(Float64Array::from(values.to_vec())),
-                Arc::new(Float32Array::from(
-                    values.iter().map(|v| *v as f32).collect::<Vec<_>>(),
-                )),
-            ],
+            vec![Arc::new(Float64Array::from(
+                cases.iter().map(|c| c.0).collect::<Vec<_>>(),
+            ))],
         )
         .unwrap();
-        for digits in [3, 1, 0, -4] {
+        let text =
+            Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None).unwrap());
+        let got: Vec<Option<String>> = encode_batch(&batch, &text)
+            .unwrap()
+            .unwrap()
+            .map(|row| text_values(&row).remove(0))
+            .collect();
+        let want: Vec<Option<String>> = cases.iter().map(|c| Some(c.1.to_owned())).collect();
+        assert_eq!(got, want);
+
+        let schema = Arc::new(Schema::new(vec![Field::new("f", DataType::Float32, false)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Float32Array::from(
+                floats.iter().map(|c| c.0).collect::<Vec<_>>(),
+            ))],
+        )
+        .unwrap();
+        let text =
+            Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None).unwrap());
+        let got: Vec<Option<String>> = encode_batch(&batch, &text)
+            .unwrap()
+            .unwrap()
+            .map(|row| text_values(&row).remove(0))
+            .collect();
+        let want: Vec<Option<String>> = floats.iter().map(|c| Some(c.1.to_owned())).collect();
+        assert_eq!(got, want);
+
+        // Fewer digits: pgwire's rounding, PostgreSQL's special values.
+        for digits in [0, -4] {
             let mut options = FormatOptions::default();
             options.extra_float_digits = digits;
             let fields = Arc::new(
@@ -574,7 +691,19 @@ mod tests {
                     .unwrap(),
             );
             let (ours, theirs) = ours_and_arrow_pgs(&batch, &fields);
-            assert_eq!(ours, theirs, "extra_float_digits {digits}");
+            let finite = |rows: &[DataRow]| -> Vec<Vec<Option<String>>> {
+                rows.iter()
+                    .zip(&floats)
+                    .filter(|(_, c)| c.0.is_finite() && c.0 != 0.0)
+                    .map(|(r, _)| text_values(r))
+                    .collect()
+            };
+            assert_eq!(
+                finite(&ours),
+                finite(&theirs),
+                "extra_float_digits {digits}"
+            );
+            assert_eq!(text_values(&ours[6])[0].as_deref(), Some("Infinity"));
         }
     }
 
