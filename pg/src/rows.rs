@@ -336,7 +336,14 @@ fn shortest_as_postgres(ryu: &str, fixed_below: i32, buf: &mut BytesMut) {
         None => (ryu, 0),
     };
     let point = mantissa.find('.').unwrap_or(mantissa.len()) as i32;
-    let all: Vec<u8> = mantissa.bytes().filter(|b| *b != b'.').collect();
+    // ryu writes at most 24 bytes; the digits stay on the stack.
+    let mut all = [0u8; 32];
+    let mut count = 0;
+    for b in mantissa.bytes().filter(|b| *b != b'.').take(all.len()) {
+        all[count] = b;
+        count += 1;
+    }
+    let all = &all[..count];
     let leading = all.iter().take_while(|b| **b == b'0').count();
     let digits = &all[leading..];
     let digits = &digits[..digits.len() - digits.iter().rev().take_while(|b| **b == b'0').count()];
