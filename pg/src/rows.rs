@@ -180,7 +180,7 @@ fn encode(rows: usize, columns: &[Column<'_>]) -> PgWireResult<EncodedRows> {
                 Values::Utf8(a) => put(a.value(row).as_bytes(), &mut buf),
                 Values::LargeUtf8(a) => put(a.value(row).as_bytes(), &mut buf),
                 Values::Utf8View(a) => put(a.value(row).as_bytes(), &mut buf),
-                Values::Boolean(a) => value(&a.value(row), column, &mut buf)?,
+                Values::Boolean(a) => value(&a.value(row), column.field, &mut buf)?,
                 Values::Date32(v) => {
                     let date = date32_to_datetime(v[row]).map(|d| d.date());
                     match date {
@@ -188,7 +188,7 @@ fn encode(rows: usize, columns: &[Column<'_>]) -> PgWireResult<EncodedRows> {
                             iso_date(date, &mut buf);
                             IsNull::No
                         }
-                        _ => value(&date, column, &mut buf)?,
+                        _ => value(&date, column.field, &mut buf)?,
                     }
                 }
                 Values::Timestamp(v, unit) => match naive(v[row], *unit) {
@@ -196,7 +196,7 @@ fn encode(rows: usize, columns: &[Column<'_>]) -> PgWireResult<EncodedRows> {
                         iso_timestamp(t, None, &mut buf);
                         IsNull::No
                     }
-                    t => value(&t, column, &mut buf)?,
+                    t => value(&t, column.field, &mut buf)?,
                 },
                 Values::TimestampTz(v, unit, zone) => {
                     let zoned = naive(v[row], *unit)
@@ -215,18 +215,12 @@ fn encode(rows: usize, columns: &[Column<'_>]) -> PgWireResult<EncodedRows> {
                             iso_timestamp(local, Some(offset), &mut buf);
                             IsNull::No
                         }
-                        (t, _) => value(&t, column, &mut buf)?,
+                        (t, _) => value(&t, column.field, &mut buf)?,
                     }
                 }
                 Values::Other(..) => continue,
             };
-            match written {
-                IsNull::No => {
-                    let len = (buf.len() - at - 4) as i32;
-                    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-                }
-                IsNull::Yes => buf[at..at + 4].copy_from_slice(&(-1i32).to_be_bytes()),
-            }
+            end_value(&mut buf, at, written);
         }
         let len = u32::try_from(buf.len() - start).map_err(|_| {
             PgWireError::ApiError("a result row longer than 4 GiB cannot be sent".into())
@@ -254,17 +248,9 @@ impl Encoder for ValueWriter<'_> {
         T: ToSql + ToSqlText + Sized,
     {
         let at = self.buf.len();
-        self.buf.put_i32(-1);
-        let written = if field.format() == FieldFormat::Text {
-            value.to_sql_text(field.datatype(), self.buf, field.format_options())
-        } else {
-            value.to_sql(field.datatype(), self.buf)
-        }
-        .map_err(PgWireError::ApiError)?;
-        if let IsNull::No = written {
-            let len = (self.buf.len() - at - 4) as i32;
-            self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        }
+        self.buf.put_i32(0);
+        let written = self::value(value, field, self.buf)?;
+        end_value(self.buf, at, written);
         Ok(())
     }
 
@@ -312,7 +298,7 @@ where
     } else if v.is_zero() {
         buf.put_slice(if v.is_sign_negative() { b"-0" } else { b"0" });
     } else if column.field.format_options().extra_float_digits < 1 {
-        return value(&v, column, buf);
+        return value(&v, column.field, buf);
     } else {
         // PostgreSQL switches to exponents as printf's %g does at its
         // precision: 15 digits for float8, 6 for float4.
@@ -411,16 +397,25 @@ impl ToBigEndian for i64 {
 /// A value as pgwire writes it in the column's format.
 fn value<T: ToSql + ToSqlText>(
     v: &T,
-    column: &Column<'_>,
+    field: &FieldInfo,
     buf: &mut BytesMut,
 ) -> PgWireResult<IsNull> {
-    let field = column.field;
-    if column.text {
+    if field.format() == FieldFormat::Text {
         v.to_sql_text(field.datatype(), buf, field.format_options())
     } else {
         v.to_sql(field.datatype(), buf)
     }
     .map_err(PgWireError::ApiError)
+}
+
+/// Fills in the length written ahead of a value at `at`: the value's, or -1
+/// for NULL.
+fn end_value(buf: &mut BytesMut, at: usize, written: IsNull) {
+    let len = match written {
+        IsNull::No => (buf.len() - at - 4) as i32,
+        IsNull::Yes => -1,
+    };
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// Whether a `DateStyle` setting is ISO, read as pgwire reads it (an unknown
@@ -653,41 +648,19 @@ mod tests {
             (-0.0, "-0"),
             (f32::MAX, "3.4028235e+38"),
         ];
-        let schema = Arc::new(Schema::new(vec![Field::new("d", DataType::Float64, false)]));
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(Float64Array::from(
-                cases.iter().map(|c| c.0).collect::<Vec<_>>(),
-            ))],
-        )
-        .unwrap();
-        let text =
-            Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None).unwrap());
-        let got: Vec<Option<String>> = encode_batch(&batch, &text)
-            .unwrap()
-            .unwrap()
-            .map(|row| text_values(&row).remove(0))
-            .collect();
-        let want: Vec<Option<String>> = cases.iter().map(|c| Some(c.1.to_owned())).collect();
-        assert_eq!(got, want);
+        let column = |array: ArrayRef| RecordBatch::try_from_iter([("v", array)]).unwrap();
+        let batch = column(Arc::new(Float64Array::from(
+            cases.iter().map(|c| c.0).collect::<Vec<_>>(),
+        )));
+        let want: Vec<_> = cases.iter().map(|c| vec![Some(c.1.to_owned())]).collect();
+        assert_eq!(text_rows(&batch), want);
 
-        let schema = Arc::new(Schema::new(vec![Field::new("f", DataType::Float32, false)]));
-        let batch = RecordBatch::try_new(
-            Arc::clone(&schema),
-            vec![Arc::new(Float32Array::from(
-                floats.iter().map(|c| c.0).collect::<Vec<_>>(),
-            ))],
-        )
-        .unwrap();
-        let text =
-            Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None).unwrap());
-        let got: Vec<Option<String>> = encode_batch(&batch, &text)
-            .unwrap()
-            .unwrap()
-            .map(|row| text_values(&row).remove(0))
-            .collect();
-        let want: Vec<Option<String>> = floats.iter().map(|c| Some(c.1.to_owned())).collect();
-        assert_eq!(got, want);
+        let batch = column(Arc::new(Float32Array::from(
+            floats.iter().map(|c| c.0).collect::<Vec<_>>(),
+        )));
+        let want: Vec<_> = floats.iter().map(|c| vec![Some(c.1.to_owned())]).collect();
+        assert_eq!(text_rows(&batch), want);
+        let schema = batch.schema();
 
         // Fewer digits: pgwire's rounding, PostgreSQL's special values.
         for digits in [0, -4] {
@@ -783,13 +756,7 @@ mod tests {
 
         // In text, what PostgreSQL 15 writes (checked with psql against a real
         // server): arrow-pg wrote `.000000` on whole seconds and `+05` for `+05:30`.
-        let text =
-            Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None).unwrap());
-        let rows: Vec<Vec<Option<String>>> = encode_batch(&batch, &text)
-            .unwrap()
-            .unwrap()
-            .map(|row| text_values(&row))
-            .collect();
+        let rows = text_rows(&batch);
         let want = [
             [
                 Some("t"),
@@ -897,11 +864,7 @@ mod tests {
 
         let text =
             Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None).unwrap());
-        let ours: Vec<Vec<Option<String>>> = encode_batch(&batch, &text)
-            .unwrap()
-            .unwrap()
-            .map(|row| text_values(&row))
-            .collect();
+        let ours = text_rows(&batch);
         let theirs: Vec<Vec<Option<String>>> = encode_recordbatch(Arc::clone(&text), batch.clone())
             .map(|row| text_values(&row.unwrap()))
             .collect();
@@ -926,6 +889,18 @@ mod tests {
             .collect::<PgWireResult<_>>()
             .unwrap();
         (ours, theirs)
+    }
+
+    /// The rows vigil writes for `batch` in text, as values.
+    fn text_rows(batch: &RecordBatch) -> Vec<Vec<Option<String>>> {
+        let fields = Arc::new(
+            arrow_schema_to_pg_fields(batch.schema_ref(), &Format::UnifiedText, None).unwrap(),
+        );
+        encode_batch(batch, &fields)
+            .unwrap()
+            .unwrap()
+            .map(|row| text_values(&row))
+            .collect()
     }
 
     /// A text row's values.
