@@ -126,9 +126,9 @@ fn series_time_hashes(batch: &RecordBatch) -> Vec<u64> {
     use std::hash::{BuildHasher, Hash, Hasher};
     let n = batch.num_rows();
     let mut hashes = vec![0u64; n];
-    // A fixed hasher: the same key hashes the same in every batch.
-    let state =
-        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    // A fixed hasher: the same key hashes the same in every batch. foldhash, not
+    // SipHash: this runs for every value of every write, under the buffer's lock.
+    let state = foldhash::fast::FixedState::default();
     let schema = batch.schema();
     for (f, col) in schema.fields().iter().zip(batch.columns()) {
         let DataType::Dictionary(..) = f.data_type() else {
@@ -433,14 +433,16 @@ impl ColumnBuilder {
 /// columns would make the batch mostly padding, and the caller starts a new batch.
 pub struct BatchBuilder {
     columns: Vec<(String, ColumnKind, ColumnBuilder)>,
-    index: HashMap<String, usize>,
+    index: HashMap<String, usize, foldhash::fast::RandomState>,
     time: TimestampNanosecondBuilder,
     rows: usize,
     /// Values actually written (tags, fields and times), against which the dense
     /// size rows x columns is bounded.
     cells: usize,
-    /// Column indexes of the point being appended (reused to avoid allocating).
+    /// Column indexes of the last point appended, by its tags then fields.
     resolved: Vec<Option<usize>>,
+    /// The same for the point being appended (kept to avoid allocating).
+    scratch: Vec<Option<usize>>,
     /// Rows the columns are sized for.
     capacity: usize,
 }
@@ -461,11 +463,12 @@ impl BatchBuilder {
     pub fn with_capacity(rows: usize) -> Self {
         Self {
             columns: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             time: TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC"),
             rows: 0,
             cells: 0,
             resolved: Vec::new(),
+            scratch: Vec::new(),
             capacity: rows,
         }
     }
@@ -489,24 +492,37 @@ impl BatchBuilder {
     /// false, changing nothing, when the point's new columns would make this batch
     /// mostly NULL padding: the point belongs in a new batch.
     pub fn append(&mut self, point: &Point<'_>, field_kinds: &[ColumnKind]) -> bool {
-        let mut resolved = std::mem::take(&mut self.resolved);
+        let previous = std::mem::take(&mut self.resolved);
+        let mut resolved = std::mem::take(&mut self.scratch);
         resolved.clear();
         let mut missing = 0usize;
-        for k in point
+        for (j, k) in point
             .tags
             .iter()
             .map(|(k, _)| k)
             .chain(point.fields.iter().map(|(k, _)| k))
+            .enumerate()
         {
-            let i = self.index.get(k.as_ref()).copied();
+            // Points of one table mostly name the same columns in the same
+            // order: the previous point's column at this position is checked
+            // by name before the index is hashed.
+            let i = match previous.get(j) {
+                Some(&Some(i)) if self.columns[i].0 == k.as_ref() => Some(i),
+                _ => self.index.get(k.as_ref()).copied(),
+            };
             missing += usize::from(i.is_none());
             resolved.push(i);
         }
+        self.scratch = previous;
         let cells = point.tags.len() + point.fields.len() + 1;
         if missing > 0 && self.rows > 0 {
             let dense = (self.rows + 1) * (self.columns.len() + missing + 1);
             if dense > MAX_PADDING_FACTOR * (self.cells + cells) + PADDING_ALLOWANCE {
-                self.resolved = resolved;
+                // Nothing was appended: the point's columns are not the ones
+                // the next point is compared with.
+                self.resolved = std::mem::take(&mut self.scratch);
+                self.resolved.clear();
+                self.scratch = resolved;
                 return false;
             }
         }
@@ -554,6 +570,19 @@ impl BatchBuilder {
                 (ColumnBuilder::Bool(b), FieldValue::Bool(x)) => b.append_value(*x),
                 (ColumnBuilder::Str(b), FieldValue::Str(x)) => b.append_value(x.as_ref()),
                 (b, _) => b.pad_nulls(rows + 1),
+            }
+        }
+        // Columns added for this point are recorded, so the next point with the
+        // same names finds them by position.
+        for (j, k) in point
+            .tags
+            .iter()
+            .map(|(k, _)| k)
+            .chain(point.fields.iter().map(|(k, _)| k))
+            .enumerate()
+        {
+            if resolved[j].is_none() {
+                resolved[j] = self.index.get(k.as_ref()).copied();
             }
         }
         self.time.append_value(point.time);
@@ -623,6 +652,98 @@ mod tests {
             assert!(b.append(&p, &[ColumnKind::Field(FieldType::Float)]));
         }
         b.finish().unwrap()
+    }
+
+    /// Points naming their columns in the same order, in another order, fewer
+    /// or new ones: each value lands in its own column (the builder checks the
+    /// previous point's columns by position before it hashes a name).
+    #[test]
+    fn values_land_in_their_columns_whatever_the_order_of_names() {
+        use arrow::array::{AsArray, Float64Array};
+        let p = |tags: &[(&'static str, &'static str)], fields: &[(&'static str, f64)]| Point {
+            table: Cow::Borrowed("m"),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v)))
+                .collect(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(*k), FieldValue::F64(*v)))
+                .collect(),
+            time: 1,
+        };
+        let float = ColumnKind::Field(FieldType::Float);
+        let mut b = BatchBuilder::with_capacity(4);
+        for (tags, fields) in [
+            (vec![("a", "1"), ("b", "2")], vec![("x", 1.0), ("y", 2.0)]),
+            (vec![("a", "3"), ("b", "4")], vec![("x", 3.0), ("y", 4.0)]),
+            (vec![("b", "6"), ("a", "5")], vec![("y", 6.0), ("x", 5.0)]),
+            (vec![("a", "7")], vec![("y", 8.0)]),
+            (vec![("c", "9"), ("a", "10")], vec![("z", 9.0), ("x", 10.0)]),
+            (
+                vec![("c", "11"), ("a", "12")],
+                vec![("z", 11.0), ("x", 12.0)],
+            ),
+        ] {
+            assert!(b.append(&p(&tags, &fields), &vec![float; fields.len()]));
+        }
+        let batch = b.finish().unwrap();
+        let tag = |n: &str| -> Vec<Option<String>> {
+            let c =
+                arrow::compute::cast(batch.column_by_name(n).unwrap(), &DataType::Utf8).unwrap();
+            c.as_string::<i32>()
+                .iter()
+                .map(|v| v.map(str::to_string))
+                .collect()
+        };
+        let field = |n: &str| -> Vec<Option<f64>> {
+            batch
+                .column_by_name(n)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .iter()
+                .collect()
+        };
+        let s = |v: &[Option<&str>]| -> Vec<Option<String>> {
+            v.iter().map(|x| x.map(str::to_string)).collect()
+        };
+        assert_eq!(
+            tag("a"),
+            s(&[
+                Some("1"),
+                Some("3"),
+                Some("5"),
+                Some("7"),
+                Some("10"),
+                Some("12")
+            ])
+        );
+        assert_eq!(
+            tag("b"),
+            s(&[Some("2"), Some("4"), Some("6"), None, None, None])
+        );
+        assert_eq!(
+            tag("c"),
+            s(&[None, None, None, None, Some("9"), Some("11")])
+        );
+        assert_eq!(
+            field("x"),
+            [
+                Some(1.0),
+                Some(3.0),
+                Some(5.0),
+                None,
+                Some(10.0),
+                Some(12.0)
+            ]
+        );
+        assert_eq!(
+            field("y"),
+            [Some(2.0), Some(4.0), Some(6.0), Some(8.0), None, None]
+        );
+        assert_eq!(field("z"), [None, None, None, None, Some(9.0), Some(11.0)]);
     }
 
     fn write(buf: &mut WriteBuffer, seq: u64, b: RecordBatch) {
