@@ -51,6 +51,9 @@ pub fn sort_dedupe(
     Ok(out)
 }
 
+/// A row's packed tag ranks, time, sequence and index.
+type SortRow = (u128, i64, u64, u32);
+
 /// Per row: the ranks of its tag values packed into one integer (first tag
 /// highest, a NULL lowest), its time, its sequence and its index. `None` when
 /// the ranks do not fit in 128 bits or a column is not of the types written.
@@ -58,7 +61,7 @@ fn packed_sort_keys(
     all: &RecordBatch,
     tags: &[String],
     seq_idx: usize,
-) -> arrow::error::Result<Option<Vec<(u128, i64, u64, u32)>>> {
+) -> arrow::error::Result<Option<Vec<SortRow>>> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Int32Type, TimestampNanosecondType, UInt64Type};
     let n = all.num_rows();

@@ -30,6 +30,7 @@ pub mod schema;
 mod tables;
 pub mod tiering;
 pub mod wal;
+mod wal_columns;
 mod wal_writer;
 
 pub use catalog::{ParquetFileMeta, RollupWatermark, Tier};

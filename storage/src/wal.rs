@@ -1,7 +1,8 @@
 //! The write-ahead log: numbered segment files of checksummed records.
 //!
 //! Record layout: `len: u32 LE | crc32(seq ++ payload): u32 LE | seq: u64 LE | payload`.
-//! The payload is a list of (table, Arrow IPC stream) pairs, so replay does not parse
+//! The payload holds each table's Arrow batch (its column buffers, see
+//! [`crate::wal_columns`]; Arrow IPC in older logs), so replay does not parse
 //! line protocol again and yields exactly the batches that were acknowledged.
 //! A torn record at the end of the last segment (crash during a write that was never
 //! acknowledged) is cut off on replay. Damage anywhere else is corruption of
@@ -24,21 +25,29 @@ const HEADER: usize = 16;
 /// acknowledged, and a longer length on replay is damage, not an allocation.
 pub const MAX_RECORD_BYTES: usize = 1 << 30;
 
-/// Encodes the tables of one write as a WAL payload.
-///
-/// Each table's IPC stream is written straight into the payload, which is sized
-/// up front from the batches: a stream per table built in a `Vec` of its own and
-/// then copied grew two buffers a request and was most of the encoding's cost.
+/// Encodes the tables of one write as a WAL payload: their column buffers as
+/// they are (see [`crate::wal_columns`]), or Arrow IPC for a column of another
+/// type.
 pub fn encode_payload(tables: &[(String, RecordBatch)]) -> Result<Vec<u8>> {
     let estimate: usize = tables
         .iter()
         .map(|(name, batch)| {
-            // The IPC messages (schema, dictionaries, batch) add about a
-            // kilobyte of flatbuffers and padding per table.
-            name.len() + batch.get_array_memory_size() + 1024
+            // Framing (or IPC's flatbuffers and padding) per table and column.
+            name.len() + batch.get_array_memory_size() + 64 * batch.num_columns() + 1024
         })
         .sum();
-    let mut out = Vec::with_capacity(4 + estimate);
+    let mut out = Vec::with_capacity(8 + estimate);
+    if crate::wal_columns::supports(tables) {
+        crate::wal_columns::encode(&mut out, tables);
+        return Ok(out);
+    }
+    encode_payload_ipc(&mut out, tables)?;
+    Ok(out)
+}
+
+/// The payload as a list of (table, Arrow IPC stream), each stream written
+/// straight into `out`.
+fn encode_payload_ipc(out: &mut Vec<u8>, tables: &[(String, RecordBatch)]) -> Result<()> {
     out.extend_from_slice(&(tables.len() as u32).to_le_bytes());
     for (name, batch) in tables {
         out.extend_from_slice(&(name.len() as u32).to_le_bytes());
@@ -46,7 +55,7 @@ pub fn encode_payload(tables: &[(String, RecordBatch)]) -> Result<Vec<u8>> {
         let len_at = out.len();
         out.extend_from_slice(&0u64.to_le_bytes());
         {
-            let mut w = StreamWriter::try_new(&mut out, &batch.schema())
+            let mut w = StreamWriter::try_new(&mut *out, &batch.schema())
                 .map_err(|e| Error::arrow("encoding WAL record", e))?;
             w.write(batch)
                 .map_err(|e| Error::arrow("encoding WAL record", e))?;
@@ -56,11 +65,21 @@ pub fn encode_payload(tables: &[(String, RecordBatch)]) -> Result<Vec<u8>> {
         let ipc_len = (out.len() - len_at - 8) as u64;
         out[len_at..len_at + 8].copy_from_slice(&ipc_len.to_le_bytes());
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Decodes a payload written by [`encode_payload`].
-pub fn decode_payload(mut p: &[u8]) -> std::result::Result<Vec<(String, RecordBatch)>, String> {
+/// Decodes a payload written by [`encode_payload`], in either layout (WALs
+/// written before the column layout are IPC).
+pub fn decode_payload(p: &[u8]) -> std::result::Result<Vec<(String, RecordBatch)>, String> {
+    match p.get(..4) {
+        Some(m) if m == crate::wal_columns::MAGIC.to_le_bytes() => {
+            crate::wal_columns::decode(&p[4..])
+        }
+        _ => decode_payload_ipc(p),
+    }
+}
+
+fn decode_payload_ipc(mut p: &[u8]) -> std::result::Result<Vec<(String, RecordBatch)>, String> {
     fn take<'a>(p: &mut &'a [u8], n: usize) -> std::result::Result<&'a [u8], String> {
         if p.len() < n {
             return Err(format!(
@@ -442,7 +461,12 @@ mod tests {
             ("cpu".to_string(), batch(&["b", "z"], -1.0)),
         ];
         let payload = encode_payload(&tables).unwrap();
+        assert_eq!(&payload[..4], &u32::MAX.to_le_bytes());
         assert_eq!(decode_payload(&payload).unwrap(), tables);
+        // Logs written before the column layout hold IPC, and still replay.
+        let mut ipc = Vec::new();
+        encode_payload_ipc(&mut ipc, &tables).unwrap();
+        assert_eq!(decode_payload(&ipc).unwrap(), tables);
         // A payload cut anywhere is an error, never a panic or a short read.
         for cut in [1, 4, 10, payload.len() / 2, payload.len() - 1] {
             assert!(decode_payload(&payload[..cut]).is_err(), "cut at {cut}");
