@@ -301,8 +301,39 @@ pub fn normalize(
     schema: &SchemaRef,
     first_row_seq: Option<u64>,
 ) -> arrow::error::Result<RecordBatch> {
+    match first_row_seq {
+        Some(first) => normalize_with_seq(batch, schema, &with_seq_column(schema), first),
+        None => RecordBatch::try_new(Arc::clone(schema), widen(batch, schema)?),
+    }
+}
+
+/// [`normalize`] with the sequence column, for many batches of one table:
+/// `seq_schema` is [`with_seq_column`] of `schema`, built once by the caller
+/// (a flush or a query reads thousands of small batches).
+pub fn normalize_with_seq(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    seq_schema: &SchemaRef,
+    first_row_seq: u64,
+) -> arrow::error::Result<RecordBatch> {
     let n = batch.num_rows();
-    let mut columns: Vec<ArrayRef> = schema
+    let mut columns = widen(batch, schema)?;
+    // Row numbers run within the write's sequence and stop at its last
+    // value (rows of a file past 2^24 share it), never spilling into the
+    // next write's range.
+    let base = first_row_seq >> ROW_BITS << ROW_BITS;
+    let row0 = first_row_seq - base;
+    let max = MAX_ROWS_PER_WRITE as u64;
+    columns.push(Arc::new(UInt64Array::from_iter_values(
+        (0..n as u64).map(|i| base | (row0 + i).min(max)),
+    )));
+    RecordBatch::try_new(Arc::clone(seq_schema), columns)
+}
+
+/// The columns of `schema` taken from `batch`, NULL where it lacks them.
+fn widen(batch: &RecordBatch, schema: &SchemaRef) -> arrow::error::Result<Vec<ArrayRef>> {
+    let n = batch.num_rows();
+    schema
         .fields()
         .iter()
         .map(|f| match batch.column_by_name(f.name()) {
@@ -311,23 +342,7 @@ pub fn normalize(
             Some(c) => Ok(Arc::clone(c)),
             None => Ok(new_null_array(f.data_type(), n)),
         })
-        .collect::<arrow::error::Result<_>>()?;
-    let out_schema = match first_row_seq {
-        Some(first) => {
-            // Row numbers run within the write's sequence and stop at its last
-            // value (rows of a file past 2^24 share it), never spilling into the
-            // next write's range.
-            let base = first >> ROW_BITS << ROW_BITS;
-            let row0 = first - base;
-            let max = MAX_ROWS_PER_WRITE as u64;
-            columns.push(Arc::new(UInt64Array::from_iter_values(
-                (0..n as u64).map(|i| base | (row0 + i).min(max)),
-            )));
-            with_seq_column(schema)
-        }
-        None => Arc::clone(schema),
-    };
-    RecordBatch::try_new(out_schema, columns)
+        .collect()
 }
 
 pub fn with_seq_column(schema: &SchemaRef) -> SchemaRef {

@@ -11,7 +11,9 @@ use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 use vigil_model::Point;
 
-use crate::buffer::{file_seq, normalize, with_seq_column, BufferedBatch, WriteBuffer};
+use crate::buffer::{
+    file_seq, normalize, normalize_with_seq, with_seq_column, BufferedBatch, WriteBuffer,
+};
 use crate::catalog::{Catalog, ParquetFileMeta, RollupWatermark, Tier};
 use crate::cold_store::{ColdStoreMetrics, ObservedStore};
 use crate::compactor::{window_nanos, Compactor};
@@ -158,10 +160,11 @@ impl TableSnapshot {
             max_time: i64::MIN,
             batches: Vec::new(),
         };
+        let seq_schema = self.seq_schema();
         for b in self.buffer.iter().filter(|b| b.overlaps(min, max)) {
             out.min_time = out.min_time.min(b.min_time);
             out.max_time = out.max_time.max(b.max_time);
-            let batch = normalize(&b.batch, &self.schema, Some(b.first_row_seq()))
+            let batch = normalize_with_seq(&b.batch, &self.schema, &seq_schema, b.first_row_seq())
                 .map_err(|e| Error::arrow("reading the buffer", e))?;
             out.batches.push(batch);
         }

@@ -10,7 +10,7 @@ use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 use tracing::{info, warn};
 
-use crate::buffer::{normalize, with_seq_column, TableBuffer, WriteBuffer};
+use crate::buffer::{normalize_with_seq, with_seq_column, TableBuffer, WriteBuffer};
 use crate::catalog::{Catalog, ParquetFileMeta, Tier};
 use crate::compactor::Compactor;
 use crate::dedupe::{series_key_range, sort_dedupe};
@@ -215,7 +215,7 @@ impl Persister {
         let batches = tb
             .batches
             .iter()
-            .map(|b| normalize(&b.batch, &schema, Some(b.first_row_seq())))
+            .map(|b| normalize_with_seq(&b.batch, &schema, &seq_schema, b.first_row_seq()))
             .collect::<arrow::error::Result<Vec<_>>>()
             .map_err(|e| Error::arrow(format!("normalizing buffer of table {table}"), e))?;
         let merged = sort_dedupe(&seq_schema, &batches, &tags)

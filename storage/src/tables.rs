@@ -3,6 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+/// Looked up by table name for every point written: foldhash, not SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parking_lot::RwLock;
@@ -41,7 +44,7 @@ impl ValidatedWrite {
 /// writer from creating tables and columns without end.
 #[derive(Debug)]
 pub struct TableSchemas {
-    schemas: RwLock<HashMap<String, TableSchema>>,
+    schemas: RwLock<FastMap<String, TableSchema>>,
     max_tables: usize,
     max_columns_per_table: usize,
 }
@@ -299,10 +302,10 @@ impl TableSchemas {
             rows: usize,
         }
         let mut builders: Vec<TableBuild> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut index: FastMap<&str, usize> = FastMap::default();
         // Rows per table, so that each batch's columns are allocated once at
         // their size.
-        let mut rows_of: HashMap<&str, usize> = HashMap::new();
+        let mut rows_of: FastMap<&str, usize> = FastMap::default();
         for ((_, p), kinds) in points.iter().zip(&checked) {
             if kinds.is_some() {
                 *rows_of.entry(p.table.as_ref()).or_default() += 1;
