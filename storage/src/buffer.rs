@@ -468,6 +468,12 @@ impl Default for BatchBuilder {
     }
 }
 
+/// The columns a point names: its tags, then its fields.
+fn column_names<'p>(point: &'p Point<'_>) -> impl Iterator<Item = &'p str> {
+    let tags = point.tags.iter().map(|(k, _)| k.as_ref());
+    tags.chain(point.fields.iter().map(|(k, _)| k.as_ref()))
+}
+
 /// Padding allowed beyond real values: a batch stays at most this many times its
 /// values (plus a fixed allowance) when laid out densely.
 const MAX_PADDING_FACTOR: usize = 4;
@@ -511,19 +517,13 @@ impl BatchBuilder {
         let mut resolved = std::mem::take(&mut self.scratch);
         resolved.clear();
         let mut missing = 0usize;
-        for (j, k) in point
-            .tags
-            .iter()
-            .map(|(k, _)| k)
-            .chain(point.fields.iter().map(|(k, _)| k))
-            .enumerate()
-        {
+        for (j, k) in column_names(point).enumerate() {
             // Points of one table mostly name the same columns in the same
             // order: the previous point's column at this position is checked
             // by name before the index is hashed.
             let i = match previous.get(j) {
-                Some(&Some(i)) if self.columns[i].0 == k.as_ref() => Some(i),
-                _ => self.index.get(k.as_ref()).copied(),
+                Some(&Some(i)) if self.columns[i].0 == k => Some(i),
+                _ => self.index.get(k).copied(),
             };
             missing += usize::from(i.is_none());
             resolved.push(i);
@@ -589,15 +589,9 @@ impl BatchBuilder {
         }
         // Columns added for this point are recorded, so the next point with the
         // same names finds them by position.
-        for (j, k) in point
-            .tags
-            .iter()
-            .map(|(k, _)| k)
-            .chain(point.fields.iter().map(|(k, _)| k))
-            .enumerate()
-        {
+        for (j, k) in column_names(point).enumerate() {
             if resolved[j].is_none() {
-                resolved[j] = self.index.get(k.as_ref()).copied();
+                resolved[j] = self.index.get(k).copied();
             }
         }
         self.time.append_value(point.time);
