@@ -29,7 +29,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc asks for them, and every fresh or purged region then faulted in a
 /// whole 2 MiB page the kernel zeroed first: 14 % of vigil's CPU while receiving
 /// remote write (`clear_page_erms` under `do_huge_pmd_anonymous_page`), about
-/// 2 of 18 CPU-seconds in `benches/run-remote-write.py`, for no gain in speed.
+/// 2 of 18 CPU-seconds in `benches/run-remote-write.py`; without them those runs
+/// were no slower (measured with `MIMALLOC_ALLOW_THP=0`, then with this call).
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments and only sets a

@@ -15,7 +15,7 @@ use crate::schema::{SEQ_COLUMN, TIME_COLUMN};
 /// (tags, time). Returns the batch without the sequence column.
 ///
 /// Tags are dictionary columns whose values repeat across thousands of small
-/// batches: comparing them as strings row by row (`lexsort`) was half of a
+/// batches: comparing them as strings row by row (`lexsort`) was a quarter of a
 /// flush. Each tag's distinct values are ranked once instead, and rows are
 /// sorted on their ranks packed into one integer with the time and sequence.
 pub fn sort_dedupe(
