@@ -553,6 +553,8 @@ impl BatchBuilder {
                     None => self.add_column(k, ColumnKind::Tag),
                 },
             };
+            // Kept for the next point, which finds the column by position.
+            resolved[j] = Some(i);
             let b = &mut self.columns[i].2;
             b.pad_nulls(rows);
             if b.len() > rows {
@@ -571,6 +573,7 @@ impl BatchBuilder {
                     None => self.add_column(k, *kind),
                 },
             };
+            resolved[n_tags + j] = Some(i);
             let b = &mut self.columns[i].2;
             b.pad_nulls(rows);
             // Should a repeated key slip through, the first value is kept rather
@@ -585,13 +588,6 @@ impl BatchBuilder {
                 (ColumnBuilder::Bool(b), FieldValue::Bool(x)) => b.append_value(*x),
                 (ColumnBuilder::Str(b), FieldValue::Str(x)) => b.append_value(x.as_ref()),
                 (b, _) => b.pad_nulls(rows + 1),
-            }
-        }
-        // Columns added for this point are recorded, so the next point with the
-        // same names finds them by position.
-        for (j, k) in column_names(point).enumerate() {
-            if resolved[j].is_none() {
-                resolved[j] = self.index.get(k).copied();
             }
         }
         self.time.append_value(point.time);

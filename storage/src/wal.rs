@@ -79,32 +79,19 @@ pub fn decode_payload(p: &[u8]) -> std::result::Result<Vec<(String, RecordBatch)
     }
 }
 
-fn decode_payload_ipc(mut p: &[u8]) -> std::result::Result<Vec<(String, RecordBatch)>, String> {
-    fn take<'a>(p: &mut &'a [u8], n: usize) -> std::result::Result<&'a [u8], String> {
-        if p.len() < n {
-            return Err(format!(
-                "payload truncated: need {n} bytes, have {}",
-                p.len()
-            ));
-        }
-        let (a, b) = p.split_at(n);
-        *p = b;
-        Ok(a)
-    }
-    let count = u32::from_le_bytes(take(&mut p, 4)?.try_into().unwrap());
+fn decode_payload_ipc(p: &[u8]) -> std::result::Result<Vec<(String, RecordBatch)>, String> {
+    let mut r = crate::wal_columns::Reader { p };
+    let count = r.u32("table count")?;
     let mut out = Vec::new();
     for _ in 0..count {
-        let nlen = u32::from_le_bytes(take(&mut p, 4)?.try_into().unwrap()) as usize;
-        let name = std::str::from_utf8(take(&mut p, nlen)?)
-            .map_err(|e| format!("table name is not UTF-8: {e}"))?
-            .to_string();
-        let ilen = u64::from_le_bytes(take(&mut p, 8)?.try_into().unwrap()) as usize;
-        let ipc = take(&mut p, ilen)?;
+        let name = r.str("table name")?;
+        let ilen = usize::try_from(r.u64("IPC length")?).unwrap_or(usize::MAX);
+        let ipc = r.take(ilen, "IPC stream")?;
         let reader = StreamReader::try_new(Cursor::new(ipc), None)
             .map_err(|e| format!("bad Arrow IPC for table {name}: {e}"))?;
         for b in reader {
             out.push((
-                name.clone(),
+                name.to_string(),
                 b.map_err(|e| format!("bad Arrow IPC for table {name}: {e}"))?,
             ));
         }

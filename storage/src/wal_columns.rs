@@ -42,6 +42,8 @@ const TIME_NS: u8 = 6;
 
 fn type_code(dt: &DataType) -> Option<u8> {
     Some(match dt {
+        // Matched, not compared with `tag_data_type()`: that would allocate for
+        // every column of every write.
         DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => TAG,
         DataType::Float64 => F64,
         DataType::Int64 => I64,
@@ -158,12 +160,14 @@ pub(crate) fn encode(out: &mut Vec<u8>, tables: &[(String, RecordBatch)]) {
     }
 }
 
-struct Reader<'a> {
-    p: &'a [u8],
+/// A cursor over payload bytes (either layout); every read checks the length
+/// first and names what it was reading.
+pub(crate) struct Reader<'a> {
+    pub(crate) p: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+    pub(crate) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
         if self.p.len() < n {
             return Err(format!(
                 "payload truncated in {what}: need {n} bytes, have {}",
@@ -179,12 +183,19 @@ impl<'a> Reader<'a> {
         Ok(self.take(1, what)?[0])
     }
 
-    fn u32(&mut self, what: &str) -> Result<usize, String> {
+    pub(crate) fn u32(&mut self, what: &str) -> Result<usize, String> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     }
 
-    fn str(&mut self, what: &str) -> Result<&'a str, String> {
+    pub(crate) fn u64(&mut self, what: &str) -> Result<u64, String> {
+        let b = self.take(8, what)?;
+        Ok(u64::from_le_bytes(
+            b.try_into().expect("take(8) is 8 bytes"),
+        ))
+    }
+
+    pub(crate) fn str(&mut self, what: &str) -> Result<&'a str, String> {
         let n = self.u32(what)?;
         std::str::from_utf8(self.take(n, what)?).map_err(|e| format!("{what} is not UTF-8: {e}"))
     }
@@ -235,9 +246,7 @@ pub(crate) fn decode(p: &[u8]) -> Result<Vec<(String, RecordBatch)>, String> {
                     let n = r.u32(&what)?;
                     let values = r.strings(n, &what)?;
                     let keys = r.items(rows, 4, &what)?;
-                    let dt =
-                        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-                    (dt, vec![keys], vec![values])
+                    (crate::schema::tag_data_type(), vec![keys], vec![values])
                 }
                 F64 => (DataType::Float64, vec![r.items(rows, 8, &what)?], vec![]),
                 I64 => (DataType::Int64, vec![r.items(rows, 8, &what)?], vec![]),
