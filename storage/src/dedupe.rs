@@ -75,7 +75,13 @@ fn packed_sort_keys(
     if u32::try_from(n).is_err() || time.null_count() > 0 || seq.null_count() > 0 {
         return Ok(None);
     }
-    let mut keys = vec![0u128; n];
+    let mut rows: Vec<SortRow> = time
+        .values()
+        .iter()
+        .zip(seq.values())
+        .enumerate()
+        .map(|(i, (t, s))| (0, *t, *s, i as u32))
+        .collect();
     let mut bits_used = 0u32;
     for tag in tags {
         let col = all.column_by_name(tag).ok_or_else(|| {
@@ -100,7 +106,7 @@ fn packed_sort_keys(
             return Ok(None);
         }
         let dict_keys = dict.keys();
-        for (row, key) in keys.iter_mut().enumerate() {
+        for (row, r) in rows.iter_mut().enumerate() {
             let rank = if dict_keys.is_valid(row) {
                 value_rank
                     .get(dict_keys.value(row) as usize)
@@ -109,16 +115,10 @@ fn packed_sort_keys(
             } else {
                 0
             };
-            *key = (*key << bits) | u128::from(rank);
+            r.0 = (r.0 << bits) | u128::from(rank);
         }
     }
-    Ok(Some(
-        keys.into_iter()
-            .zip(time.values().iter().zip(seq.values()))
-            .enumerate()
-            .map(|(i, (k, (t, s)))| (k, *t, *s, i as u32))
-            .collect(),
-    ))
+    Ok(Some(rows))
 }
 
 /// The rows to keep, found by comparing the key columns themselves.
