@@ -10,7 +10,7 @@ use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 use tracing::{info, warn};
 
-use crate::buffer::{normalize_with_seq, with_seq_column, TableBuffer, WriteBuffer};
+use crate::buffer::{normalize_buffered, with_seq_column, TableBuffer, WriteBuffer};
 use crate::catalog::{Catalog, ParquetFileMeta, Tier};
 use crate::compactor::Compactor;
 use crate::dedupe::{series_key_range, sort_dedupe};
@@ -212,12 +212,7 @@ impl Persister {
         let raw: Vec<RecordBatch> = tb.batches.iter().map(|b| b.batch.clone()).collect();
         let (schema, tags) = self.schemas.schema_and_sort_key(table, &raw)?;
         let seq_schema = with_seq_column(&schema);
-        let batches = tb
-            .batches
-            .iter()
-            .map(|b| normalize_with_seq(&b.batch, &schema, &seq_schema, b.first_row_seq()))
-            .collect::<arrow::error::Result<Vec<_>>>()
-            .map_err(|e| Error::arrow(format!("normalizing buffer of table {table}"), e))?;
+        let batches = normalize_buffered(&tb.batches, &schema, &seq_schema).map_err(|e| Error::arrow(format!("normalizing buffer of table {table}"), e))?;
         let merged = sort_dedupe(&seq_schema, &batches, &tags)
             .map_err(|e| Error::arrow(format!("sorting buffer of table {table}"), e))?;
         let mut rows = 0;

@@ -203,13 +203,30 @@ impl TableSchemas {
             });
         }
         let (misnamed_shown, misnamed_count) = (out.rejected.len(), out.rejected_count);
-        let mut checked: Vec<Option<Vec<ColumnKind>>> = Vec::with_capacity(points.len());
+        // Per point, the index of its field kinds in `kinds` (None: rejected).
+        let mut checked: Vec<Option<usize>> = Vec::with_capacity(points.len());
+        let mut kinds: Vec<Vec<ColumnKind>> = Vec::new();
         let mut needs_write = false;
         {
             let schemas = self.schemas.read();
-            for (line, p) in &points {
+            // Per table, the last accepted point and its kinds: a point naming
+            // the same columns with the same types checks the same, and
+            // comparing a few names is cheaper than a lookup for each (remote
+            // write sends the same label names for every sample of a metric).
+            let mut last_ok: FastMap<&str, (usize, usize)> = FastMap::default();
+            for (n, (line, p)) in points.iter().enumerate() {
+                if let Some(&(prev, k)) = last_ok.get(p.table.as_ref()) {
+                    if same_columns(&points[prev].1, p) {
+                        checked.push(Some(k));
+                        continue;
+                    }
+                }
                 match check_point(schemas.get(p.table.as_ref()), p) {
-                    Check::Ok(k) => checked.push(Some(k)),
+                    Check::Ok(k) => {
+                        kinds.push(k);
+                        checked.push(Some(kinds.len() - 1));
+                        last_ok.insert(p.table.as_ref(), (n, kinds.len() - 1));
+                    }
                     Check::NeedsNewColumns => {
                         needs_write = true;
                         break;
@@ -223,6 +240,7 @@ impl TableSchemas {
         }
         if needs_write {
             checked.clear();
+            kinds.clear();
             // Start over, keeping only the rejections of misnamed tables.
             out.rejected.truncate(misnamed_shown);
             out.rejected_count = misnamed_count;
@@ -235,7 +253,10 @@ impl TableSchemas {
                 }
                 let existing = schemas.get(p.table.as_ref());
                 match check_point(existing, p) {
-                    Check::Ok(k) => checked.push(Some(k)),
+                    Check::Ok(k) => {
+                        kinds.push(k);
+                        checked.push(Some(kinds.len() - 1));
+                    }
                     Check::Rejected(reason) => {
                         out.reject(max_errors, *line, || reason);
                         checked.push(None);
@@ -276,7 +297,7 @@ impl TableSchemas {
                             continue;
                         }
                         let s = schemas.entry(p.table.to_string()).or_default();
-                        let mut kinds = Vec::with_capacity(p.fields.len());
+                        let mut point_kinds = Vec::with_capacity(p.fields.len());
                         for (k, _) in &p.tags {
                             if s.column(k).is_none() {
                                 s.add_column(k, ColumnKind::Tag);
@@ -287,9 +308,10 @@ impl TableSchemas {
                             if s.column(k).is_none() {
                                 s.add_column(k, kind);
                             }
-                            kinds.push(kind);
+                            point_kinds.push(kind);
                         }
-                        checked.push(Some(kinds));
+                        kinds.push(point_kinds);
+                        checked.push(Some(kinds.len() - 1));
                     }
                 }
             }
@@ -306,13 +328,14 @@ impl TableSchemas {
         // Rows per table, so that each batch's columns are allocated once at
         // their size.
         let mut rows_of: FastMap<&str, usize> = FastMap::default();
-        for ((_, p), kinds) in points.iter().zip(&checked) {
-            if kinds.is_some() {
+        for ((_, p), k) in points.iter().zip(&checked) {
+            if k.is_some() {
                 *rows_of.entry(p.table.as_ref()).or_default() += 1;
             }
         }
-        for ((line, p), kinds) in points.iter().zip(&checked) {
-            let Some(kinds) = kinds else { continue };
+        for ((line, p), k) in points.iter().zip(&checked) {
+            let Some(k) = *k else { continue };
+            let kinds = &kinds[k];
             let i = match index.get(p.table.as_ref()) {
                 Some(i) => *i,
                 None => {
@@ -410,6 +433,18 @@ fn reserved(key: &str, what: &str) -> String {
             "{what} key '{key}' is reserved: names starting with '__' are vigil's internal columns"
         )
     }
+}
+
+/// Whether two points of one table name the same tags and the same fields of
+/// the same types, in the same order (then they check the same).
+fn same_columns(a: &Point<'_>, b: &Point<'_>) -> bool {
+    a.tags.len() == b.tags.len()
+        && a.fields.len() == b.fields.len()
+        && a.tags.iter().zip(&b.tags).all(|(x, y)| x.0 == y.0)
+        && a.fields
+            .iter()
+            .zip(&b.fields)
+            .all(|(x, y)| x.0 == y.0 && FieldType::of(&x.1) == FieldType::of(&y.1))
 }
 
 /// Checks one point against a table schema. With `schema` = None the table is new.
