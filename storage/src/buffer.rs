@@ -48,9 +48,11 @@ pub struct TableBuffer {
 }
 
 impl TableBuffer {
-    pub fn push(&mut self, seq: u64, row_base: usize, batch: RecordBatch) {
+    /// Adds a batch; returns its size in memory.
+    pub fn push(&mut self, seq: u64, row_base: usize, batch: RecordBatch) -> usize {
+        let bytes = batch.get_array_memory_size();
         self.rows += batch.num_rows();
-        self.bytes += batch.get_array_memory_size();
+        self.bytes += bytes;
         // Validated writes always have a time column; without one, the batch is
         // taken to span all time, so no query prunes it.
         let (min_time, max_time) = crate::flush::time_range(&batch).unwrap_or((i64::MIN, i64::MAX));
@@ -61,6 +63,7 @@ impl TableBuffer {
             min_time,
             max_time,
         });
+        bytes
     }
 }
 
@@ -240,13 +243,13 @@ impl WriteBuffer {
             let row_base = *base;
             *base += batch.num_rows();
             self.active_rows += batch.num_rows();
-            self.active_bytes += batch.get_array_memory_size();
             self.last_values.observe(table, batch);
             self.keys.entry(table.clone()).or_default().add(batch);
-            self.active
-                .entry(table.clone())
-                .or_default()
-                .push(seq, row_base, batch.clone());
+            self.active_bytes +=
+                self.active
+                    .entry(table.clone())
+                    .or_default()
+                    .push(seq, row_base, batch.clone());
         }
     }
 
@@ -264,9 +267,9 @@ impl WriteBuffer {
         self.active_bytes = 0;
         for (t, b) in taken {
             let e = self.flushing.entry(t).or_default();
-            for bb in b.batches {
-                e.push(bb.seq, bb.row_base, bb.batch);
-            }
+            e.rows += b.rows;
+            e.bytes += b.bytes;
+            e.batches.extend(b.batches);
         }
         self.flushing.clone()
     }
@@ -516,6 +519,9 @@ impl ColumnBuilder {
 /// columns would make the batch mostly padding, and the caller starts a new batch.
 pub struct BatchBuilder {
     columns: Vec<(String, ColumnKind, ColumnBuilder)>,
+    /// Column by name, built only past [`LINEAR_LOOKUP_COLUMNS`]: below it,
+    /// comparing names is cheaper than hashing one (and a write of 25 rows to
+    /// each of 80 tables paid a name copy and an insert per column per table).
     index: HashMap<String, usize, foldhash::fast::RandomState>,
     time: TimestampNanosecondBuilder,
     rows: usize,
@@ -541,6 +547,9 @@ fn column_names<'p>(point: &'p Point<'_>) -> impl Iterator<Item = &'p str> {
     let tags = point.tags.iter().map(|(k, _)| k.as_ref());
     tags.chain(point.fields.iter().map(|(k, _)| k.as_ref()))
 }
+
+/// Columns up to which a batch builder finds a column by comparing names.
+const LINEAR_LOOKUP_COLUMNS: usize = 16;
 
 /// Padding allowed beyond real values: a batch stays at most this many times its
 /// values (plus a fixed allowance) when laid out densely.
@@ -573,8 +582,26 @@ impl BatchBuilder {
         let mut b = ColumnBuilder::new(kind, size);
         b.pad_nulls(self.rows);
         self.columns.push((name.to_string(), kind, b));
-        self.index.insert(name.to_string(), self.columns.len() - 1);
-        self.columns.len() - 1
+        let i = self.columns.len() - 1;
+        if self.columns.len() > LINEAR_LOOKUP_COLUMNS {
+            if self.index.is_empty() {
+                for (j, (n, _, _)) in self.columns.iter().enumerate() {
+                    self.index.insert(n.clone(), j);
+                }
+            } else {
+                self.index.insert(name.to_string(), i);
+            }
+        }
+        i
+    }
+
+    /// The index of column `name`, if the batch has it.
+    fn find(&self, name: &str) -> Option<usize> {
+        if self.columns.len() > LINEAR_LOOKUP_COLUMNS {
+            self.index.get(name).copied()
+        } else {
+            self.columns.iter().position(|(n, _, _)| n == name)
+        }
     }
 
     /// Appends a point whose fields have been checked against `kind_of`. Returns
@@ -591,7 +618,7 @@ impl BatchBuilder {
             // by name before the index is hashed.
             let i = match previous.get(j) {
                 Some(&Some(i)) if self.columns[i].0 == k => Some(i),
-                _ => self.index.get(k).copied(),
+                _ => self.find(k),
             };
             missing += usize::from(i.is_none());
             resolved.push(i);
@@ -616,8 +643,8 @@ impl BatchBuilder {
                 Some(i) => i,
                 // A key repeated within the point resolves to the column added for
                 // its first occurrence (validation rejects such points anyway).
-                None => match self.index.get(k.as_ref()) {
-                    Some(i) => *i,
+                None => match self.find(k) {
+                    Some(i) => i,
                     None => self.add_column(k, ColumnKind::Tag),
                 },
             };
@@ -636,8 +663,8 @@ impl BatchBuilder {
         for (j, ((k, v), kind)) in point.fields.iter().zip(field_kinds).enumerate() {
             let i = match resolved[n_tags + j] {
                 Some(i) => i,
-                None => match self.index.get(k.as_ref()) {
-                    Some(i) => *i,
+                None => match self.find(k) {
+                    Some(i) => i,
                     None => self.add_column(k, *kind),
                 },
             };
@@ -670,37 +697,69 @@ impl BatchBuilder {
     }
 
     /// Finishes the batch with columns in table order (tags, fields, time).
-    pub fn finish(mut self) -> arrow::error::Result<RecordBatch> {
+    pub fn finish(self) -> arrow::error::Result<RecordBatch> {
+        self.finish_reusing(None)
+    }
+
+    /// [`BatchBuilder::finish`], taking `previous` as the batch's schema when
+    /// it names the same columns of the same types: a table's writes mostly
+    /// have one schema, and building it anew (a field, a name and a type per
+    /// column) for every small batch, and freeing it at the flush, cost more
+    /// than the rows.
+    pub fn finish_reusing(
+        mut self,
+        previous: Option<&SchemaRef>,
+    ) -> arrow::error::Result<RecordBatch> {
         let rows = self.rows;
-        let mut cols: Vec<(String, ColumnKind, ArrayRef)> = self
-            .columns
-            .iter_mut()
-            .map(|(n, k, b)| {
-                b.pad_nulls(rows);
-                (n.clone(), *k, b.finish())
-            })
-            .collect();
-        cols.sort_by(|a, b| {
-            let rank = |k: &ColumnKind| match k {
-                ColumnKind::Tag => 0,
-                ColumnKind::Field(_) => 1,
-                ColumnKind::Time => 2,
-            };
+        let rank = |k: &ColumnKind| match k {
+            ColumnKind::Tag => 0,
+            ColumnKind::Field(_) => 1,
+            ColumnKind::Time => 2,
+        };
+        let mut order: Vec<usize> = (0..self.columns.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (&self.columns[a], &self.columns[b]);
             (rank(&a.1), &a.0).cmp(&(rank(&b.1), &b.0))
         });
-        let mut fields = Vec::with_capacity(cols.len() + 1);
-        let mut arrays = Vec::with_capacity(cols.len() + 1);
-        for (n, _, a) in cols {
-            fields.push(Field::new(n, a.data_type().clone(), true));
-            arrays.push(a);
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(order.len() + 1);
+        for &i in &order {
+            let b = &mut self.columns[i].2;
+            b.pad_nulls(rows);
+            arrays.push(b.finish());
         }
-        fields.push(Field::new(
-            TIME_COLUMN,
-            crate::schema::time_data_type(),
-            false,
-        ));
         arrays.push(Arc::new(self.time.finish()));
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        let reusable = previous.filter(|s| {
+            s.fields().len() == arrays.len()
+                && order
+                    .iter()
+                    .zip(s.fields().iter())
+                    .zip(&arrays)
+                    .all(|((&i, f), a)| {
+                        f.name() == &self.columns[i].0 && f.data_type() == a.data_type()
+                    })
+                && s.fields().last().is_some_and(|f| {
+                    f.name() == TIME_COLUMN && f.data_type() == arrays[arrays.len() - 1].data_type()
+                })
+        });
+        let schema = match reusable {
+            Some(s) => Arc::clone(s),
+            None => {
+                let mut fields: Vec<Field> = order
+                    .iter()
+                    .zip(&arrays)
+                    .map(|(&i, a)| {
+                        Field::new(self.columns[i].0.clone(), a.data_type().clone(), true)
+                    })
+                    .collect();
+                fields.push(Field::new(
+                    TIME_COLUMN,
+                    crate::schema::time_data_type(),
+                    false,
+                ));
+                Arc::new(Schema::new(fields))
+            }
+        };
+        RecordBatch::try_new(schema, arrays)
     }
 }
 
@@ -902,7 +961,11 @@ mod tests {
         let together = arrow::compute::concat_batches(&seq_schema, &together).unwrap();
         let alone = arrow::compute::concat_batches(&seq_schema, &alone).unwrap();
         assert_eq!(together, alone);
-        let seqs = together.column(4).as_any().downcast_ref::<UInt64Array>().unwrap();
+        let seqs = together
+            .column(4)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
         assert_eq!(
             seqs.values().to_vec(),
             vec![
@@ -934,7 +997,11 @@ mod tests {
         assert!(!buf.duplicate_free("m"));
         // A row inside a flushing range is a possible repeat until that flush ends.
         let mut buf = WriteBuffer::default();
-        write(&mut buf, 1, batch(&[(&[("host", "a")], 1), (&[("host", "a")], 9)]));
+        write(
+            &mut buf,
+            1,
+            batch(&[(&[("host", "a")], 1), (&[("host", "a")], 9)]),
+        );
         buf.start_flush();
         write(&mut buf, 2, batch(&[(&[("host", "a")], 10)]));
         assert!(buf.duplicate_free("m"));

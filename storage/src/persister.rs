@@ -212,7 +212,8 @@ impl Persister {
         let raw: Vec<RecordBatch> = tb.batches.iter().map(|b| b.batch.clone()).collect();
         let (schema, tags) = self.schemas.schema_and_sort_key(table, &raw)?;
         let seq_schema = with_seq_column(&schema);
-        let batches = normalize_buffered(&tb.batches, &schema, &seq_schema).map_err(|e| Error::arrow(format!("normalizing buffer of table {table}"), e))?;
+        let batches = normalize_buffered(&tb.batches, &schema, &seq_schema)
+            .map_err(|e| Error::arrow(format!("normalizing buffer of table {table}"), e))?;
         let merged = sort_dedupe(&seq_schema, &batches, &tags)
             .map_err(|e| Error::arrow(format!("sorting buffer of table {table}"), e))?;
         let mut rows = 0;

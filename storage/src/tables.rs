@@ -2,13 +2,14 @@
 //! files are sorted by, and the checks every write goes through against them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Looked up by table name for every point written: foldhash, not SipHash.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use vigil_model::{LineError, Point};
 
 use crate::buffer::BatchBuilder;
@@ -45,6 +46,10 @@ impl ValidatedWrite {
 #[derive(Debug)]
 pub struct TableSchemas {
     schemas: RwLock<FastMap<String, TableSchema>>,
+    /// Per table, the schema of the last batch built for it, which the next
+    /// batch takes when it has the same columns (see
+    /// [`BatchBuilder::finish_reusing`]): one shared schema, not one per write.
+    batch_schemas: Mutex<FastMap<String, SchemaRef>>,
     max_tables: usize,
     max_columns_per_table: usize,
 }
@@ -66,6 +71,7 @@ impl TableSchemas {
     ) -> Self {
         Self {
             schemas: RwLock::new(tables.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            batch_schemas: Mutex::new(FastMap::default()),
             max_tables,
             max_columns_per_table,
         }
@@ -378,13 +384,29 @@ impl TableSchemas {
             t.rows += 1;
             out.accepted += 1;
         }
-        for t in builders {
+        let previous: Vec<Option<SchemaRef>> = {
+            let cache = self.batch_schemas.lock();
+            builders
+                .iter()
+                .map(|t| cache.get(&t.name).cloned())
+                .collect()
+        };
+        let mut learned: Vec<(usize, SchemaRef)> = Vec::new();
+        for (n, t) in builders.into_iter().enumerate() {
             for b in t.done.into_iter().chain(std::iter::once(t.current)) {
                 if b.rows() == 0 {
                     continue;
                 }
-                match b.finish() {
-                    Ok(batch) => out.tables.push((t.name.clone(), batch)),
+                match b.finish_reusing(previous[n].as_ref()) {
+                    Ok(batch) => {
+                        if !previous[n]
+                            .as_ref()
+                            .is_some_and(|p| Arc::ptr_eq(p, &batch.schema_ref()))
+                        {
+                            learned.push((out.tables.len(), batch.schema()));
+                        }
+                        out.tables.push((t.name.clone(), batch));
+                    }
                     // Validated points always build; should one not, the whole
                     // write fails rather than acknowledging lines it dropped.
                     Err(e) => {
@@ -398,6 +420,17 @@ impl TableSchemas {
                         return out;
                     }
                 }
+            }
+        }
+        if !learned.is_empty() {
+            let mut cache = self.batch_schemas.lock();
+            // Bounded by the tables there are; tables come and go rarely, so
+            // starting over now and then costs only fresh schemas.
+            if cache.len() > 2 * self.max_tables.max(1024) {
+                cache.clear();
+            }
+            for (i, schema) in learned {
+                cache.insert(out.tables[i].0.clone(), schema);
             }
         }
         out.rejected.sort_by_key(|e| e.line);
