@@ -11,9 +11,7 @@ use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 use vigil_model::Point;
 
-use crate::buffer::{
-    file_seq, normalize, normalize_with_seq, with_seq_column, BufferedBatch, WriteBuffer,
-};
+use crate::buffer::{file_seq, normalize, with_seq_column, BufferedBatch, WriteBuffer};
 use crate::catalog::{Catalog, ParquetFileMeta, RollupWatermark, Tier};
 use crate::cold_store::{ColdStoreMetrics, ObservedStore};
 use crate::compactor::{window_nanos, Compactor};
@@ -164,7 +162,8 @@ impl TableSnapshot {
         for b in self.buffer.iter().filter(|b| b.overlaps(min, max)) {
             out.min_time = out.min_time.min(b.min_time);
             out.max_time = out.max_time.max(b.max_time);
-            let batch = normalize_with_seq(&b.batch, &self.schema, &seq_schema, b.first_row_seq())
+            let batch = b
+                .normalized(&self.schema, &seq_schema)
                 .map_err(|e| Error::arrow("reading the buffer", e))?;
             out.batches.push(batch);
         }
