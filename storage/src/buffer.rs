@@ -41,9 +41,10 @@ impl BufferedBatch {
         self.min_time <= max && self.max_time >= min
     }
 
-    /// The hidden sequence value of this batch's first row (of a batch of one
-    /// write).
-    pub fn first_row_seq(&self) -> u64 {
+    /// The hidden sequence value of this batch's first row, for a batch of one
+    /// write (a merged batch has `row_seqs`).
+    fn first_row_seq(&self) -> u64 {
+        debug_assert!(self.row_seqs.is_none());
         row_seq(self.seq, self.row_base)
     }
 
@@ -62,6 +63,14 @@ impl BufferedBatch {
                 RecordBatch::try_new(Arc::clone(seq_schema), columns)
             }
         }
+    }
+
+    /// Bytes the batch holds in memory, its sequences included.
+    pub fn memory_size(&self) -> usize {
+        self.batch.get_array_memory_size()
+            + self.row_seqs.as_ref().map_or(0, |s| {
+                arrow::array::Array::get_array_memory_size(s.as_ref())
+            })
     }
 
     fn extend_row_seqs(&self, out: &mut Vec<u64>) {
@@ -128,8 +137,7 @@ impl TableBuffer {
                         .iter()
                         .map(|b| b.batch.get_array_memory_size())
                         .sum();
-                    self.bytes =
-                        self.bytes.saturating_sub(old) + merged.batch.get_array_memory_size();
+                    self.bytes = self.bytes.saturating_sub(old) + merged.memory_size();
                     self.batches.truncate(from);
                     self.batches.push(merged);
                 }
@@ -170,7 +178,7 @@ fn merge_batches(batches: &[BufferedBatch]) -> arrow::error::Result<BufferedBatc
                         }
                     }
                 }
-                tags.finish()
+                tags.finish()?
             }
             _ => {
                 let arrays: Vec<&dyn Array> =
@@ -266,9 +274,12 @@ fn series_hashes(batch: &RecordBatch) -> Vec<u64> {
     use std::hash::{BuildHasher, Hash, Hasher};
     let n = batch.num_rows();
     let mut hashes = vec![0u64; n];
-    // A fixed hasher: the same key hashes the same in every batch. foldhash, not
-    // SipHash: this runs for every value of every write, under the buffer's lock.
-    let state = foldhash::fast::FixedState::default();
+    // One seed for the process: the same key hashes the same in every batch,
+    // and clients cannot know it to pick colliding tags. foldhash, not SipHash:
+    // this runs for every value of every write, under the buffer's lock.
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| foldhash::fast::RandomState::default().hash_one(0u64));
+    let state = foldhash::fast::FixedState::with_seed(seed);
     let schema = batch.schema();
     for (f, col) in schema.fields().iter().zip(batch.columns()) {
         let DataType::Dictionary(..) = f.data_type() else {
@@ -411,7 +422,11 @@ impl WriteBuffer {
             }
         }
         self.keys.retain(|t, k| {
-            !k.active.is_empty() || !k.flushing.is_empty() || self.active.contains_key(t)
+            !k.active.is_empty()
+                || !k.flushing.is_empty()
+                || k.repeats()
+                || self.active.contains_key(t)
+                || self.flushing.contains_key(t)
         });
     }
 
@@ -479,42 +494,19 @@ pub fn normalize_with_seq(
     RecordBatch::try_new(Arc::clone(seq_schema), columns)
 }
 
-/// [`normalize_with_seq`] of many buffered batches at once: each run of
-/// batches with one schema is concatenated first, then widened and numbered
-/// as one. A flush reads a table's thousands of small batches (a remote-write
-/// request adds about 25 rows to each of 80 tables): widening and numbering
-/// each on its own cost more than the rows did.
+/// Every buffered batch of a table widened to `schema` with the hidden
+/// sequence column, for a flush. The buffer merges small batches (see
+/// [`TableBuffer::push`]), so these are few; they are concatenated once, by
+/// the sort that follows.
 pub fn normalize_buffered(
     batches: &[BufferedBatch],
     schema: &SchemaRef,
     seq_schema: &SchemaRef,
 ) -> arrow::error::Result<Vec<RecordBatch>> {
-    let mut out = Vec::new();
-    let mut rest = batches;
-    while let Some(first) = rest.first() {
-        let raw_schema = first.batch.schema();
-        let run = rest
-            .iter()
-            .position(|b| {
-                let s = b.batch.schema();
-                !(Arc::ptr_eq(&s, &raw_schema) || s == raw_schema)
-            })
-            .unwrap_or(rest.len());
-        let (group, tail) = rest.split_at(run);
-        rest = tail;
-        let raw = match group {
-            [one] => one.batch.clone(),
-            _ => arrow::compute::concat_batches(&raw_schema, group.iter().map(|b| &b.batch))?,
-        };
-        let mut seqs = Vec::with_capacity(raw.num_rows());
-        for b in group {
-            b.extend_row_seqs(&mut seqs);
-        }
-        let mut columns = widen(&raw, schema)?;
-        columns.push(Arc::new(UInt64Array::from(seqs)));
-        out.push(RecordBatch::try_new(Arc::clone(seq_schema), columns)?);
-    }
-    Ok(out)
+    batches
+        .iter()
+        .map(|b| b.normalized(schema, seq_schema))
+        .collect()
 }
 
 /// Appends the sequence values of `n` rows numbered on from `first_row_seq`.
@@ -562,6 +554,11 @@ struct TagBuilder {
     data: Vec<u8>,
     /// Index of each distinct value, by the value's hash.
     dedup: hashbrown::HashTable<i32>,
+    /// Seeded per builder: tag values come from clients, and a fixed seed
+    /// would let one pick values that all collide.
+    state: foldhash::fast::RandomState,
+    /// The values outgrew 32-bit offsets (2 GiB): `finish` fails.
+    overflowed: bool,
 }
 
 impl TagBuilder {
@@ -575,6 +572,8 @@ impl TagBuilder {
             offsets,
             data: Vec::with_capacity(distinct * 16),
             dedup: hashbrown::HashTable::with_capacity(distinct),
+            state: foldhash::fast::RandomState::default(),
+            overflowed: false,
         }
     }
 
@@ -591,12 +590,12 @@ impl TagBuilder {
     /// The key of value `v`, added if new.
     fn intern(&mut self, v: &str) -> i32 {
         use std::hash::BuildHasher;
-        let state = foldhash::fast::FixedState::default();
-        let hash = state.hash_one(v.as_bytes());
+        let hash = self.state.hash_one(v.as_bytes());
         let Self {
             dedup,
             offsets,
             data,
+            state,
             ..
         } = self;
         let value_at = |i: i32| {
@@ -607,6 +606,10 @@ impl TagBuilder {
         let key = match found {
             Some(k) => k,
             None => {
+                if data.len() + v.len() > i32::MAX as usize {
+                    self.overflowed = true;
+                    return 0;
+                }
                 let k = (offsets.len() - 1) as i32;
                 data.extend_from_slice(v.as_bytes());
                 offsets.push(data.len() as i32);
@@ -629,7 +632,8 @@ impl TagBuilder {
         self.keys.len()
     }
 
-    fn finish(&mut self) -> ArrayRef {
+    fn finish(&mut self) -> arrow::error::Result<ArrayRef> {
+        let overflowed = std::mem::take(&mut self.overflowed);
         let values = StringArray::try_new(
             OffsetBuffer::new(ScalarBuffer::from(std::mem::take(&mut self.offsets))),
             Buffer::from_vec(std::mem::take(&mut self.data)),
@@ -641,14 +645,18 @@ impl TagBuilder {
         );
         self.offsets.push(0);
         self.dedup.clear();
+        if overflowed {
+            return Err(arrow::error::ArrowError::InvalidArgumentError(
+                "a tag column's distinct values exceed 2 GiB in one batch".into(),
+            ));
+        }
         // Every value came in as a `&str` and every key from the table it
-        // indexes, so neither check can fail; should one, the write fails
-        // (validation reports the error) rather than storing a bad batch.
-        let values = values.expect("tag values are UTF-8 with offsets in order");
-        Arc::new(
-            DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values))
-                .expect("tag keys index their values"),
-        )
+        // indexes, so neither check fails; should one, the batch is not built
+        // (validation reports it, a merge keeps the batches apart).
+        Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(
+            keys,
+            Arc::new(values?),
+        )?))
     }
 }
 
@@ -717,15 +725,15 @@ impl ColumnBuilder {
         }
     }
 
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            ColumnBuilder::Tag(b) => b.finish(),
+    fn finish(&mut self) -> arrow::error::Result<ArrayRef> {
+        Ok(match self {
+            ColumnBuilder::Tag(b) => return b.finish(),
             ColumnBuilder::F64(b) => Arc::new(b.finish()),
             ColumnBuilder::I64(b) => Arc::new(b.finish()),
             ColumnBuilder::U64(b) => Arc::new(b.finish()),
             ColumnBuilder::Bool(b) => Arc::new(b.finish()),
             ColumnBuilder::Str(b) => Arc::new(b.finish()),
-        }
+        })
     }
 }
 
@@ -944,7 +952,7 @@ impl BatchBuilder {
         for &i in &order {
             let b = &mut self.columns[i].2;
             b.pad_nulls(rows);
-            arrays.push(b.finish());
+            arrays.push(b.finish()?);
         }
         arrays.push(Arc::new(self.time.finish()));
         let reusable = previous.filter(|s| {
@@ -1152,7 +1160,7 @@ mod tests {
                 b.append_value(v);
             }
             b.append_value("");
-            let a = b.finish();
+            let a = b.finish().unwrap();
             let d = a.as_dictionary::<Int32Type>();
             assert_eq!(d.len(), 303, "round {round}");
             assert_eq!(d.values().len(), 101, "one value per distinct string");
@@ -1195,10 +1203,7 @@ mod tests {
         assert_eq!(tb.rows, 451);
         assert_eq!(
             tb.bytes,
-            tb.batches
-                .iter()
-                .map(|b| b.batch.get_array_memory_size())
-                .sum::<usize>()
+            tb.batches.iter().map(|b| b.memory_size()).sum::<usize>()
         );
         let merged_values = tb.batches[0]
             .batch
@@ -1285,7 +1290,7 @@ mod tests {
         ]));
         let seq_schema = with_seq_column(&schema);
         let together = normalize_buffered(&tb.batches, &schema, &seq_schema).unwrap();
-        assert_eq!(together.len(), 3, "one batch per run of one schema");
+        assert_eq!(together.len(), 5);
         let alone: Vec<RecordBatch> = tb
             .batches
             .iter()
