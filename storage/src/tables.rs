@@ -401,7 +401,7 @@ impl TableSchemas {
                     Ok(batch) => {
                         if !previous[n]
                             .as_ref()
-                            .is_some_and(|p| Arc::ptr_eq(p, &batch.schema_ref()))
+                            .is_some_and(|p| Arc::ptr_eq(p, batch.schema_ref()))
                         {
                             learned.push((out.tables.len(), batch.schema()));
                         }
