@@ -57,11 +57,12 @@ impl BufferedBatch {
     ) -> arrow::error::Result<RecordBatch> {
         match &self.row_seqs {
             None => normalize_with_seq(&self.batch, schema, seq_schema, self.first_row_seq()),
-            Some(seqs) => {
-                let mut columns = widen(&self.batch, schema)?;
-                columns.push(Arc::clone(seqs) as ArrayRef);
-                RecordBatch::try_new(Arc::clone(seq_schema), columns)
-            }
+            Some(seqs) => with_seqs(
+                &self.batch,
+                schema,
+                seq_schema,
+                Arc::clone(seqs) as ArrayRef,
+            ),
         }
     }
 
@@ -489,8 +490,18 @@ pub fn normalize_with_seq(
 ) -> arrow::error::Result<RecordBatch> {
     let mut seqs = Vec::with_capacity(batch.num_rows());
     extend_row_seqs(&mut seqs, first_row_seq, batch.num_rows());
+    with_seqs(batch, schema, seq_schema, Arc::new(UInt64Array::from(seqs)))
+}
+
+/// `batch` widened to `schema`, with `seqs` as its hidden sequence column.
+fn with_seqs(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    seq_schema: &SchemaRef,
+    seqs: ArrayRef,
+) -> arrow::error::Result<RecordBatch> {
     let mut columns = widen(batch, schema)?;
-    columns.push(Arc::new(UInt64Array::from(seqs)));
+    columns.push(seqs);
     RecordBatch::try_new(Arc::clone(seq_schema), columns)
 }
 
@@ -539,6 +550,12 @@ pub fn with_seq_column(schema: &SchemaRef) -> SchemaRef {
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
     Arc::new(Schema::new(fields))
+}
+
+/// The bytes of value `i` of a tag builder's values.
+fn value_bytes<'a>(offsets: &[i32], data: &'a [u8], i: i32) -> &'a [u8] {
+    let i = i as usize;
+    &data[offsets[i] as usize..offsets[i + 1] as usize]
 }
 
 /// A tag column: distinct values and a key per row.
@@ -598,29 +615,21 @@ impl TagBuilder {
             state,
             ..
         } = self;
-        let value_at = |i: i32| {
-            let i = i as usize;
-            &data[offsets[i] as usize..offsets[i + 1] as usize]
-        };
-        let found = dedup.find(hash, |&i| value_at(i) == v.as_bytes()).copied();
-        let key = match found {
-            Some(k) => k,
-            None => {
-                if data.len() + v.len() > i32::MAX as usize {
-                    self.overflowed = true;
-                    return 0;
-                }
-                let k = (offsets.len() - 1) as i32;
-                data.extend_from_slice(v.as_bytes());
-                offsets.push(data.len() as i32);
-                dedup.insert_unique(hash, k, |&i| {
-                    let i = i as usize;
-                    state.hash_one(&data[offsets[i] as usize..offsets[i + 1] as usize])
-                });
-                k
-            }
-        };
-        key
+        let found = dedup
+            .find(hash, |&i| value_bytes(offsets, data, i) == v.as_bytes())
+            .copied();
+        if let Some(k) = found {
+            return k;
+        }
+        if data.len() + v.len() > i32::MAX as usize {
+            self.overflowed = true;
+            return 0;
+        }
+        let k = (offsets.len() - 1) as i32;
+        data.extend_from_slice(v.as_bytes());
+        offsets.push(data.len() as i32);
+        dedup.insert_unique(hash, k, |&i| state.hash_one(value_bytes(offsets, data, i)));
+        k
     }
 
     fn append_nulls(&mut self, n: usize) {
