@@ -21,7 +21,9 @@ PROMTOOL=${PROMTOOL:-$(command -v promtool || true)}
 work=${WORK:-$(mktemp -d)}
 mkdir -p "$work"
 
-cargo build --release --workspace --all-targets >&2
+# Only the two binaries used (a workspace build with all targets unifies other
+# features and rebuilds DataFusion).
+cargo build --release -p vigil -p vigil-benches --bin vigil --bin vigil-bench >&2
 bin=./target/release
 $bin/vigil-bench generate --hosts "$HOSTS" --seconds "$SECS" --out "$work/cpu.lp"
 samples=$(( HOSTS * (SECS / 10) * 10 ))
@@ -33,8 +35,17 @@ pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 
+# vigil's user + system CPU over the send (clock ticks), for samples per CPU-second.
+cpu0=$(awk '{print $14 + $15}' /proc/$pid/stat)
 result=$($bin/vigil-bench ingest --file "$work/cpu.lp" --url "http://127.0.0.1:$port" --clients "$CLIENTS" --batch-lines "$BATCH")
+cpu1=$(awk '{print $14 + $15}' /proc/$pid/stat)
 echo "ingest: $result"
+python3 - "$cpu0" "$cpu1" "$samples" <<'PY'
+import os, sys
+cpu0, cpu1, samples = sys.argv[1:]
+cpu = (int(cpu1) - int(cpu0)) / os.sysconf("SC_CLK_TCK")
+print(f"vigil CPU over the send: {cpu:.1f} s = {int(samples) / cpu / 1e6:.2f} M samples per CPU-second")
+PY
 fsyncs=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^vigil_wal_fsyncs_total/ {print $2}')
 rss_kb=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
 kill -TERM $pid; wait $pid || true

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::{self, BoxFuture, FutureExt};
 use futures::stream::{FuturesOrdered, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use vigil_ingest::{now_nanos, Precision, RemoteWriteBody, WritePipeline};
 use vigil_model::{LineError, Point};
-use vigil_storage::ValidatedWrite;
+use vigil_storage::EncodedWrite;
 
 use crate::format::MessageFormat;
 use crate::{Error, KafkaConfig, KafkaMetrics, PartitionLabels};
@@ -85,6 +86,25 @@ struct Pending {
     offsets: BTreeMap<i32, i64>,
 }
 
+/// A batch in the WAL: its offsets, and its messages (read again if a batch
+/// before it failed).
+struct Written {
+    pending: Pending,
+    batch: Vec<Received>,
+}
+
+/// A batch submitted to the WAL: written once fsynced, or its messages to read
+/// again.
+type Commit = BoxFuture<'static, Result<Written, Vec<Received>>>;
+
+/// Batches submitted to the WAL and not yet acknowledged, at most: their rows are
+/// memory the buffer's backpressure does not see yet.
+const MAX_COMMITTING: usize = 4;
+
+/// Payload bytes after which a batch stops gathering messages: enough for one
+/// WAL record to amortize its fsync, small enough that the parsers take turns.
+const BATCH_BYTES: usize = 8 << 20;
+
 /// One message of a batch, copied out of the consumer's buffer.
 struct Received {
     partition: i32,
@@ -122,6 +142,11 @@ impl KafkaIngest {
             // What librdkafka prefetches per partition: the memory a paused or slow
             // node holds beyond its buffer.
             .set("queued.max.messages.kbytes", "16384")
+            // Once that much is queued librdkafka postpones the partition's next
+            // fetch by this long (1 s by default): a consumer that parses faster
+            // than one queue per second would sit idle, waiting for data the
+            // broker has.
+            .set("fetch.queue.backoff.ms", "10")
             .set("client.id", "vigil");
         config.apply_properties(&mut client);
         let consumer: StreamConsumer<IngestContext> = client
@@ -160,74 +185,98 @@ impl KafkaIngest {
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut paused = false;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        // Batches being parsed and validated on blocking threads, one per core,
-        // while the loop receives the next and commits the previous ones; they
-        // are committed in the order they were received.
-        // At most four: batches in flight are memory the buffer's backpressure
-        // does not see.
-        let parsers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+        // Batches being parsed and validated on blocking threads, one per core
+        // and one more (so a core that finishes a batch finds the next one
+        // received), while the loop receives the next and commits the previous
+        // ones; they are committed in the order they were received. At most
+        // five: batches in flight are memory the buffer's backpressure does not
+        // see.
+        let parsers = std::thread::available_parallelism().map_or(3, |n| n.get().clamp(2, 4) + 1);
         let mut failure = None;
         let mut parsing: FuturesOrdered<tokio::task::JoinHandle<PreparedBatch>> =
             FuturesOrdered::new();
+        // Batches handed to the WAL (sequenced in the order received), waiting
+        // for their fsync: the loop receives and parses the next ones meanwhile,
+        // and the WAL writer can put several in one fsync.
+        let mut committing: FuturesOrdered<Commit> = FuturesOrdered::new();
         loop {
             paused = self.apply_backpressure(paused);
-            tokio::select! {
+            let failed = tokio::select! {
                 _ = stop.changed() => break,
-                _ = tick.tick() => {}
+                _ = tick.tick() => None,
                 _ = persisted.changed() => {
                     let upto = *persisted.borrow_and_update();
                     self.commit_persisted(&mut pending, upto, CommitMode::Async);
+                    None
                 }
-                Some(prepared) = parsing.next() => {
-                    let prepared = match prepared {
-                        Ok(p) => p,
+                Some(prepared) = parsing.next() => match prepared {
+                    Ok(prepared) => {
+                        // Behind the batches submitted before it, so a failure
+                        // surfaces in order (below).
+                        committing.push_back(self.submit_batch(prepared).await);
+                        None
+                    }
+                    Err(e) => {
+                        // Stop consuming, but commit what is persisted first.
+                        failure = Some(Error::Parse(e.to_string()));
+                        break;
+                    }
+                },
+                Some(done) = committing.next() => match done {
+                    Ok(written) => {
+                        pending.push_back(written.pending);
+                        let upto = *persisted.borrow();
+                        self.commit_persisted(&mut pending, upto, CommitMode::Async);
+                        None
+                    }
+                    Err(failed) => Some(failed),
+                },
+                first = self.consumer.recv(),
+                    if parsing.len() < parsers && committing.len() < MAX_COMMITTING =>
+                {
+                    match first {
+                        Ok(m) => {
+                            let batch = self.receive_batch(m).await;
+                            let pipeline = Arc::clone(&self.pipeline);
+                            parsing.push_back(tokio::task::spawn_blocking(move || {
+                                prepare_batch(&pipeline, batch)
+                            }));
+                        }
                         Err(e) => {
-                            // Stop consuming, but commit what is persisted first.
-                            failure = Some(Error::Parse(e.to_string()));
-                            break;
-                        }
-                    };
-                    match self.write_batch(prepared).await {
-                        Ok(p) => {
-                            pending.push_back(p);
-                            let upto = *persisted.borrow();
-                            self.commit_persisted(&mut pending, upto, CommitMode::Async);
-                        }
-                        Err(failed) => {
-                            // Every batch after the failed one is read again with
-                            // it: their offsets must not be committed before it.
-                            let mut again = failed;
-                            while let Some(later) = parsing.next().await {
-                                match later {
-                                    Ok(later) => again.extend(later.batch),
-                                    // Its messages come after the failed batch's in
-                                    // each partition: the seek covers them.
-                                    Err(e) => warn!(error = %e, "parsing a Kafka batch failed"),
-                                }
-                            }
-                            if let Err(e) = self.seek_back(&again) {
-                                failure = Some(e);
-                                break;
-                            }
+                            // The client reconnects by itself; back off so a dead
+                            // broker is not polled in a tight loop.
+                            warn!(error = %e, "Kafka receive failed; retrying");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                     }
+                    None
                 }
-                first = self.consumer.recv(), if parsing.len() < parsers => match first {
-                    Ok(m) => {
-                        let batch = self.receive_batch(m).await;
-                        let pipeline = Arc::clone(&self.pipeline);
-                        parsing.push_back(tokio::task::spawn_blocking(move || {
-                            prepare_batch(&pipeline, batch)
-                        }));
-                    }
-                    Err(e) => {
-                        // The client reconnects by itself; back off so a dead broker
-                        // is not polled in a tight loop.
-                        warn!(error = %e, "Kafka receive failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+            };
+            if let Some(failed) = failed {
+                // Every batch after the failed one (submitted or being parsed) is
+                // read again with it: no offset past it may be committed before
+                // it is stored. Those already stored are written twice; the
+                // dedupe keeps one.
+                let mut again = failed;
+                while let Some(later) = committing.next().await {
+                    again.extend(match later {
+                        Ok(written) => written.batch,
+                        Err(batch) => batch,
+                    });
+                }
+                while let Some(later) = parsing.next().await {
+                    match later {
+                        Ok(later) => again.extend(later.batch),
+                        // Its messages come after the failed batch's in each
+                        // partition: the seek covers them.
+                        Err(e) => warn!(error = %e, "parsing a Kafka batch failed"),
                     }
                 }
+                if let Err(e) = self.seek_back(&again) {
+                    failure = Some(e);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
         if let Some(e) = failure {
@@ -299,10 +348,14 @@ impl KafkaIngest {
     async fn receive_batch(&self, first: BorrowedMessage<'_>) -> Vec<Received> {
         let mut batch = vec![received(&first)];
         drop(first);
+        let mut bytes = batch[0].payload.len();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
-        while batch.len() < self.config.max_batch {
+        while batch.len() < self.config.max_batch && bytes < BATCH_BYTES {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(received(&m)),
+                Ok(Ok(m)) => {
+                    batch.push(received(&m));
+                    bytes += batch[batch.len() - 1].payload.len();
+                }
                 Ok(Err(e)) => {
                     warn!(error = %e, "Kafka receive failed");
                     break;
@@ -315,13 +368,15 @@ impl KafkaIngest {
     }
 
     /// Reports a prepared batch's rejected lines (dead-lettering their messages)
-    /// and writes its rows in one storage commit; returns the offsets to commit
-    /// once persisted, or the batch's messages when it must be read again.
-    async fn write_batch(&self, prepared: PreparedBatch) -> Result<Pending, Vec<Received>> {
+    /// and submits its rows to the WAL in one record. The returned future gives
+    /// the offsets to commit once the record is fsynced, or the batch's messages
+    /// when they must be read again.
+    async fn submit_batch(&self, prepared: PreparedBatch) -> Commit {
         let PreparedBatch {
             batch,
             problems,
             rejected,
+            accepted,
             write,
         } = prepared;
         self.metrics.lines_rejected.inc_by(rejected as u64);
@@ -329,23 +384,44 @@ impl KafkaIngest {
             // A rejected message that did not reach the dead-letter topic must not
             // have its offset committed: read the batch again.
             warn!("a rejected message could not be dead-lettered; re-reading the batch");
-            return Err(batch);
+            return future::ready(Err(batch)).boxed();
         }
         let mut offsets = BTreeMap::new();
         for m in &batch {
             offsets.insert(m.partition, m.offset + 1);
         }
-        match self.pipeline.commit(write.tables).await {
-            Ok(seq) => {
-                self.metrics.rows.inc_by(write.accepted as u64);
-                Ok(Pending { seq, offsets })
+        let storage = Arc::clone(self.pipeline.storage());
+        let ack = match write.and_then(|w| w.map(|w| storage.submit(w)).transpose()) {
+            Ok(Some(ack)) => ack,
+            // Nothing to store (every line rejected): done once persisted
+            // catches up with nothing.
+            Ok(None) => {
+                let pending = Pending { seq: 0, offsets };
+                return future::ready(Ok(Written { pending, batch })).boxed();
             }
             Err(e) => {
                 // Not acknowledged to Kafka: seek back so the batch is read again.
                 warn!(error = %e, "could not write Kafka messages; re-reading them");
-                Err(batch)
+                return future::ready(Err(batch)).boxed();
+            }
+        };
+        let rows = self.metrics.rows.clone();
+        async move {
+            match storage.acknowledged(ack).await {
+                Ok(seq) => {
+                    rows.inc_by(accepted as u64);
+                    Ok(Written {
+                        pending: Pending { seq, offsets },
+                        batch,
+                    })
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not write Kafka messages; re-reading them");
+                    Err(batch)
+                }
             }
         }
+        .boxed()
     }
 
     /// Moves each partition of a batch back to the batch's first message. If that
@@ -495,7 +571,10 @@ struct PreparedBatch {
     /// Per message, its rejected lines (numbered within the message).
     problems: Vec<Vec<LineError>>,
     rejected: usize,
-    write: ValidatedWrite,
+    /// Rows in `write`.
+    accepted: usize,
+    /// The rows encoded for the WAL (None: no row to store).
+    write: Result<Option<EncodedWrite>, vigil_storage::Error>,
 }
 
 /// Parses and validates a batch (CPU work, on a blocking thread). Every
@@ -560,7 +639,8 @@ fn prepare_batch(pipeline: &WritePipeline, batch: Vec<Received>) -> PreparedBatc
         batch,
         problems,
         rejected,
-        write,
+        accepted: write.accepted,
+        write: pipeline.storage().encode_write(write.tables),
     }
 }
 

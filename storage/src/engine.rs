@@ -171,6 +171,18 @@ impl TableSnapshot {
     }
 }
 
+/// A validated write encoded as its WAL record, not yet sequenced
+/// ([`Storage::encode_write`], then [`Storage::submit`]).
+pub struct EncodedWrite {
+    payload: Vec<u8>,
+    tables: Vec<(String, RecordBatch)>,
+}
+
+/// A submitted write's acknowledgement, awaited with [`Storage::acknowledged`].
+pub struct WriteAck {
+    reply: tokio::sync::oneshot::Receiver<Result<u64>>,
+}
+
 /// The storage engine. Cheap to share behind an `Arc`.
 pub struct Storage {
     pub(crate) config: StorageConfig,
@@ -372,8 +384,22 @@ impl Storage {
     /// Makes a validated write durable (WAL, fsynced) and visible (buffer). Returns
     /// the WAL sequence number once the write may be acknowledged.
     pub async fn commit(&self, tables: Vec<(String, RecordBatch)>) -> Result<u64> {
+        match self.encode_write(tables)? {
+            Some(write) => {
+                let ack = self.submit(write)?;
+                self.acknowledged(ack).await
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// The first step of [`Storage::commit`]: encodes a validated write as its WAL
+    /// record (None when it has no table). CPU work with no order, so a consumer
+    /// can run it on several threads before [`Storage::submit`] sequences the
+    /// writes one by one.
+    pub fn encode_write(&self, tables: Vec<(String, RecordBatch)>) -> Result<Option<EncodedWrite>> {
         if tables.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         let payload = wal::encode_payload(&tables)?;
         let limit = self.config.max_wal_record_bytes.min(wal::MAX_RECORD_BYTES);
@@ -383,7 +409,23 @@ impl Storage {
                 limit,
             });
         }
-        let seq = self.wal.append(payload, tables).await?;
+        Ok(Some(EncodedWrite { payload, tables }))
+    }
+
+    /// Hands an encoded write to the WAL writer, which gives it the next sequence
+    /// number now: writes submitted one after another win over each other in that
+    /// order (last write wins), whenever their acknowledgements are awaited. The
+    /// returned [`WriteAck`] resolves, through [`Storage::acknowledged`], once the
+    /// write is fsynced and in the buffer.
+    pub fn submit(&self, write: EncodedWrite) -> Result<WriteAck> {
+        self.wal
+            .submit(write.payload, write.tables)
+            .map(|reply| WriteAck { reply })
+    }
+
+    /// Waits for a submitted write to be durable and visible; returns its sequence.
+    pub async fn acknowledged(&self, ack: WriteAck) -> Result<u64> {
+        let seq = ack.reply.await.map_err(|_| Error::WalClosed)??;
         let (rows, bytes) = {
             let b = self.buffer.lock();
             (b.active_rows, b.active_bytes)

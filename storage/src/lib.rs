@@ -34,7 +34,9 @@ mod wal_columns;
 mod wal_writer;
 
 pub use catalog::{ParquetFileMeta, RollupWatermark, Tier};
-pub use engine::{BufferedRows, SnapshotFile, Storage, StorageConfig, TableSnapshot};
+pub use engine::{
+    BufferedRows, EncodedWrite, SnapshotFile, Storage, StorageConfig, TableSnapshot, WriteAck,
+};
 pub use error::{Error, Result};
 pub use parquet_store::ParquetStore;
 pub use retention::RetentionPolicy;

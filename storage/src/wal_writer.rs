@@ -80,18 +80,20 @@ impl WalWriter {
 
     /// Appends a write (fsynced with its group) and applies it to the buffer;
     /// returns its sequence number.
-    pub(crate) async fn append(
+    /// Queues a write (sequenced in the order of these calls); the receiver gets
+    /// its sequence number once it is fsynced with its group and in the buffer.
+    pub(crate) fn submit(
         &self,
         payload: Vec<u8>,
         tables: Vec<(String, RecordBatch)>,
-    ) -> Result<u64> {
+    ) -> Result<oneshot::Receiver<Result<u64>>> {
         let (reply, rx) = oneshot::channel();
         self.send(WalCommand::Write {
             payload,
             tables,
             reply,
         })?;
-        rx.await.map_err(|_| Error::WalClosed)?
+        Ok(rx)
     }
 
     /// Starts a new segment and takes the buffer for flushing.
