@@ -43,7 +43,7 @@ echo "ingest: $result"
 python3 - "$cpu0" "$cpu1" "$samples" <<'PY'
 import os, sys
 cpu0, cpu1, samples = sys.argv[1:]
-cpu = (int(cpu1) - int(cpu0)) / os.sysconf("SC_CLK_TCK")
+cpu = max(int(cpu1) - int(cpu0), 1) / os.sysconf("SC_CLK_TCK")
 print(f"vigil CPU over the send: {cpu:.1f} s = {int(samples) / cpu / 1e6:.2f} M samples per CPU-second")
 PY
 fsyncs=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^vigil_wal_fsyncs_total/ {print $2}')

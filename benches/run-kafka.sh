@@ -46,7 +46,6 @@ for p in $PARTITIONS; do
     --bootstrap-server "$broker" --topic metrics --messages "$messages" --group "perf-$p" \
     --hide-header 2>/dev/null | tail -1)
   # start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec, ...
-  peer_secs=$(echo "$peer" | awk -F', ' '{print $NF}')
   peer_msgs_sec=$(echo "$peer" | awk -F', ' '{print $6}')
 
   port=$(free_port)
@@ -54,6 +53,7 @@ for p in $PARTITIONS; do
     --flight-addr "127.0.0.1:$(free_port)" --pg-addr "127.0.0.1:$(free_port)" \
     --kafka-brokers "$broker" --kafka-topic metrics --kafka-group bench &
   pid=$!
+  trap 'kill $pid 2>/dev/null || true; bash scripts/kafka.sh stop "$bdir"' EXIT
   until curl -sf "http://127.0.0.1:$port/health" >/dev/null; do sleep 0.05; done
   # Polls vigil_kafka_rows_total every 20 ms on one kept-alive connection (a curl
   # per poll cost the machine a tenth of a core) and times the span from the
@@ -81,8 +81,8 @@ while True:
     if r >= lines:
         break
     time.sleep(0.02)
-secs = time.monotonic() - first
-vcpu, bcpu = cpu(pid) - v0, cpu(broker) - b0
+secs = max(time.monotonic() - first, 1e-3)
+vcpu, bcpu = max(cpu(pid) - v0, 0.01), cpu(broker) - b0
 rss = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM"))
 n = (lines - first_rows) * 10
 print(f'{{"partitions": {p}, "lines": {lines}, "samples": {lines * 10}, '

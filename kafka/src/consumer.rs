@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use vigil_ingest::{now_nanos, Precision, RemoteWriteBody, WritePipeline};
 use vigil_model::{LineError, Point};
-use vigil_storage::EncodedWrite;
+use vigil_storage::{EncodedWrite, ValidatedWrite};
 
 use crate::format::MessageFormat;
 use crate::{Error, KafkaConfig, KafkaMetrics, PartitionLabels};
@@ -86,16 +86,24 @@ struct Pending {
     offsets: BTreeMap<i32, i64>,
 }
 
-/// A batch in the WAL: its offsets, and its messages (read again if a batch
-/// before it failed).
+/// Per partition, the offset of a batch's first message: where to seek back to
+/// read the batch again.
+type Firsts = BTreeMap<i32, i64>;
+
+/// A batch being parsed: its first offsets (known before parsing, so even a
+/// batch whose parser panicked can be read again) and the parsed batch.
+type Parsing = BoxFuture<'static, (Firsts, Result<PreparedBatch, tokio::task::JoinError>)>;
+
+/// A batch in the WAL, fsynced.
 struct Written {
     pending: Pending,
-    batch: Vec<Received>,
+    firsts: Firsts,
+    rows: usize,
 }
 
-/// A batch submitted to the WAL: written once fsynced, or its messages to read
-/// again.
-type Commit = BoxFuture<'static, Result<Written, Vec<Received>>>;
+/// A batch submitted to the WAL: written once fsynced, or (failed) where to read
+/// it again from.
+type Commit = BoxFuture<'static, Result<Written, Firsts>>;
 
 /// Batches submitted to the WAL and not yet acknowledged, at most: their rows are
 /// memory the buffer's backpressure does not see yet.
@@ -193,15 +201,17 @@ impl KafkaIngest {
         // see.
         let parsers = std::thread::available_parallelism().map_or(3, |n| n.get().clamp(2, 4) + 1);
         let mut failure = None;
-        let mut parsing: FuturesOrdered<tokio::task::JoinHandle<PreparedBatch>> =
-            FuturesOrdered::new();
+        let mut parsing: FuturesOrdered<Parsing> = FuturesOrdered::new();
         // Batches handed to the WAL (sequenced in the order received), waiting
         // for their fsync: the loop receives and parses the next ones meanwhile,
         // and the WAL writer can put several in one fsync.
         let mut committing: FuturesOrdered<Commit> = FuturesOrdered::new();
         loop {
             paused = self.apply_backpressure(paused);
-            let failed = tokio::select! {
+            // Where to read again from after a failure, and whether the batches
+            // still in `committing` come after it (an acknowledgement failed) or
+            // before it (the failed batch never reached the WAL).
+            let failed: Option<(Firsts, bool)> = tokio::select! {
                 _ = stop.changed() => break,
                 _ = tick.tick() => None,
                 _ = persisted.changed() => {
@@ -209,38 +219,45 @@ impl KafkaIngest {
                     self.commit_persisted(&mut pending, upto, CommitMode::Async);
                     None
                 }
-                Some(prepared) = parsing.next() => match prepared {
-                    Ok(prepared) => {
-                        // Behind the batches submitted before it, so a failure
-                        // surfaces in order (below).
-                        committing.push_back(self.submit_batch(prepared).await);
-                        None
+                Some((firsts, prepared)) = parsing.next(), if committing.len() < MAX_COMMITTING => {
+                    match prepared {
+                        Ok(prepared) => match self.submit_batch(prepared, firsts).await {
+                            Ok(commit) => {
+                                committing.push_back(commit);
+                                None
+                            }
+                            Err(firsts) => Some((firsts, false)),
+                        },
+                        Err(e) => {
+                            // Stop consuming, but commit what is persisted first
+                            // (the batch and those after it are read again by
+                            // whoever consumes next).
+                            failure = Some(Error::Parse(e.to_string()));
+                            break;
+                        }
                     }
-                    Err(e) => {
-                        // Stop consuming, but commit what is persisted first.
-                        failure = Some(Error::Parse(e.to_string()));
-                        break;
-                    }
-                },
+                }
                 Some(done) = committing.next() => match done {
                     Ok(written) => {
-                        pending.push_back(written.pending);
+                        self.written(written, &mut pending);
                         let upto = *persisted.borrow();
                         self.commit_persisted(&mut pending, upto, CommitMode::Async);
                         None
                     }
-                    Err(failed) => Some(failed),
+                    Err(firsts) => Some((firsts, true)),
                 },
-                first = self.consumer.recv(),
-                    if parsing.len() < parsers && committing.len() < MAX_COMMITTING =>
-                {
+                first = self.consumer.recv(), if parsing.len() < parsers => {
                     match first {
                         Ok(m) => {
                             let batch = self.receive_batch(m).await;
+                            let mut firsts = Firsts::new();
+                            for m in &batch {
+                                firsts.entry(m.partition).or_insert(m.offset);
+                            }
                             let pipeline = Arc::clone(&self.pipeline);
-                            parsing.push_back(tokio::task::spawn_blocking(move || {
-                                prepare_batch(&pipeline, batch)
-                            }));
+                            let parse =
+                                tokio::task::spawn_blocking(move || prepare_batch(&pipeline, batch));
+                            parsing.push_back(async move { (firsts, parse.await) }.boxed());
                         }
                         Err(e) => {
                             // The client reconnects by itself; back off so a dead
@@ -252,25 +269,24 @@ impl KafkaIngest {
                     None
                 }
             };
-            if let Some(failed) = failed {
-                // Every batch after the failed one (submitted or being parsed) is
-                // read again with it: no offset past it may be committed before
-                // it is stored. Those already stored are written twice; the
-                // dedupe keeps one.
-                let mut again = failed;
-                while let Some(later) = committing.next().await {
-                    again.extend(match later {
-                        Ok(written) => written.batch,
-                        Err(batch) => batch,
-                    });
-                }
-                while let Some(later) = parsing.next().await {
-                    match later {
-                        Ok(later) => again.extend(later.batch),
-                        // Its messages come after the failed batch's in each
-                        // partition: the seek covers them.
-                        Err(e) => warn!(error = %e, "parsing a Kafka batch failed"),
+            if let Some((firsts, committing_after)) = failed {
+                // The failed batch and every batch after it (submitted or being
+                // parsed) are read again: no offset past it may be committed
+                // before it is stored. Submitted batches before it finish as usual.
+                let mut again = vec![firsts];
+                let mut after = committing_after;
+                while let Some(done) = committing.next().await {
+                    match done {
+                        Ok(written) if !after => self.written(written, &mut pending),
+                        Ok(written) => again.push(written.firsts),
+                        Err(firsts) => {
+                            after = true;
+                            again.push(firsts);
+                        }
                     }
+                }
+                while let Some((firsts, _)) = parsing.next().await {
+                    again.push(firsts);
                 }
                 if let Err(e) = self.seek_back(&again) {
                     failure = Some(e);
@@ -279,13 +295,25 @@ impl KafkaIngest {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+        // Batches being parsed are dropped (not stored, not committed: read again
+        // by whoever consumes next). Those submitted to the WAL are stored by the
+        // shutdown flush: their offsets are committed below once persisted, up to
+        // the first that failed.
+        drop(parsing);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, committing.next()).await {
+            match done {
+                Ok(written) => self.written(written, &mut pending),
+                Err(_) => break,
+            }
+        }
+        drop(committing);
         if let Some(e) = failure {
             // What is persisted already is committed; the rest is read again.
             let upto = *persisted.borrow_and_update();
             self.commit_persisted(&mut pending, upto, CommitMode::Sync);
             return Err(e);
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let upto = *persisted.borrow_and_update();
             // Synchronous: the commit must reach the broker before the consumer
@@ -306,6 +334,13 @@ impl KafkaIngest {
             }
         }
         Ok(())
+    }
+
+    /// Counts a batch's rows as written and queues its offsets for committing
+    /// once persisted.
+    fn written(&self, written: Written, pending: &mut VecDeque<Pending>) {
+        self.metrics.rows.inc_by(written.rows as u64);
+        pending.push_back(written.pending);
     }
 
     /// Pauses every assigned partition while the buffer is over twice its flush
@@ -368,69 +403,88 @@ impl KafkaIngest {
     }
 
     /// Reports a prepared batch's rejected lines (dead-lettering their messages)
-    /// and submits its rows to the WAL in one record. The returned future gives
-    /// the offsets to commit once the record is fsynced, or the batch's messages
-    /// when they must be read again.
-    async fn submit_batch(&self, prepared: PreparedBatch) -> Commit {
+    /// and submits its rows to the WAL (one record, or several when one would be
+    /// over the WAL's record limit). The returned future gives the offsets to
+    /// commit once the records are fsynced. Fails (where to read the batch again
+    /// from) before anything of the batch reaches the WAL.
+    async fn submit_batch(
+        &self,
+        prepared: PreparedBatch,
+        firsts: Firsts,
+    ) -> Result<Commit, Firsts> {
         let PreparedBatch {
             batch,
             problems,
             rejected,
             accepted,
-            write,
+            writes,
         } = prepared;
-        self.metrics.lines_rejected.inc_by(rejected as u64);
         if !self.report_problems(&batch, &problems).await {
             // A rejected message that did not reach the dead-letter topic must not
             // have its offset committed: read the batch again.
             warn!("a rejected message could not be dead-lettered; re-reading the batch");
-            return future::ready(Err(batch)).boxed();
+            return Err(firsts);
         }
+        let writes = match writes {
+            Ok(writes) => writes,
+            Err(e) => {
+                warn!(error = %e, "could not write Kafka messages; re-reading them");
+                return Err(firsts);
+            }
+        };
+        self.metrics.lines_rejected.inc_by(rejected as u64);
         let mut offsets = BTreeMap::new();
         for m in &batch {
             offsets.insert(m.partition, m.offset + 1);
         }
+        drop(batch);
         let storage = Arc::clone(self.pipeline.storage());
-        let ack = match write.and_then(|w| w.map(|w| storage.submit(w)).transpose()) {
-            Ok(Some(ack)) => ack,
-            // Nothing to store (every line rejected): done once persisted
-            // catches up with nothing.
-            Ok(None) => {
-                let pending = Pending { seq: 0, offsets };
-                return future::ready(Ok(Written { pending, batch })).boxed();
-            }
-            Err(e) => {
-                // Not acknowledged to Kafka: seek back so the batch is read again.
-                warn!(error = %e, "could not write Kafka messages; re-reading them");
-                return future::ready(Err(batch)).boxed();
-            }
-        };
-        let rows = self.metrics.rows.clone();
-        async move {
-            match storage.acknowledged(ack).await {
-                Ok(seq) => {
-                    rows.inc_by(accepted as u64);
-                    Ok(Written {
-                        pending: Pending { seq, offsets },
-                        batch,
-                    })
+        let mut acks = Vec::with_capacity(writes.len());
+        for write in writes {
+            match storage.submit(write) {
+                Ok(ack) => acks.push(ack),
+                Err(e) if acks.is_empty() => {
+                    warn!(error = %e, "could not write Kafka messages; re-reading them");
+                    return Err(firsts);
                 }
+                // Part of the batch is in the WAL: it fails in order, below.
                 Err(e) => {
                     warn!(error = %e, "could not write Kafka messages; re-reading them");
-                    Err(batch)
+                    return Ok(future::ready(Err(firsts)).boxed());
                 }
             }
         }
-        .boxed()
+        Ok(async move {
+            // Nothing to store (every line rejected): done once persisted
+            // catches up with nothing.
+            let mut seq = 0;
+            for ack in acks {
+                match storage.acknowledged(ack).await {
+                    Ok(s) => seq = s,
+                    Err(e) => {
+                        warn!(error = %e, "could not write Kafka messages; re-reading them");
+                        return Err(firsts);
+                    }
+                }
+            }
+            Ok(Written {
+                pending: Pending { seq, offsets },
+                firsts,
+                rows: accepted,
+            })
+        }
+        .boxed())
     }
 
-    /// Moves each partition of a batch back to the batch's first message. If that
-    /// fails the consumer's position is past data that is not stored, and any later
-    /// commit would skip it: consumption stops instead.
-    fn seek_back(&self, batch: &[Received]) -> Result<(), Error> {
-        let mut first: BTreeMap<i32, i64> = BTreeMap::new();
-        for m in batch {
-            first.entry(m.partition).or_insert(m.offset);
+    /// Moves each partition back to the first message of the earliest of
+    /// `batches` that holds it. If that fails the consumer's position is past
+    /// data that is not stored, and any later commit would skip it: consumption
+    /// stops instead.
+    fn seek_back(&self, batches: &[Firsts]) -> Result<(), Error> {
+        let mut first = Firsts::new();
+        for (partition, offset) in batches.iter().flatten() {
+            let e = first.entry(*partition).or_insert(*offset);
+            *e = (*e).min(*offset);
         }
         for (partition, offset) in first {
             self.consumer
@@ -571,20 +625,80 @@ struct PreparedBatch {
     /// Per message, its rejected lines (numbered within the message).
     problems: Vec<Vec<LineError>>,
     rejected: usize,
-    /// Rows in `write`.
+    /// Rows in `writes`.
     accepted: usize,
-    /// The rows encoded for the WAL (None: no row to store).
-    write: Result<Option<EncodedWrite>, vigil_storage::Error>,
+    /// The rows encoded for the WAL, in order: one record, or more when one
+    /// would be over the WAL's record limit (none: no row to store).
+    writes: Result<Vec<EncodedWrite>, vigil_storage::Error>,
 }
 
-/// Parses and validates a batch (CPU work, on a blocking thread). Every
-/// message's lines (or remote-write series) get numbers in one space, `bases[i]`
-/// being the first of message i, so errors lead back to it; every rejected line
-/// is mapped back to its message (not only the first reasons the capped HTTP
-/// report keeps), since a message with a rejected line must be dead-lettered
-/// before its offset is committed.
+/// Parses, validates and encodes a batch (CPU work, on a blocking thread).
 fn prepare_batch(pipeline: &WritePipeline, batch: Vec<Received>) -> PreparedBatch {
     let mut problems: Vec<Vec<LineError>> = vec![Vec::new(); batch.len()];
+    let mut writes = Vec::new();
+    let counts = prepare_messages(pipeline, &batch, &mut problems, &mut writes);
+    let (rejected, accepted) = counts.as_ref().map_or((0, 0), |c| *c);
+    PreparedBatch {
+        batch,
+        problems,
+        rejected,
+        accepted,
+        writes: counts.map(|_| writes),
+    }
+}
+
+/// Parses and validates `messages` and encodes their rows as one WAL record
+/// (appended to `writes`); returns the lines rejected and the rows accepted.
+/// Messages whose rows together are over the WAL's record limit are split in
+/// halves, each parsed again; a single message over it is rejected whole
+/// (dead-lettered like any rejected message), so it cannot stop the consumer.
+fn prepare_messages(
+    pipeline: &WritePipeline,
+    messages: &[Received],
+    problems: &mut [Vec<LineError>],
+    writes: &mut Vec<EncodedWrite>,
+) -> Result<(usize, usize), vigil_storage::Error> {
+    problems.iter_mut().for_each(Vec::clear);
+    let (rejected, write) = parse_messages(pipeline, messages, problems);
+    let accepted = write.accepted;
+    match pipeline.storage().encode_write(write.tables) {
+        Ok(Some(write)) => {
+            writes.push(write);
+            Ok((rejected, accepted))
+        }
+        Ok(None) => Ok((rejected, accepted)),
+        Err(vigil_storage::Error::WriteTooLarge { .. }) if messages.len() > 1 => {
+            let mid = messages.len() / 2;
+            let (problems_a, problems_b) = problems.split_at_mut(mid);
+            let a = prepare_messages(pipeline, &messages[..mid], problems_a, writes)?;
+            let b = prepare_messages(pipeline, &messages[mid..], problems_b, writes)?;
+            Ok((a.0 + b.0, a.1 + b.1))
+        }
+        Err(vigil_storage::Error::WriteTooLarge { size, limit }) => {
+            problems[0] = vec![LineError {
+                line: 1,
+                reason: format!(
+                    "message too large to store: its {accepted} rows take {size} bytes in the \
+                     WAL, over storage.max_wal_record_bytes ({limit})"
+                ),
+            }];
+            Ok((rejected + accepted.max(1), 0))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Parses and validates messages (CPU work). Every message's lines (or
+/// remote-write series) get numbers in one space, `bases[i]` being the first of
+/// message i, so errors lead back to it; every rejected line is mapped back to
+/// its message in `problems` (not only the first reasons the capped HTTP report
+/// keeps), since a message with a rejected line must be dead-lettered before its
+/// offset is committed. Returns the lines rejected and the rows accepted.
+fn parse_messages(
+    pipeline: &WritePipeline,
+    batch: &[Received],
+    problems: &mut [Vec<LineError>],
+) -> (usize, ValidatedWrite) {
     let mut rejected = 0usize;
     // Remote-write messages are decompressed first: the requests read from
     // them borrow their labels from these buffers.
@@ -633,15 +747,7 @@ fn prepare_batch(pipeline: &WritePipeline, batch: Vec<Received>) -> PreparedBatc
             reason: e.reason,
         });
     }
-    drop(decoded);
-    drop(raws);
-    PreparedBatch {
-        batch,
-        problems,
-        rejected,
-        accepted: write.accepted,
-        write: pipeline.storage().encode_write(write.tables),
-    }
+    (rejected, write)
 }
 
 fn received(m: &BorrowedMessage<'_>) -> Received {

@@ -78,8 +78,6 @@ impl WalWriter {
             .map_err(|_| Error::WalClosed)
     }
 
-    /// Appends a write (fsynced with its group) and applies it to the buffer;
-    /// returns its sequence number.
     /// Queues a write (sequenced in the order of these calls); the receiver gets
     /// its sequence number once it is fsynced with its group and in the buffer.
     pub(crate) fn submit(

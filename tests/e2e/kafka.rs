@@ -8,7 +8,8 @@
 //!   over; together they hold exactly what was sent; a malformed message lands in
 //!   the dead-letter topic; consumer lag is on /metrics;
 //! - the broker stops and comes back during ingest (vigil keeps answering queries
-//!   and loses nothing), while a tiny buffer makes vigil pause consumption.
+//!   and loses nothing), while a tiny buffer makes vigil pause consumption and a
+//!   small WAL record limit splits batches and rejects a message too large alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -603,9 +604,16 @@ fn ingest_resumes_after_the_broker_restarts_and_pauses_while_flushing_is_behind(
     let producer = broker.producer();
     const N: usize = 20_000;
     let data = tempfile::tempdir().unwrap();
+    // WAL records of at most 16 KB: a batch of more than a few of these 4 KB
+    // messages is stored in several records, and one message of 40 KB of rows
+    // cannot be stored at all (rejected, not retried for ever).
+    let cfg = data.path().join("vigil.toml");
+    std::fs::write(&cfg, "[storage]\nmax_wal_record_bytes = 16384\n").unwrap();
     let mut vigil = TestServer::start(
-        data.path(),
+        &data.path().join("data"),
         &[
+            "--config",
+            cfg.to_str().unwrap(),
             "--kafka-brokers",
             &broker.addr,
             "--kafka-topic",
@@ -620,8 +628,19 @@ fn ingest_resumes_after_the_broker_restarts_and_pauses_while_flushing_is_behind(
             "500",
         ],
     );
-    produce(&rt, &producer, batch(0, N / 2));
+    let huge: String = (0..2_000)
+        .map(|i| format!("huge,s=s{i} v={i} {}\n", 1_767_225_600_000_000_000u64 + i))
+        .collect();
+    let mut first = batch(0, N / 4);
+    first.push(("huge".into(), huge));
+    first.extend(batch(N / 4, N / 2));
+    produce(&rt, &producer, first);
     wait_for(&vigil, (N / 2) as i64);
+    eventually("the oversized message rejected", 30, || {
+        let rejected = metric(&vigil, "vigil_kafka_lines_rejected_total");
+        (rejected >= 2_000.0, format!("{rejected} lines rejected"))
+    });
+    assert_eq!(totals(&vigil, &["huge".to_string()], "v").0, 0);
     assert!(
         metric(&vigil, "vigil_kafka_pauses_total") >= 1.0,
         "consumption paused while the buffer was over its limits"
