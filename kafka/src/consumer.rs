@@ -419,12 +419,8 @@ impl KafkaIngest {
             accepted,
             writes,
         } = prepared;
-        if !self.report_problems(&batch, &problems).await {
-            // A rejected message that did not reach the dead-letter topic must not
-            // have its offset committed: read the batch again.
-            warn!("a rejected message could not be dead-lettered; re-reading the batch");
-            return Err(firsts);
-        }
+        // First the failure that re-reads the batch without dead-lettering
+        // anything, so a re-read does not copy the same message twice.
         let writes = match writes {
             Ok(writes) => writes,
             Err(e) => {
@@ -432,6 +428,12 @@ impl KafkaIngest {
                 return Err(firsts);
             }
         };
+        if !self.report_problems(&batch, &problems).await {
+            // A rejected message that did not reach the dead-letter topic must not
+            // have its offset committed: read the batch again.
+            warn!("a rejected message could not be dead-lettered; re-reading the batch");
+            return Err(firsts);
+        }
         self.metrics.lines_rejected.inc_by(rejected as u64);
         let mut offsets = BTreeMap::new();
         for m in &batch {
@@ -455,8 +457,8 @@ impl KafkaIngest {
             }
         }
         Ok(async move {
-            // Nothing to store (every line rejected): done once persisted
-            // catches up with nothing.
+            // With no write (every line rejected) sequence 0, persisted already:
+            // the offsets are committed with the next commit.
             let mut seq = 0;
             for ack in acks {
                 match storage.acknowledged(ack).await {
