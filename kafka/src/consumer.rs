@@ -488,6 +488,17 @@ impl KafkaIngest {
             let e = first.entry(*partition).or_insert(*offset);
             *e = (*e).min(*offset);
         }
+        // A partition revoked by a rebalance while the batches were in flight
+        // is not this node's to seek (librdkafka refuses it): its new owner
+        // starts from the last commit, which is not past these batches, since
+        // no offset past a failed batch is committed.
+        if let Ok(assignment) = self.consumer.assignment() {
+            first.retain(|partition, _| {
+                assignment
+                    .find_partition(&self.config.topic, *partition)
+                    .is_some()
+            });
+        }
         for (partition, offset) in first {
             self.consumer
                 .seek(
