@@ -804,6 +804,32 @@ mod tests {
         assert_eq!(rows(&s, "cpu"), 2);
     }
 
+    /// Writes are sequenced when submitted, not when their acknowledgements are
+    /// awaited (the Kafka consumer awaits them beside its loop): of two writes of
+    /// one series and time, the one submitted last wins.
+    #[tokio::test]
+    async fn writes_win_in_the_order_submitted_whenever_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(StorageConfig::new(dir.path())).await.unwrap();
+        let encode = |v: f64| {
+            let w = s.validate(vec![(1, p("cpu", "a", "v", FieldValue::F64(v), 10))]);
+            s.encode_write(w.tables).unwrap().expect("one table")
+        };
+        let (older, newer) = (encode(1.5), encode(2.5));
+        let older = s.submit(older).unwrap();
+        let newer = s.submit(newer).unwrap();
+        let newer_seq = s.acknowledged(newer).await.unwrap();
+        let older_seq = s.acknowledged(older).await.unwrap();
+        assert!(older_seq < newer_seq, "{older_seq} < {newer_seq}");
+        assert!(s.encode_write(Vec::new()).unwrap().is_none());
+        s.flush().await.unwrap();
+        let snap = s.snapshot("cpu").unwrap();
+        assert_eq!(
+            stored_floats(&dir.path().join(&snap.files[0].meta.path), "v"),
+            vec![2.5]
+        );
+    }
+
     #[tokio::test]
     async fn later_line_of_one_request_wins() {
         let dir = tempfile::tempdir().unwrap();
