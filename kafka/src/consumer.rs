@@ -445,13 +445,13 @@ impl KafkaIngest {
         for write in writes {
             match storage.submit(write) {
                 Ok(ack) => acks.push(ack),
-                Err(e) if acks.is_empty() => {
-                    warn!(error = %e, "could not write Kafka messages; re-reading them");
-                    return Err(firsts);
-                }
-                // Part of the batch is in the WAL: it fails in order, below.
                 Err(e) => {
                     warn!(error = %e, "could not write Kafka messages; re-reading them");
+                    if acks.is_empty() {
+                        return Err(firsts);
+                    }
+                    // Part of the batch is in the WAL: it fails in order, behind
+                    // the batches submitted before it.
                     return Ok(future::ready(Err(firsts)).boxed());
                 }
             }
@@ -706,7 +706,7 @@ fn prepare_messages(
 /// message i, so errors lead back to it; every rejected line is mapped back to
 /// its message in `problems` (not only the first reasons the capped HTTP report
 /// keeps), since a message with a rejected line must be dead-lettered before its
-/// offset is committed. Returns the lines rejected and the rows accepted.
+/// offset is committed. Returns the lines rejected and the validated rows.
 fn parse_messages(
     pipeline: &WritePipeline,
     batch: &[Received],

@@ -134,10 +134,7 @@ impl TableBuffer {
             let from = self.batches.len() - self.small_tail;
             match merge_batches(&self.batches[from..]) {
                 Ok(merged) => {
-                    let old: usize = self.batches[from..]
-                        .iter()
-                        .map(|b| b.batch.get_array_memory_size())
-                        .sum();
+                    let old: usize = self.batches[from..].iter().map(|b| b.memory_size()).sum();
                     self.bytes = self.bytes.saturating_sub(old) + merged.memory_size();
                     self.batches.truncate(from);
                     self.batches.push(merged);
